@@ -1,0 +1,95 @@
+"""The model's architecture, as one validated dataclass.
+
+Field names follow the book's checkpoint ``config`` dict (vocab_size, embed_dim, num_heads,
+num_layers, max_seq_len, num_kv_heads, norm_type, position_type), so a book config maps onto it
+one-to-one. A field the book's Part-I checkpoints lack takes its Part-I value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mygpt.errors import MygptError
+
+NORM_TYPES = ("layer", "rms")
+POSITION_TYPES = ("learned", "rope")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    embed_dim: int = 64
+    num_heads: int = 4
+    num_layers: int = 4
+    max_seq_len: int = 64
+    num_kv_heads: int | None = None  # None: one KV head per query head (plain MHA)
+    norm_type: str = "layer"  # "layer": LayerNorm with bias; "rms": RMSNorm, weight only
+    position_type: str = "learned"  # "learned": absolute embedding; "rope": rotary, interleaved
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def kv_repeat(self) -> int:
+        """How many query heads share one K/V head (1 = MHA, num_heads = MQA)."""
+        return self.num_heads // self.num_kv_heads
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "embed_dim", "num_heads", "num_layers", "max_seq_len", "num_kv_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise MygptError(f"{name} must be a positive integer, got {value!r} — pass a value >= 1")
+        if self.norm_type not in NORM_TYPES:
+            raise MygptError(f"unknown norm type {self.norm_type!r} — use one of: {', '.join(NORM_TYPES)}")
+        if self.position_type not in POSITION_TYPES:
+            raise MygptError(
+                f"unknown position type {self.position_type!r} — use one of: {', '.join(POSITION_TYPES)}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise MygptError(
+                f"--num-heads {self.num_heads} does not divide --embed-dim {self.embed_dim} — "
+                "pick a head count that divides the embedding width"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise MygptError(
+                f"--num-kv-heads {self.num_kv_heads} does not divide --num-heads {self.num_heads} — "
+                "use a divisor of the head count (1 = MQA, num_heads = MHA)"
+            )
+        if self.position_type == "rope" and self.head_dim % 2:
+            raise MygptError(
+                f"RoPE needs an even head dimension, got {self.head_dim} "
+                f"(embed_dim {self.embed_dim} / num_heads {self.num_heads}) — change either"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise MygptError(f"dropout must be in [0, 1), got {self.dropout} — e.g. --dropout 0.1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Build from a native or a book config dict; missing Part-II fields take Part-I values.
+
+        Unknown keys (e.g. the book's ``tokenizer_kind``) are kept in ``extra`` rather than rejected,
+        so configs written by newer versions still load.
+        """
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        if "vocab_size" not in known:
+            raise MygptError("checkpoint config has no vocab_size — the file is not a mygpt checkpoint")
+        extra = {k: v for k, v in d.items() if k not in names}
+        return cls(**known, extra=extra)
