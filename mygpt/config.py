@@ -47,12 +47,23 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     def validate(self) -> None:
-        for name in ("vocab_size", "embed_dim", "num_heads", "num_layers", "max_seq_len", "num_kv_heads"):
+        for name in (
+            "vocab_size",
+            "embed_dim",
+            "num_heads",
+            "num_layers",
+            "max_seq_len",
+            "num_kv_heads",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise MygptError(f"{name} must be a positive integer, got {value!r} — pass a value >= 1")
+                raise MygptError(
+                    f"{name} must be a positive integer, got {value!r} — pass a value >= 1"
+                )
         if self.norm_type not in NORM_TYPES:
-            raise MygptError(f"unknown norm type {self.norm_type!r} — use one of: {', '.join(NORM_TYPES)}")
+            raise MygptError(
+                f"unknown norm type {self.norm_type!r} — use one of: {', '.join(NORM_TYPES)}"
+            )
         if self.position_type not in POSITION_TYPES:
             raise MygptError(
                 f"unknown position type {self.position_type!r} — use one of: {', '.join(POSITION_TYPES)}"
@@ -90,6 +101,8 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         if "vocab_size" not in known:
-            raise MygptError("checkpoint config has no vocab_size — the file is not a mygpt checkpoint")
+            raise MygptError(
+                "checkpoint config has no vocab_size — the file is not a mygpt checkpoint"
+            )
         extra = {k: v for k, v in d.items() if k not in names}
         return cls(**known, extra=extra)

@@ -1,0 +1,182 @@
+"""The tensor-ops interface the model is written against.
+
+A backend is an *object* (thinc-style), not a module-level global: two backends can live in one
+process, which is what the parity tests do. Arrays are the framework's own (``mx.array`` or
+``torch.Tensor``); they cross into shared code only through ``asarray`` / ``to_numpy``. Arithmetic
+that both frameworks spell the same way (``+``, ``*``, ``@``, slicing) is used directly by the model;
+everything else goes through a method here, so each backend can map it to its fastest kernel.
+
+dtypes are named by strings, ``"float32"`` or ``"bfloat16"``, so shared code never touches a
+framework dtype object.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Array = Any  # mx.array or torch.Tensor
+Params = dict[str, Array]
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class AdamWConfig:
+    """AdamW with torch's semantics on every backend: bias correction on, decoupled weight decay."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+
+
+class Optimizer(abc.ABC):
+    """AdamW over a flat parameter dict. ``step`` returns the updated dict (MLX is functional)."""
+
+    @abc.abstractmethod
+    def step(self, params: Params, grads: Params, lr: float) -> Params: ...
+
+    @abc.abstractmethod
+    def state_dict(self) -> tuple[int, dict[str, np.ndarray]]:
+        """(steps taken, ``{"m.<name>": ..., "v.<name>": ...}`` as float32 numpy)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, steps: int, tensors: dict[str, np.ndarray]) -> None: ...
+
+    def arrays(self) -> list[Array]:
+        """State arrays a lazy backend must evaluate together with the parameters each step."""
+        return []
+
+
+class Ops(abc.ABC):
+    """One backend: a framework plus the device it computes on."""
+
+    name: str  # "mlx" | "torch"
+    device: str  # "cpu" | "gpu" | "cuda" | "mps" (resolved, never "auto")
+
+    # --- moving data in and out -------------------------------------------------------------
+    @abc.abstractmethod
+    def asarray(self, x: np.ndarray | Sequence, dtype: str | None = None) -> Array:
+        """A numpy array (or nested list) as a framework array on this backend's device."""
+
+    @abc.abstractmethod
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """A framework array as numpy; bfloat16 comes back as float32 (numpy has no bf16)."""
+
+    @abc.abstractmethod
+    def cast(self, x: Array, dtype: str) -> Array: ...
+
+    @abc.abstractmethod
+    def dtype_of(self, x: Array) -> str: ...
+
+    # --- shape -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def reshape(self, x: Array, shape: Sequence[int]) -> Array: ...
+
+    @abc.abstractmethod
+    def transpose(self, x: Array, axes: Sequence[int]) -> Array: ...
+
+    @abc.abstractmethod
+    def concat(self, xs: Sequence[Array], axis: int) -> Array: ...
+
+    # --- layers ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
+        """``x @ weight.T + bias`` (torch's weight layout: (out, in))."""
+
+    @abc.abstractmethod
+    def embedding(self, weight: Array, ids: Array) -> Array: ...
+
+    @abc.abstractmethod
+    def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:
+        """LayerNorm with biased variance; statistics in fp32 whatever the input dtype."""
+
+    @abc.abstractmethod
+    def rms_norm(self, x: Array, weight: Array, eps: float) -> Array:
+        """``x / sqrt(mean(x^2) + eps) * weight``; statistics in fp32."""
+
+    @abc.abstractmethod
+    def rope(self, x: Array, offset: int, base: float) -> Array:
+        """Rotary embedding on (B, H, T, D), interleaved pairs (2i, 2i+1), positions offset..offset+T."""
+
+    @abc.abstractmethod
+    def attention(self, q: Array, k: Array, v: Array, scale: float) -> Array:
+        """Causal attention on (B, H, Tq, D) x (B, Hkv, Tk, D), Hkv dividing H (GQA).
+
+        Query head h reads K/V head ``h // (H // Hkv)`` (the book's ``repeat_interleave`` order).
+        The causal mask is aligned to the *end* of the keys, so with Tq < Tk (cached decoding) the
+        last query sees every key, as it would in a full forward pass.
+        """
+
+    @abc.abstractmethod
+    def softmax(self, x: Array, axis: int = -1) -> Array:
+        """Softmax computed in fp32 (MLX needs ``precise=True`` for that)."""
+
+    @abc.abstractmethod
+    def gelu(self, x: Array) -> Array:
+        """Exact (erf) GELU, as the book uses."""
+
+    @abc.abstractmethod
+    def silu(self, x: Array) -> Array: ...
+
+    @abc.abstractmethod
+    def dropout(self, x: Array, p: float) -> Array:
+        """Inverted dropout with the framework's RNG (training only; no cross-backend parity)."""
+
+    @abc.abstractmethod
+    def cross_entropy(self, logits: Array, targets: Array) -> Array:
+        """Mean cross-entropy over all positions, computed in fp32; returns a scalar array."""
+
+    # --- training ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def value_and_grad(self, fn: Callable[..., Array]) -> Callable[..., tuple[Array, Params]]:
+        """``fn(params, *args) -> scalar`` becomes ``(params, *args) -> (scalar, grads)``."""
+
+    @abc.abstractmethod
+    def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
+        """Scale grads so their global L2 norm is at most ``max_norm`` (computed in fp32).
+
+        Returns the clipped grads and the norm *before* clipping, as torch's ``clip_grad_norm_``.
+        The scale is ``min(1, max_norm / (norm + 1e-6))`` on both backends.
+        """
+
+    @abc.abstractmethod
+    def adamw(self, params: Params, config: AdamWConfig) -> Optimizer: ...
+
+    def trainable(self, params: Params) -> Params:
+        """Parameters ready for training (torch: leaf tensors that require grad)."""
+        return params
+
+    def compile(self, fn: Callable) -> Callable:
+        """The framework's graph compiler (``mx.compile`` / ``torch.compile``); identity here."""
+        return fn
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """No autograd bookkeeping inside (torch's ``inference_mode``)."""
+        yield
+
+    # --- scalars and sync --------------------------------------------------------------------
+    @abc.abstractmethod
+    def item(self, x: Array) -> float:
+        """A scalar array as a Python float (this forces evaluation: a host sync)."""
+
+    @abc.abstractmethod
+    def eval(self, *xs: Any) -> None:
+        """Force pending computation (MLX is lazy); a no-op where execution is eager."""
+
+    @abc.abstractmethod
+    def synchronize(self) -> None:
+        """Wait for the device to finish (for timing)."""
+
+    @abc.abstractmethod
+    def seed(self, seed: int) -> None:
+        """Seed the framework RNG (dropout only: weights and batches come from numpy)."""
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}"

@@ -1,0 +1,193 @@
+"""MLX implementation of ``Ops``: ``mx.fast`` kernels, lazy evaluation, unified memory."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from backends.cpu import cpu_has_native_bf16
+from mygpt.errors import MygptError
+
+_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def _gpu_available() -> bool:
+    try:
+        return mx.is_available(mx.gpu)
+    except (AttributeError, TypeError):  # older MLX
+        return bool(getattr(mx.metal, "is_available", lambda: False)())
+
+
+class MLXOps(Ops):
+    name = "mlx"
+
+    def __init__(self, device: str = "auto") -> None:
+        gpu = _gpu_available()
+        if device == "auto":
+            device = "gpu" if gpu else "cpu"
+            self.device_reason = "a GPU is available to MLX" if gpu else "MLX sees no GPU here"
+        elif device in ("gpu", "cuda", "mps"):
+            if not gpu:
+                raise MygptError(
+                    f"--device {device}: MLX sees no GPU on this machine — use --device cpu "
+                    "(or install mlx with Metal on Apple Silicon / mlx[cuda] on Linux)"
+                )
+            device = "gpu"
+            self.device_reason = "requested"
+        else:
+            self.device_reason = "requested"
+        self.device = device
+        self._mx_device = mx.gpu if device == "gpu" else mx.cpu
+        # MLX keeps one default device per process; a backend object pins it when created.
+        mx.set_default_device(self._mx_device)
+
+    # --- precision policy ----------------------------------------------------------------------
+    def native_bf16(self) -> tuple[bool, str]:
+        if self.device == "gpu":
+            return True, "the GPU computes bf16 natively"
+        ok, why = cpu_has_native_bf16()
+        return ok, why
+
+    # --- data ------------------------------------------------------------------------------
+    def asarray(self, x, dtype: str | None = None) -> Array:
+        a = mx.array(np.asarray(x))
+        return a.astype(_DTYPES[dtype]) if dtype else a
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        if x.dtype == mx.bfloat16:  # numpy has no bf16: widen on the device first
+            x = x.astype(mx.float32)
+        return np.array(x)
+
+    def cast(self, x: Array, dtype: str) -> Array:
+        target = _DTYPES[dtype]
+        return x if x.dtype == target else x.astype(target)
+
+    def dtype_of(self, x: Array) -> str:
+        return _NAMES.get(x.dtype, str(x.dtype))
+
+    def reshape(self, x: Array, shape: Sequence[int]) -> Array:
+        return x.reshape(shape)
+
+    def transpose(self, x: Array, axes: Sequence[int]) -> Array:
+        return x.transpose(axes)
+
+    def concat(self, xs: Sequence[Array], axis: int) -> Array:
+        return mx.concatenate(list(xs), axis=axis)
+
+    # --- layers ----------------------------------------------------------------------------
+    def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
+        if bias is None:
+            return x @ weight.T
+        return mx.addmm(bias, x, weight.T)
+
+    def embedding(self, weight: Array, ids: Array) -> Array:
+        return weight[ids]
+
+    def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:
+        return mx.fast.layer_norm(x, weight, bias, eps)
+
+    def rms_norm(self, x: Array, weight: Array, eps: float) -> Array:
+        return mx.fast.rms_norm(x, weight, eps)
+
+    def rope(self, x: Array, offset: int, base: float) -> Array:
+        return mx.fast.rope(x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offset)
+
+    def attention(self, q: Array, k: Array, v: Array, scale: float) -> Array:
+        # MLX's causal mask is aligned lower-right, which is what cached decoding needs.
+        mask = "causal" if q.shape[2] > 1 else None
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+    def softmax(self, x: Array, axis: int = -1) -> Array:
+        return mx.softmax(x, axis=axis, precise=True)
+
+    def gelu(self, x: Array) -> Array:
+        return x * (1 + mx.erf(x * (1 / math.sqrt(2)))) * 0.5
+
+    def silu(self, x: Array) -> Array:
+        return x * mx.sigmoid(x)
+
+    def dropout(self, x: Array, p: float) -> Array:
+        if p <= 0:
+            return x
+        keep = mx.random.bernoulli(1 - p, x.shape)
+        return mx.where(keep, x / (1 - p), mx.zeros_like(x))
+
+    def cross_entropy(self, logits: Array, targets: Array) -> Array:
+        logits = logits.astype(mx.float32).reshape(-1, logits.shape[-1])
+        targets = targets.reshape(-1)
+        picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+        return (mx.logsumexp(logits, axis=-1) - picked).mean()
+
+    # --- training --------------------------------------------------------------------------
+    def value_and_grad(self, fn: Callable[..., Array]) -> Callable[..., tuple[Array, Params]]:
+        return mx.value_and_grad(fn)
+
+    def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
+        total = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in grads.values()))
+        scale = mx.minimum(1.0, max_norm / (total + 1e-6))
+        return {k: (g * scale).astype(g.dtype) for k, g in grads.items()}, total
+
+    def adamw(self, params: Params, config: AdamWConfig) -> Optimizer:
+        return MLXAdamW(params, config)
+
+    def compile(self, fn: Callable) -> Callable:
+        return mx.compile(fn)
+
+    def item(self, x: Array) -> float:
+        return x.item()
+
+    def eval(self, *xs) -> None:
+        mx.eval(*xs)
+
+    def synchronize(self) -> None:
+        mx.synchronize()
+
+    def seed(self, seed: int) -> None:
+        mx.random.seed(seed)
+
+
+class MLXAdamW(Optimizer):
+    """AdamW written out with torch's formula (MLX's own defaults to no bias correction)."""
+
+    def __init__(self, params: Params, config: AdamWConfig) -> None:
+        self.config = config
+        self.steps = 0
+        self.m = {k: mx.zeros_like(v) for k, v in params.items()}
+        self.v = {k: mx.zeros_like(v) for k, v in params.items()}
+
+    def step(self, params: Params, grads: Params, lr: float) -> Params:
+        b1, b2 = self.config.betas
+        self.steps += 1
+        bc1 = 1 - b1**self.steps
+        bc2_sqrt = math.sqrt(1 - b2**self.steps)
+        decay = 1 - lr * self.config.weight_decay
+        out = {}
+        for k, p in params.items():
+            g = grads[k]
+            m = b1 * self.m[k] + (1 - b1) * g
+            v = b2 * self.v[k] + (1 - b2) * mx.square(g)
+            denom = mx.sqrt(v) / bc2_sqrt + self.config.eps
+            out[k] = p * decay - (lr / bc1) * m / denom
+            self.m[k], self.v[k] = m, v
+        return out
+
+    def arrays(self) -> list[Array]:
+        return [self.m, self.v]
+
+    def state_dict(self) -> tuple[int, dict[str, np.ndarray]]:
+        tensors = {}
+        for k in self.m:
+            tensors[f"m.{k}"] = np.array(self.m[k].astype(mx.float32))
+            tensors[f"v.{k}"] = np.array(self.v[k].astype(mx.float32))
+        return self.steps, tensors
+
+    def load_state_dict(self, steps: int, tensors: dict[str, np.ndarray]) -> None:
+        self.steps = int(steps)
+        for k in self.m:
+            self.m[k] = mx.array(tensors[f"m.{k}"])
+            self.v[k] = mx.array(tensors[f"v.{k}"])

@@ -1,0 +1,267 @@
+"""PyTorch implementation of ``Ops``: fused functional kernels on CUDA, MPS or CPU."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from backends.cpu import cpu_has_native_bf16, physical_cores
+from mygpt.errors import MygptError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+class TorchOps(Ops):
+    name = "torch"
+
+    def __init__(self, device: str = "auto", threads: int | None = None) -> None:
+        cuda, mps = torch.cuda.is_available(), _mps_available()
+        if device == "auto":
+            device = "cuda" if cuda else "mps" if mps else "cpu"
+            self.device_reason = {
+                "cuda": "CUDA is available",
+                "mps": "Apple GPU (MPS) is available",
+                "cpu": "no CUDA or MPS device is visible",
+            }[device]
+        else:
+            if device == "gpu":
+                if not (cuda or mps):
+                    raise MygptError(
+                        "--device gpu: torch sees no CUDA or MPS device — use --device cpu"
+                    )
+                device = "cuda" if cuda else "mps"
+            elif device == "cuda" and not cuda:
+                raise MygptError(
+                    "--device cuda: torch sees no CUDA device (or this torch build has no CUDA) — "
+                    "use --device cpu or auto"
+                )
+            elif device == "mps" and not mps:
+                raise MygptError(
+                    "--device mps: MPS is not available here — use --device cpu or auto"
+                )
+            self.device_reason = "requested"
+        self.device = device
+        self._dev = torch.device(device)
+        self._rope_cache: dict[tuple[int, float], tuple[Array, Array]] = {}
+        if device == "cpu":
+            # On small machines torch's pool spins against other busy processes; one thread per
+            # physical core is the deliberate choice (hyper-threads don't speed up matmuls).
+            torch.set_num_threads(threads or physical_cores())
+
+    def native_bf16(self) -> tuple[bool, str]:
+        if self.device == "cuda":
+            major, _ = torch.cuda.get_device_capability()
+            if major >= 8:
+                return True, f"CUDA compute capability {major}.x has bf16 tensor cores"
+            return False, f"CUDA compute capability {major}.x has no fast bf16: using fp32"
+        if self.device == "mps":
+            return True, "the Apple GPU computes bf16 natively"
+        return cpu_has_native_bf16()
+
+    # --- data ------------------------------------------------------------------------------
+    def asarray(self, x, dtype: str | None = None) -> Array:
+        t = torch.as_tensor(np.asarray(x), device=self._dev)
+        return t.to(_DTYPES[dtype]) if dtype else t
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        x = x.detach()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.cpu().numpy()
+
+    def cast(self, x: Array, dtype: str) -> Array:
+        return x.to(_DTYPES[dtype])
+
+    def dtype_of(self, x: Array) -> str:
+        return _NAMES.get(x.dtype, str(x.dtype))
+
+    def reshape(self, x: Array, shape: Sequence[int]) -> Array:
+        return x.reshape(shape)
+
+    def transpose(self, x: Array, axes: Sequence[int]) -> Array:
+        return x.permute(*axes)
+
+    def concat(self, xs: Sequence[Array], axis: int) -> Array:
+        return torch.cat(list(xs), dim=axis)
+
+    # --- layers ----------------------------------------------------------------------------
+    def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
+        return F.linear(x, weight, bias)
+
+    def embedding(self, weight: Array, ids: Array) -> Array:
+        return F.embedding(ids, weight)
+
+    def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:
+        if x.dtype == torch.float32:
+            return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        y = F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
+        return y.to(x.dtype)
+
+    def rms_norm(self, x: Array, weight: Array, eps: float) -> Array:
+        # Statistics in fp32, then round to the input dtype *before* the weight multiply: the same
+        # order as mx.fast.rms_norm (torch's fused F.rms_norm multiplies first, which differs in bf16).
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return y.to(x.dtype) * weight
+
+    def _rope_table(self, length: int, dim: int, base: float) -> tuple[Array, Array]:
+        # cos/sin per position, computed once in fp32 and grown by doubling as decoding goes on.
+        key = (dim, base)
+        table = self._rope_cache.get(key)
+        if table is None or table[0].shape[0] < length:
+            n = max(length, 2 * table[0].shape[0] if table else 256)
+            inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+            angles = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq[None, :]
+            table = (angles.cos().to(self._dev), angles.sin().to(self._dev))
+            self._rope_cache[key] = table
+        return table
+
+    def rope(self, x: Array, offset: int, base: float) -> Array:
+        t, d = x.shape[-2], x.shape[-1]
+        cos, sin = self._rope_table(offset + t, d, base)
+        cos, sin = cos[offset : offset + t].to(x.dtype), sin[offset : offset + t].to(x.dtype)
+        pairs = x.unflatten(-1, (d // 2, 2))
+        x0, x1 = pairs[..., 0], pairs[..., 1]
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+    def attention(self, q: Array, k: Array, v: Array, scale: float) -> Array:
+        tq, tk = q.shape[2], k.shape[2]
+        gqa = q.shape[1] != k.shape[1]
+        if tq == tk:
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scale, enable_gqa=gqa
+            )
+        # torch aligns is_causal upper-left; decoding needs the mask aligned to the last key.
+        mask = None
+        if tq > 1:
+            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+    def softmax(self, x: Array, axis: int = -1) -> Array:
+        return torch.softmax(x.float(), dim=axis).to(x.dtype)
+
+    def gelu(self, x: Array) -> Array:
+        return F.gelu(x)
+
+    def silu(self, x: Array) -> Array:
+        return F.silu(x)
+
+    def dropout(self, x: Array, p: float) -> Array:
+        return F.dropout(x, p=p, training=True) if p > 0 else x
+
+    def cross_entropy(self, logits: Array, targets: Array) -> Array:
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    # --- training --------------------------------------------------------------------------
+    def trainable(self, params: Params) -> Params:
+        return {k: v.detach().requires_grad_(True) for k, v in params.items()}
+
+    def value_and_grad(self, fn: Callable[..., Array]) -> Callable[..., tuple[Array, Params]]:
+        def value_and_grad_fn(params: Params, *args):
+            with torch.enable_grad():
+                leaves = {
+                    k: v if v.requires_grad else v.detach().requires_grad_(True)
+                    for k, v in params.items()
+                }
+                loss = fn(leaves, *args)
+                grads = torch.autograd.grad(loss, list(leaves.values()))
+            return loss.detach(), dict(zip(leaves, grads))
+
+        return value_and_grad_fn
+
+    def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
+        norms = torch._foreach_norm([g.float() for g in grads.values()])
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        return {k: (g * scale).to(g.dtype) for k, g in grads.items()}, total
+
+    def adamw(self, params: Params, config: AdamWConfig) -> Optimizer:
+        return TorchAdamW(params, config)
+
+    def compile(self, fn: Callable) -> Callable:
+        return torch.compile(fn)
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        with torch.inference_mode():
+            yield
+
+    def item(self, x: Array) -> float:
+        return float(x.item())
+
+    def eval(self, *xs) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        elif self.device == "mps":
+            torch.mps.synchronize()
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+
+class TorchAdamW(Optimizer):
+    """``torch.optim.AdamW`` (fused kernel where available) over the parameter leaves."""
+
+    def __init__(self, params: Params, config: AdamWConfig) -> None:
+        self.names = list(params)
+        self.leaves = [params[k] for k in self.names]
+        kwargs = dict(lr=1e-3, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+        try:
+            self.opt = torch.optim.AdamW(self.leaves, fused=True, **kwargs)
+        except (RuntimeError, TypeError):  # fused not supported for this device/dtype
+            self.opt = torch.optim.AdamW(self.leaves, foreach=True, **kwargs)
+
+    def step(self, params: Params, grads: Params, lr: float) -> Params:
+        for name, leaf in zip(self.names, self.leaves):
+            if params[name] is not leaf:  # a caller replaced a tensor: keep our leaves current
+                with torch.no_grad():
+                    leaf.copy_(params[name])
+            leaf.grad = grads[name]
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        for leaf in self.leaves:
+            leaf.grad = None
+        return dict(zip(self.names, self.leaves))
+
+    @property
+    def steps(self) -> int:
+        state = self.opt.state.get(self.leaves[0], {})
+        return int(state["step"]) if "step" in state else 0
+
+    def state_dict(self) -> tuple[int, dict[str, np.ndarray]]:
+        tensors = {}
+        for name, leaf in zip(self.names, self.leaves):
+            state = self.opt.state.get(leaf, {})
+            zeros = torch.zeros_like(leaf, dtype=torch.float32)
+            tensors[f"m.{name}"] = state.get("exp_avg", zeros).detach().float().cpu().numpy()
+            tensors[f"v.{name}"] = state.get("exp_avg_sq", zeros).detach().float().cpu().numpy()
+        return self.steps, tensors
+
+    def load_state_dict(self, steps: int, tensors: dict[str, np.ndarray]) -> None:
+        if steps == 0:
+            self.opt.state.clear()
+            return
+        fused = bool(self.opt.defaults.get("fused"))
+        for name, leaf in zip(self.names, self.leaves):
+            self.opt.state[leaf] = {
+                # fused AdamW keeps its step counter on the parameter's device, foreach on the CPU
+                "step": torch.tensor(
+                    float(steps), dtype=torch.float32, device=leaf.device if fused else "cpu"
+                ),
+                "exp_avg": torch.as_tensor(tensors[f"m.{name}"]).to(leaf.device, leaf.dtype),
+                "exp_avg_sq": torch.as_tensor(tensors[f"v.{name}"]).to(leaf.device, leaf.dtype),
+            }

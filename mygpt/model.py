@@ -1,0 +1,264 @@
+"""The GPT, defined once, as plain functions over a backend ``ops`` object.
+
+Pre-norm decoder blocks, ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``, a final norm and an
+output head tied to the token embedding, exactly the book's architecture. Part II's choices are
+config fields: RMSNorm instead of LayerNorm, rotary instead of learned positions, fewer K/V heads
+than query heads (GQA/MQA).
+
+Parameters are a flat ``dict[str, array]`` named like the book's ``state_dict``, so a book
+checkpoint loads by name and a native checkpoint is just that dict. There is no ``nn.Module``: the
+same ``forward`` runs on MLX and on PyTorch, which is what makes the two comparable op for op.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mygpt.config import ModelConfig
+from mygpt.errors import MygptError
+
+Array = Any
+Params = dict[str, Array]
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in the book's state-dict order (minus its buffers)."""
+    C, kv = cfg.embed_dim, cfg.num_kv_heads * cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embedding.embedding.weight": (cfg.vocab_size, C)}
+    if cfg.position_type == "learned":
+        shapes["position_embedding.weight"] = (cfg.max_seq_len, C)
+
+    def norm(prefix: str) -> None:
+        shapes[f"{prefix}.weight"] = (C,)
+        if cfg.norm_type == "layer":
+            shapes[f"{prefix}.bias"] = (C,)
+
+    for i in range(cfg.num_layers):
+        b = f"blocks.{i}"
+        norm(f"{b}.ln1")
+        shapes[f"{b}.mha.W_Q.weight"] = (C, C)
+        shapes[f"{b}.mha.W_K.weight"] = (kv, C)
+        shapes[f"{b}.mha.W_V.weight"] = (kv, C)
+        shapes[f"{b}.mha.W_O.weight"] = (C, C)
+        norm(f"{b}.ln2")
+        shapes[f"{b}.mlp.fc1.weight"] = (4 * C, C)
+        shapes[f"{b}.mlp.fc1.bias"] = (4 * C,)
+        shapes[f"{b}.mlp.fc2.weight"] = (C, 4 * C)
+        shapes[f"{b}.mlp.fc2.bias"] = (C,)
+    norm("ln_f")
+    return shapes
+
+
+def count_params(cfg: ModelConfig) -> int:
+    return sum(math.prod(s) for s in param_shapes(cfg).values())
+
+
+def init_params(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """The book's init (PyTorch's defaults), drawn from seeded numpy so every backend starts equal.
+
+    Embeddings N(0, 1); linear weights and biases U(±1/sqrt(fan_in)); norm weights 1, biases 0. The
+    N(0, 1) embedding doubles as the output head, which is why the first loss is ~41, not ~ln(V):
+    the book's numbers depend on it, so it stays the default.
+    """
+    rng = np.random.default_rng(seed)
+    params: dict[str, np.ndarray] = {}
+    for name, shape in param_shapes(cfg).items():
+        if "embedding" in name:
+            p = rng.standard_normal(shape)
+        elif name.split(".")[-2] in ("ln1", "ln2", "ln_f"):
+            p = np.ones(shape) if name.endswith("weight") else np.zeros(shape)
+        else:
+            fan_in = shape[-1] if name.endswith("weight") else _fan_in(name, cfg)
+            bound = 1.0 / math.sqrt(fan_in)
+            p = rng.uniform(-bound, bound, shape)
+        params[name] = p.astype(np.float32)
+    return params
+
+
+def _fan_in(bias_name: str, cfg: ModelConfig) -> int:
+    # A bias shares its layer's fan-in: fc1 reads C features, fc2 reads 4C.
+    return 4 * cfg.embed_dim if ".fc2." in bias_name else cfg.embed_dim
+
+
+def check_params(cfg: ModelConfig, params: dict[str, Any]) -> None:
+    """Raise a one-line error naming the first parameter that the config doesn't expect."""
+    expected = param_shapes(cfg)
+    for name, shape in expected.items():
+        if name not in params:
+            raise MygptError(f"parameter {name} is missing — the weights don't match the config")
+        got = tuple(params[name].shape)
+        if got != shape:
+            raise MygptError(
+                f"parameter {name} has shape {got}, the config expects {shape} — "
+                "the weights don't match the config"
+            )
+    extra = sorted(set(params) - set(expected))
+    if extra:
+        raise MygptError(f"unexpected parameter {extra[0]} — the weights don't match the config")
+
+
+# --- KV cache --------------------------------------------------------------------------------
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding.
+
+    With rotary positions the cache may slide: keys keep the rotation of their absolute position,
+    and attention scores depend only on relative positions, so dropping the oldest entries once
+    ``max_seq_len`` is reached gives the same result as re-running the cropped context. Learned
+    positions can't slide (every position shifts when the window crops); the generator re-fills
+    the cache instead.
+    """
+
+    num_layers: int
+    max_len: int
+    offset: int = 0  # absolute position of the next token
+    keys: list[Array | None] = field(default_factory=list)
+    values: list[Array | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.keys = [None] * self.num_layers
+        self.values = [None] * self.num_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
+        if self.keys[layer] is not None:
+            k = ops.concat([self.keys[layer], k], axis=2)
+            v = ops.concat([self.values[layer], v], axis=2)
+        if k.shape[2] > self.max_len:
+            k, v = k[:, :, -self.max_len :], v[:, :, -self.max_len :]
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+# --- forward ---------------------------------------------------------------------------------
+
+
+def _norm(ops, cfg: ModelConfig, params: Params, prefix: str, x: Array, dtype: str) -> Array:
+    w = ops.cast(params[f"{prefix}.weight"], dtype)
+    if cfg.norm_type == "rms":
+        return ops.rms_norm(x, w, cfg.norm_eps)
+    return ops.layer_norm(x, w, ops.cast(params[f"{prefix}.bias"], dtype), cfg.norm_eps)
+
+
+def _attention(
+    ops,
+    cfg: ModelConfig,
+    p: Callable[[str], Array],
+    b: str,
+    x: Array,
+    layer: int,
+    cache: KVCache | None,
+    offset: int,
+) -> Array:
+    B, T, C = x.shape
+    H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = ops.transpose(
+        ops.reshape(ops.linear(x, p(f"{b}.mha.W_Q.weight")), (B, T, H, D)), (0, 2, 1, 3)
+    )
+    k = ops.transpose(
+        ops.reshape(ops.linear(x, p(f"{b}.mha.W_K.weight")), (B, T, Hkv, D)), (0, 2, 1, 3)
+    )
+    v = ops.transpose(
+        ops.reshape(ops.linear(x, p(f"{b}.mha.W_V.weight")), (B, T, Hkv, D)), (0, 2, 1, 3)
+    )
+    if cfg.position_type == "rope":
+        q = ops.rope(q, offset, cfg.rope_base)
+        k = ops.rope(k, offset, cfg.rope_base)
+    if cache is not None:
+        k, v = cache.update(ops, layer, k, v)
+    # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
+    # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
+    out = ops.attention(q, k, v, scale=1.0 / math.sqrt(D))
+    out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, C))
+    return ops.linear(out, p(f"{b}.mha.W_O.weight"))
+
+
+def forward(
+    ops,
+    cfg: ModelConfig,
+    params: Params,
+    ids: Array,
+    *,
+    cache: KVCache | None = None,
+    dtype: str = "float32",
+    train: bool = False,
+) -> Array:
+    """Logits (B, T, vocab) for token ids (B, T).
+
+    ``dtype="bfloat16"`` is mixed precision: fp32 master weights are cast as they are used, the
+    norms' statistics, softmax and loss stay fp32 inside the backend ops. With ``cache``, ``ids``
+    are the tokens after those already cached.
+    """
+    T = ids.shape[1]
+    offset = cache.offset if cache is not None else 0
+    if cfg.position_type == "learned" and offset + T > cfg.max_seq_len:
+        raise MygptError(
+            f"sequence of {offset + T} tokens is longer than max_seq_len {cfg.max_seq_len} — "
+            "crop the context (generation does this) or train with a larger --max-seq-len"
+        )
+    if cache is None and cfg.max_seq_len < T:
+        raise MygptError(
+            f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len} — "
+            "use a shorter --seq-len or train with a larger --max-seq-len"
+        )
+
+    def p(name: str) -> Array:
+        return ops.cast(params[name], dtype)
+
+    dropout = cfg.dropout if train else 0.0
+    emb = params["token_embedding.embedding.weight"]
+    x = ops.embedding(emb, ids)
+    if cfg.position_type == "learned":
+        x = x + params["position_embedding.weight"][offset : offset + T]
+    x = ops.dropout(ops.cast(x, dtype), dropout)
+    for i in range(cfg.num_layers):
+        b = f"blocks.{i}"
+        h = _norm(ops, cfg, params, f"{b}.ln1", x, dtype)
+        x = x + ops.dropout(_attention(ops, cfg, p, b, h, i, cache, offset), dropout)
+        h = _norm(ops, cfg, params, f"{b}.ln2", x, dtype)
+        h = ops.gelu(ops.linear(h, p(f"{b}.mlp.fc1.weight"), p(f"{b}.mlp.fc1.bias")))
+        x = x + ops.dropout(
+            ops.linear(h, p(f"{b}.mlp.fc2.weight"), p(f"{b}.mlp.fc2.bias")), dropout
+        )
+    x = _norm(ops, cfg, params, "ln_f", x, dtype)
+    if cache is not None:
+        cache.offset += T
+    return ops.linear(x, ops.cast(emb, dtype))  # tied head: logits = x @ E^T
+
+
+def loss_fn(
+    ops,
+    cfg: ModelConfig,
+    params: Params,
+    x: Array,
+    y: Array,
+    dtype: str = "float32",
+    train: bool = True,
+) -> Array:
+    """Mean cross-entropy of next-token prediction over every position (fp32)."""
+    return ops.cross_entropy(forward(ops, cfg, params, x, dtype=dtype, train=train), y)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward = 3x forward), PaLM-style accounting.
+
+    6 x (non-embedding matmul params + tied head) plus attention's score and value products.
+    """
+    C, L = cfg.embed_dim, cfg.num_layers
+    kv = cfg.num_kv_heads * cfg.head_dim
+    matmul = L * (2 * C * C + 2 * C * kv + 8 * C * C) + C * cfg.vocab_size
+    attention = L * 2 * seq_len * C  # QK^T and AV, causal halves it, x2 mul-add
+    return 6 * matmul + 6 * attention
