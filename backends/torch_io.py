@@ -42,8 +42,12 @@ def _import_torch(message: str):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0].strip() if text else type(exc).__name__
+    """The gist of a torch error: its first sentence of its first line (torch's run long)."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    text = lines[0].strip().split(". ")[0].rstrip(".")
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _to_numpy(obj: Any, torch: Any) -> Any:
@@ -97,7 +101,10 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     torch = _import_torch(_NO_TORCH)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # A file object, not the path: recent torch.load dispatches on a ".safetensors" suffix,
+        # and the format here was already decided from the file's bytes.
+        with open(path, "rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MygptError(f"checkpoint {path} does not exist — check the path") from None
     except pickle.UnpicklingError as e:

@@ -120,7 +120,8 @@ def _check_params(
         if tuple(value.shape) != shape:
             raise MygptError(
                 f"{where}: parameter {name!r} has shape {tuple(value.shape)}, expected {shape} "
-                "from the config — the weights do not match the config"
+                "from the config — the weights do not match the config; the file is damaged or "
+                "was edited"
             )
         if not np.issubdtype(value.dtype, np.floating):
             raise MygptError(
@@ -137,7 +138,12 @@ def _config_from_dict(d: Any, where: str) -> ModelConfig:
     try:
         return ModelConfig.from_dict(d)
     except MygptError as e:
-        raise MygptError(f"{where}: invalid model config: {e}") from None
+        problem, _, hint = str(e).partition(" — ")
+        hint = f" ({hint})" if hint else ""
+        raise MygptError(
+            f"{where} has an invalid model config: {problem}{hint} — the file was edited or "
+            "written by a newer mygpt; upgrade mygpt or use another checkpoint"
+        ) from None
     except TypeError as e:
         raise MygptError(f"{where}: invalid model config ({e}) — the file is damaged") from None
 
