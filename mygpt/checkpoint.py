@@ -65,35 +65,13 @@ class Checkpoint:
 
 
 def expected_param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The parameter names and shapes a model with ``config`` has, in the book's key order."""
-    c = config.embed_dim
-    kv = config.num_kv_heads * config.head_dim
-    layer = config.norm_type == "layer"
-    shapes: dict[str, tuple[int, ...]] = {
-        "token_embedding.embedding.weight": (config.vocab_size, c)
-    }
-    if config.position_type == "learned":
-        shapes["position_embedding.weight"] = (config.max_seq_len, c)
-    for i in range(config.num_layers):
-        p = f"blocks.{i}."
-        shapes[p + "ln1.weight"] = (c,)
-        if layer:
-            shapes[p + "ln1.bias"] = (c,)
-        shapes[p + "mha.W_Q.weight"] = (c, c)
-        shapes[p + "mha.W_K.weight"] = (kv, c)
-        shapes[p + "mha.W_V.weight"] = (kv, c)
-        shapes[p + "mha.W_O.weight"] = (c, c)
-        shapes[p + "ln2.weight"] = (c,)
-        if layer:
-            shapes[p + "ln2.bias"] = (c,)
-        shapes[p + "mlp.fc1.weight"] = (4 * c, c)
-        shapes[p + "mlp.fc1.bias"] = (4 * c,)
-        shapes[p + "mlp.fc2.weight"] = (c, 4 * c)
-        shapes[p + "mlp.fc2.bias"] = (c,)
-    shapes["ln_f.weight"] = (c,)
-    if layer:
-        shapes["ln_f.bias"] = (c,)
-    return shapes
+    """The parameter names and shapes a model with ``config`` has, in the book's key order.
+
+    The model file owns the layout; checkpoints validate against that one definition.
+    """
+    from mygpt.model import param_shapes
+
+    return param_shapes(config)
 
 
 def _check_params(

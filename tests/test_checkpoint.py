@@ -551,3 +551,33 @@ def test_sigkill_during_save_leaves_old_or_new_file(tmp_path):
         if trial >= 2 and interrupted:
             break
     assert interrupted, "no kill landed in the middle of a write; the test proved nothing"
+
+
+# ---------------------------------------------------------------------------------------------
+# With the model
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_converted_fixture_reproduces_book_logits(tmp_path, name):
+    """Book file -> native file -> model forward gives the book's own logits (end to end)."""
+    from backends import get_backend
+    from mygpt.model import forward
+
+    ref = np.load(BOOK / f"{name}.npz")
+    ckpt = load_checkpoint(convert(fixture_path(name), tmp_path / "m.safetensors"))
+    ops = get_backend("torch", "cpu")
+    params = {k: ops.asarray(v) for k, v in ckpt.params.items()}
+    logits = ops.to_numpy(forward(ops, ckpt.config, params, ops.asarray(ref["input_ids"])))
+    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_model_init_params_round_trip(tmp_path):
+    from mygpt.model import init_params
+
+    cfg = ModelConfig(vocab_size=30, embed_dim=24, num_heads=6, num_kv_heads=3, num_layers=2)
+    params = init_params(cfg, seed=3)
+    save_checkpoint(tmp_path / "init.safetensors", cfg, params, CHAR_TOK)
+    loaded = load_checkpoint(tmp_path / "init.safetensors").params
+    assert list(loaded) == list(params)
+    for k, v in params.items():
+        np.testing.assert_array_equal(bits(loaded[k]), bits(v))
