@@ -143,13 +143,13 @@ def _hub_error(e: BaseException, repo_id: str, what: str, offline: bool) -> Mygp
         return MygptError(
             f"dataset {repo_id!r}: {what} is not in the local Hugging Face cache and offline mode is "
             "on (--offline / HF_HUB_OFFLINE=1) — run once with network access to fill the cache "
-            "(HF_HOME or --cache-dir picks its place), or copy a filled cache here"
+            "(HF_HOME or --hf-cache-dir picks its place), or copy a filled cache here"
         )
     if _network_error(e):
         return MygptError(
             f"cannot download {what} of dataset {repo_id!r}: the Hugging Face Hub is unreachable "
             f"({name}) — connect to the network, or, if the files are already in the Hugging Face "
-            "cache (HF_HOME / --cache-dir), pass --offline or set HF_HUB_OFFLINE=1"
+            "cache (HF_HOME / --hf-cache-dir), pass --offline or set HF_HUB_OFFLINE=1"
         )
     return MygptError(
         f"downloading {what} of dataset {repo_id!r} failed: {name}: "
