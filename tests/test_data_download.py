@@ -248,3 +248,15 @@ def test_local_sources(tmp_path):
 def test_bad_source_spec(tmp_path):
     r = CliRunner().invoke(cli, ["data", "download", "hf:justaname", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "hf:OWNER/NAME[:CONFIG]" in r.stderr
+
+
+def test_max_bytes_accepts_units():
+    from mygpt.data.cli import ByteSize
+
+    conv = ByteSize().convert
+    assert conv("50M", None, None) == 50_000_000
+    assert conv("1.5G", None, None) == 1_500_000_000
+    assert conv("123", None, None) == 123
+    assert conv("4kB", None, None) == 4000
+    with pytest.raises(Exception, match="not a byte count"):
+        conv("lots", None, None)
