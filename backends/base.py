@@ -134,8 +134,13 @@ class Ops(abc.ABC):
 
     # --- training ----------------------------------------------------------------------------
     @abc.abstractmethod
-    def value_and_grad(self, fn: Callable[..., Array]) -> Callable[..., tuple[Array, Params]]:
-        """``fn(params, *args) -> scalar`` becomes ``(params, *args) -> (scalar, grads)``."""
+    def value_and_grad(
+        self, fn: Callable[..., Array], compile: bool = False
+    ) -> Callable[..., tuple[Array, Params]]:
+        """``fn(params, *args) -> scalar`` becomes ``(params, *args) -> (scalar, grads)``.
+
+        ``compile=True`` runs it through the framework's graph compiler (slow to start: 25-50 s).
+        """
 
     @abc.abstractmethod
     def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
@@ -162,6 +167,10 @@ class Ops(abc.ABC):
         yield
 
     # --- scalars and sync --------------------------------------------------------------------
+    def native_bf16(self) -> tuple[bool, str]:
+        """Whether this device computes bf16 natively, and why (for ``--precision auto``)."""
+        return False, "unknown device"
+
     @abc.abstractmethod
     def item(self, x: Array) -> float:
         """A scalar array as a Python float (this forces evaluation: a host sync)."""

@@ -124,8 +124,11 @@ class MLXOps(Ops):
         return (mx.logsumexp(logits, axis=-1) - picked).mean()
 
     # --- training --------------------------------------------------------------------------
-    def value_and_grad(self, fn: Callable[..., Array]) -> Callable[..., tuple[Array, Params]]:
-        return mx.value_and_grad(fn)
+    def value_and_grad(
+        self, fn: Callable[..., Array], compile: bool = False
+    ) -> Callable[..., tuple[Array, Params]]:
+        vg = mx.value_and_grad(fn)
+        return mx.compile(vg) if compile else vg
 
     def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
         total = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in grads.values()))

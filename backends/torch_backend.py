@@ -166,7 +166,12 @@ class TorchOps(Ops):
     def trainable(self, params: Params) -> Params:
         return {k: v.detach().requires_grad_(True) for k, v in params.items()}
 
-    def value_and_grad(self, fn: Callable[..., Array]) -> Callable[..., tuple[Array, Params]]:
+    def value_and_grad(
+        self, fn: Callable[..., Array], compile: bool = False
+    ) -> Callable[..., tuple[Array, Params]]:
+        if compile:  # compile the forward; autograd then differentiates the compiled graph
+            fn = torch.compile(fn)
+
         def value_and_grad_fn(params: Params, *args):
             with torch.enable_grad():
                 leaves = {

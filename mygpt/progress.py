@@ -1,0 +1,57 @@
+"""Training progress: a live bar on a terminal, plain book-style lines everywhere else."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+
+class Progress:
+    """``update`` feeds the bar; ``write`` prints a result line (``step N: loss = ...``) to stdout.
+
+    With stdout on a terminal a tqdm bar (on stderr) shows step, loss, val loss, lr, tokens/s and
+    ETA; when stdout is a pipe or file only the plain lines appear, so logs stay greppable.
+    """
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool | None = None) -> None:
+        self.enabled = sys.stdout.isatty() if enabled is None else enabled
+        self.bar = (
+            tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True)
+            if self.enabled
+            else None
+        )
+        self.step = initial
+
+    def update(
+        self,
+        step: int,
+        *,
+        loss: float,
+        val: float | None = None,
+        lr: float | None = None,
+        tokens_per_s: float | None = None,
+    ) -> None:
+        if self.bar is None:
+            self.step = step
+            return
+        post = {"loss": f"{loss:.4f}"}
+        if val is not None:
+            post["val"] = f"{val:.4f}"
+        if lr is not None:
+            post["lr"] = f"{lr:.2e}"
+        if tokens_per_s:
+            post["tok/s"] = f"{tokens_per_s:,.0f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(step - self.step)
+        self.step = step
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
