@@ -1,0 +1,576 @@
+"""`mygpt bench`: training-step speed, MFU and generation speed on each installed backend.
+
+Timing on small shared machines is noisy (other processes take the cores for a while), so every
+timing here keeps each step's time separately and reports the *median*; the spread shows in
+``ms_min``. A step is what the training loop does: forward, loss, backward, (optional) clipping and
+AdamW, then a host sync on the loss, which is also what forces MLX's lazy graph to run.
+
+MFU needs a peak: a published figure where one applies (known GPUs), otherwise a measured one, the
+best of a few large matmuls (`measure_peak_flops`). On a CPU the measured peak is what the BLAS
+reaches, so MFU there says how well the model keeps the matmul unit busy, not a hardware ceiling.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+import numpy as np
+
+from mygpt.config import ModelConfig
+from mygpt.errors import MygptError, UsageError
+from mygpt.model import KVCache, count_params, flops_per_token, forward, init_params, loss_fn
+
+PRECISIONS = ("auto", "fp32", "bf16")
+_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}
+
+# Dense (no sparsity) peak FLOP/s by GPU name fragment: (fp32, bf16). fp32 is plain FP32, not TF32.
+_PUBLISHED: list[tuple[str, float, float]] = [
+    ("H100", 67e12, 989e12),
+    ("A100", 19.5e12, 312e12),
+    ("A10G", 31.2e12, 125e12),
+    ("L40S", 91.6e12, 362e12),
+    ("L4", 30.3e12, 121e12),
+    ("RTX 4090", 82.6e12, 165e12),
+    ("RTX 3090", 35.6e12, 71e12),
+    ("V100", 15.7e12, 0.0),  # no bf16 units
+    ("T4", 8.1e12, 0.0),
+]
+
+
+# --- device facts ------------------------------------------------------------------------------
+
+
+def gpu_name(ops: Any) -> str | None:
+    """The accelerator's marketing name, read without importing a framework (None on CPU)."""
+    if ops.device == "cuda" and shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            return out.strip().splitlines()[0] if out.strip() else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    if ops.device in ("gpu", "mps") and sys.platform == "darwin":
+        try:
+            return subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return None
+
+
+def published_peak(ops: Any, dtype: str = "float32") -> float | None:
+    """The vendor's dense peak FLOP/s for this device and dtype, or None (CPUs, unknown GPUs)."""
+    name = gpu_name(ops)
+    if not name:
+        return None
+    for fragment, fp32, bf16 in _PUBLISHED:
+        if fragment.lower() in name.lower():
+            peak = bf16 if dtype == "bfloat16" else fp32
+            return peak or None
+    return None
+
+
+def mlx_blas() -> tuple[str, str | None]:
+    """Which BLAS MLX's CPU matmuls run on here: ("optimized" | "reference" | "n/a", library).
+
+    mlx[cpu] wheels for Linux bundle the *reference* BLAS (~30x slower matmuls than OpenBLAS) and
+    load it privately. A BLAS in the process's global scope (``LD_PRELOAD``) wins symbol lookup,
+    so the library that ``cblas_sgemm`` resolves to globally is the one MLX calls. (Other libraries
+    mapped in the process, like numpy's prefixed OpenBLAS, don't count.)
+    """
+    if not sys.platform.startswith("linux"):
+        return "n/a", None
+    import ctypes
+
+    try:
+        addr = ctypes.cast(ctypes.CDLL(None).cblas_sgemm, ctypes.c_void_p).value
+    except (AttributeError, OSError):
+        return "reference", None  # nothing global: MLX's bundled copy is used
+    lib = None
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split()
+                lo, hi = (int(v, 16) for v in fields[0].split("-"))
+                if lo <= (addr or 0) < hi and len(fields) >= 6:
+                    lib = fields[-1]
+                    break
+    except OSError:
+        return "n/a", None
+    if lib and re.search(r"openblas|mkl|blis|flexiblas|accelerate", lib, re.I):
+        return "optimized", lib
+    return "reference", lib
+
+
+def openblas_hint() -> str:
+    """How to make MLX use OpenBLAS on this machine (Debian/Ubuntu paths)."""
+    for path in (
+        "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
+        "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
+    ):
+        if os.path.exists(path):
+            return f"run with LD_PRELOAD={path}"
+    return (
+        "apt-get install libopenblas0-pthread, then run with "
+        "LD_PRELOAD=/usr/lib/$(uname -m)-linux-gnu/openblas-pthread/libblas.so.3"
+    )
+
+
+def resolve_precision(ops: Any, precision: str) -> tuple[str, str]:
+    """(dtype name, why) for ``--precision auto|fp32|bf16`` on this backend and device."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r} — use one of: {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return _DTYPE[precision], "requested"
+    native = getattr(ops, "native_bf16", None)
+    ok, why = native() if native else (False, "backend does not report bf16 support")
+    return ("bfloat16" if ok else "float32"), why
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+def _batch(ops: Any, rng: np.random.Generator, vocab: int, batch: int, seq: int) -> tuple:
+    ids = rng.integers(0, vocab, size=(batch, seq + 1), dtype=np.int64)
+    return ops.asarray(ids[:, :-1]), ops.asarray(ids[:, 1:])
+
+
+def make_train_step(
+    ops: Any,
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    dtype: str = "float32",
+    compile: bool = False,
+    max_grad_norm: float = 0.0,
+    seed: int = 0,
+) -> Callable[[], float]:
+    """A closure running one full training step on a fixed set of random batches; returns loss.
+
+    The step ends with a host sync on the loss (what a training loop that logs does), which is
+    also what makes MLX's lazy graph run, so wall time around it is the step's time.
+    """
+    from backends.base import AdamWConfig
+
+    state: dict[str, Any] = {
+        "params": ops.trainable({k: ops.asarray(v) for k, v in init_params(cfg, seed).items()})
+    }
+    opt = ops.adamw(state["params"], AdamWConfig())
+
+    def loss(p, x, y):
+        return loss_fn(ops, cfg, p, x, y, dtype)
+
+    if compile and ops.name == "torch":
+        value_and_grad = ops.value_and_grad(ops.compile(loss))
+    elif compile:
+        value_and_grad = ops.compile(ops.value_and_grad(loss))
+    else:
+        value_and_grad = ops.value_and_grad(loss)
+    rng = np.random.default_rng(42)
+    batches = [_batch(ops, rng, cfg.vocab_size, batch_size, seq_len) for _ in range(4)]
+    counter = [0]
+
+    def step() -> float:
+        x, y = batches[counter[0] % len(batches)]
+        counter[0] += 1
+        value, grads = value_and_grad(state["params"], x, y)
+        if max_grad_norm > 0:
+            grads, _ = ops.clip_grad_norm(grads, max_grad_norm)
+        state["params"] = opt.step(state["params"], grads, 1e-3)
+        ops.eval(value, state["params"], opt.arrays())
+        out = ops.item(value)
+        ops.synchronize()
+        return out
+
+    return step
+
+
+def time_steps(step: Callable[[], Any], n: int) -> list[float]:
+    """Seconds taken by each of ``n`` calls of ``step``."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_train_step(
+    ops: Any,
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    dtype: str = "float32",
+    steps: int = 20,
+    warmup: int = 3,
+    compile: bool = False,
+    max_grad_norm: float = 0.0,
+) -> dict[str, float]:
+    """Time ``steps`` full training steps after ``warmup`` untimed ones (median per step)."""
+    if steps < 1 or warmup < 0:
+        raise UsageError("--steps must be >= 1 (and warmup >= 0) — e.g. --steps 20")
+    step = make_train_step(ops, cfg, batch_size, seq_len, dtype, compile, max_grad_norm)
+    for _ in range(warmup):
+        step()
+    times = time_steps(step, steps)
+    med = statistics.median(times)
+    tokens = batch_size * seq_len
+    fpt = flops_per_token(cfg, seq_len)
+    return {
+        "ms_per_step": med * 1e3,
+        "ms_min": min(times) * 1e3,
+        "tokens_per_s": tokens / med,
+        "flops_per_token": float(fpt),
+        "flops_per_s": fpt * tokens / med,
+        "loss": step(),
+    }
+
+
+def measure_peak_flops(ops: Any, dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of an ``n x n`` matmul: the device's practical matmul peak."""
+    rng = np.random.default_rng(0)
+    a = ops.asarray(rng.standard_normal((n, n)).astype(np.float32), dtype)
+    b = ops.asarray(rng.standard_normal((n, n)).astype(np.float32), dtype)
+    ops.eval(a, b)
+    best = float("inf")
+    with ops.inference():
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            c = a @ b
+            ops.eval(c)
+            ops.synchronize()
+            elapsed = time.perf_counter() - t0
+            if i > 0:  # the first one pays for allocation and thread-pool start-up
+                best = min(best, elapsed)
+            if elapsed > 1.0 and i > 0:  # a reference BLAS: one good sample is enough
+                break
+    return 2.0 * n**3 / best
+
+
+def greedy_generate(
+    ops: Any,
+    cfg: ModelConfig,
+    params: dict[str, Any],
+    prompt_ids: list[int],
+    new_tokens: int,
+    use_cache: bool = True,
+    dtype: str = "float32",
+) -> Iterator[int]:
+    """Greedy decoding, with or without a KV cache (the bench's own minimal sampling loop).
+
+    Without a cache every token re-runs the model on the last ``max_seq_len`` tokens (the book's
+    sampler). With a cache each token costs one position. Rotary caches slide once full (scores
+    depend only on relative positions); learned positions can't slide, so when the cache is full
+    it is refilled from the last ``max_seq_len // 2`` tokens, which keeps the per-token cost low
+    at the price of a shorter context right after a refill. Within ``max_seq_len`` tokens both
+    paths compute the same logits.
+    """
+    if not prompt_ids:
+        raise MygptError("the prompt is empty — give at least one token")
+    ids = list(prompt_ids)
+    window = cfg.max_seq_len
+
+    def pick(logits: Any) -> int:
+        return int(np.argmax(ops.to_numpy(ops.cast(logits[0, -1], "float32"))))
+
+    with ops.inference():
+        if not use_cache:
+            for _ in range(new_tokens):
+                ctx = ops.asarray(np.asarray([ids[-window:]], dtype=np.int64))
+                ids.append(pick(forward(ops, cfg, params, ctx, dtype=dtype)))
+                yield ids[-1]
+            return
+
+        cache: KVCache | None = None
+        pending: list[int] = []
+        for _ in range(new_tokens):
+            full = cache is not None and cache.offset + len(pending) > window
+            if cache is None or (full and cfg.position_type == "learned"):
+                keep = ids[-window:] if cache is None else ids[-(window // 2) :]
+                cache = KVCache(cfg.num_layers, window)
+                pending = keep
+            x = ops.asarray(np.asarray([pending], dtype=np.int64))
+            logits = forward(ops, cfg, params, x, cache=cache, dtype=dtype)
+            ids.append(pick(logits))
+            pending = [ids[-1]]
+            yield ids[-1]
+
+
+def bench_generate(
+    ops: Any,
+    cfg: ModelConfig,
+    params: dict[str, Any],
+    new_tokens: int,
+    use_cache: bool,
+    dtype: str = "float32",
+    prompt_len: int = 1,
+) -> float:
+    """Generated tokens per second (greedy, batch 1, after a short untimed warm-up)."""
+    prompt = list(range(min(prompt_len, cfg.vocab_size)))
+    for _ in greedy_generate(ops, cfg, params, prompt, min(8, new_tokens), use_cache, dtype):
+        pass
+    t0 = time.perf_counter()
+    n = 0
+    for _ in greedy_generate(ops, cfg, params, prompt, new_tokens, use_cache, dtype):
+        n += 1
+    ops.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _shape_from(recipe: str | None, overrides: dict[str, Any]) -> tuple[ModelConfig, dict]:
+    """Model config and run settings from the Ch.17 defaults < recipe < explicit flags."""
+    from mygpt.recipes import get_recipe
+
+    settings: dict[str, Any] = {
+        "vocab_size": 65,  # Tiny Shakespeare's character set
+        "embed_dim": 64,
+        "num_heads": 4,
+        "num_kv_heads": None,
+        "num_layers": 4,
+        "max_seq_len": 64,
+        "seq_len": 64,
+        "batch_size": 16,
+        "norm": "layer",
+        "position": "learned",
+        "precision": "fp32",
+    }
+    if recipe:
+        r = get_recipe(recipe)
+        settings.update({k: v for k, v in r.flags.items() if k in settings})
+        if r.flags.get("tokenizer") == "bpe":  # a BPE vocabulary: alphabet + merges
+            settings["vocab_size"] = 65 + int(r.flags.get("num_merges", 1024))
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if settings["seq_len"] > settings["max_seq_len"]:
+        raise UsageError(
+            f"--seq-len {settings['seq_len']} is longer than --max-seq-len "
+            f"{settings['max_seq_len']} — raise --max-seq-len or lower --seq-len"
+        )
+    cfg = ModelConfig(
+        vocab_size=settings["vocab_size"],
+        embed_dim=settings["embed_dim"],
+        num_heads=settings["num_heads"],
+        num_kv_heads=settings["num_kv_heads"],
+        num_layers=settings["num_layers"],
+        max_seq_len=settings["max_seq_len"],
+        norm_type=settings["norm"],
+        position_type=settings["position"],
+    )
+    return cfg, settings
+
+
+def run_bench(
+    backend: str,
+    device: str,
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "fp32",
+    steps: int = 20,
+    warmup: int = 3,
+    compile: bool = False,
+    gen_tokens: int = 500,
+    peak: bool = True,
+) -> dict[str, Any]:
+    """Every measurement for one backend, as a flat dict (what the table and --json print)."""
+    from backends import get_backend
+
+    ops = get_backend(backend, device)
+    dtype, why = resolve_precision(ops, precision)
+    row: dict[str, Any] = {
+        "backend": ops.name,
+        "device": ops.device,
+        "dtype": dtype,
+        "dtype_reason": why,
+        "params": count_params(cfg),
+    }
+    if ops.name == "mlx":
+        row["blas"], row["blas_lib"] = mlx_blas()
+    row.update(bench_train_step(ops, cfg, batch_size, seq_len, dtype, steps, warmup, compile))
+    if peak:
+        published = published_peak(ops, dtype)
+        if published:
+            row["peak_flops"], row["peak_source"] = published, gpu_name(ops)
+        else:
+            row["peak_flops"], row["peak_source"] = measure_peak_flops(ops, dtype), "matmul probe"
+        row["mfu"] = row["flops_per_s"] / row["peak_flops"]
+    if gen_tokens > 0:
+        params = {k: ops.asarray(v) for k, v in init_params(cfg).items()}
+        row["gen_tokens"] = gen_tokens
+        row["gen_tok_s_cache"] = bench_generate(ops, cfg, params, gen_tokens, True, dtype)
+        row["gen_tok_s_nocache"] = bench_generate(ops, cfg, params, gen_tokens, False, dtype)
+        row["cache_speedup"] = row["gen_tok_s_cache"] / row["gen_tok_s_nocache"]
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of bench rows (missing values shown as a dash)."""
+    cols = [
+        ("backend", "backend", "{}"),
+        ("device", "device", "{}"),
+        ("dtype", "dtype", "{}"),
+        ("ms/step", "ms_per_step", "{:.1f}"),
+        ("min ms", "ms_min", "{:.1f}"),
+        ("tokens/s", "tokens_per_s", "{:,.0f}"),
+        ("FLOPs/token", "flops_per_token", "{:,.0f}"),
+        ("GFLOP/s", "flops_per_s", "{:.2f}"),
+        ("peak GFLOP/s", "peak_flops", "{:.1f}"),
+        ("MFU", "mfu", "{:.1%}"),
+        ("gen tok/s (cache)", "gen_tok_s_cache", "{:.0f}"),
+        ("gen tok/s (no cache)", "gen_tok_s_nocache", "{:.0f}"),
+        ("cache speed-up", "cache_speedup", "{:.1f}x"),
+    ]
+    scale = {"flops_per_s": 1e-9, "peak_flops": 1e-9}
+    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        cells = []
+        for _, key, fmt in cols:
+            value = row.get(key)
+            if value is None:
+                cells.append("-")
+                continue
+            if key == "backend" and row.get("blas") in ("reference", "optimized"):
+                lib = row.get("blas_lib") or ""
+                opt = "OpenBLAS" if "openblas" in lib.lower() else "optimized BLAS"
+                value = f"{value} ({'reference BLAS' if row['blas'] == 'reference' else opt})"
+            cells.append(fmt.format(value * scale.get(key, 1)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@click.command("bench")
+@click.option("--recipe", default=None, help="Start from a recipe's model shape (`mygpt recipes`).")
+@click.option("--embed-dim", type=int, default=None)
+@click.option("--num-heads", type=int, default=None)
+@click.option("--num-kv-heads", type=int, default=None)
+@click.option("--num-layers", type=int, default=None)
+@click.option("--max-seq-len", type=int, default=None)
+@click.option("--seq-len", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--norm", type=click.Choice(["layer", "rms"]), default=None)
+@click.option("--position", type=click.Choice(["learned", "rope"]), default=None)
+@click.option("--vocab-size", type=int, default=None, help="Default 65 (Tiny Shakespeare chars).")
+@click.option(
+    "--backend",
+    "backends_",
+    multiple=True,
+    type=click.Choice(["all", "mlx", "torch"]),
+    default=("all",),
+    show_default=True,
+    help="Repeat to pick several; 'all' = every installed backend.",
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Default fp32.")
+@click.option("--steps", type=int, default=20, show_default=True, help="Timed training steps.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps first.")
+@click.option("--compile", "compile_", is_flag=True, help="mx.compile / torch.compile the step.")
+@click.option("--gen-tokens", type=int, default=500, show_default=True, help="0 skips generation.")
+@click.option("--no-peak", is_flag=True, help="Skip the matmul peak probe (and MFU).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per backend.")
+def bench(
+    recipe: str | None,
+    embed_dim: int | None,
+    num_heads: int | None,
+    num_kv_heads: int | None,
+    num_layers: int | None,
+    max_seq_len: int | None,
+    seq_len: int | None,
+    batch_size: int | None,
+    norm: str | None,
+    position: str | None,
+    vocab_size: int | None,
+    backends_: tuple[str, ...],
+    device: str,
+    precision: str | None,
+    steps: int,
+    warmup: int,
+    compile_: bool,
+    gen_tokens: int,
+    no_peak: bool,
+    as_json: bool,
+) -> None:
+    """Training-step time, tokens/s, FLOPs/token, MFU and generation speed per backend."""
+    import json
+
+    from backends import available_backends
+
+    cfg, s = _shape_from(
+        recipe,
+        {
+            "embed_dim": embed_dim,
+            "num_heads": num_heads,
+            "num_kv_heads": num_kv_heads,
+            "num_layers": num_layers,
+            "max_seq_len": max_seq_len,
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "norm": norm,
+            "position": position,
+            "vocab_size": vocab_size,
+            "precision": precision,
+        },
+    )
+    installed = available_backends()
+    names = installed if "all" in backends_ else list(dict.fromkeys(backends_))
+    if not names:
+        raise MygptError("no backend is installed — pip install torch, or pip install mlx")
+    click.echo(
+        f"config: {cfg.num_layers} layers x {cfg.embed_dim} wide, {cfg.num_heads} heads "
+        f"({cfg.num_kv_heads} K/V), {cfg.norm_type} norm, {cfg.position_type} positions, "
+        f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}; batch {s['batch_size']} x "
+        f"{s['seq_len']} tokens; {count_params(cfg):,} params; "
+        f"{platform.machine()} {platform.system()}",
+        err=True,
+    )
+    rows = []
+    for name in names:
+        click.echo(f"benchmarking {name} ...", err=True)
+        row = run_bench(
+            name,
+            device,
+            cfg,
+            s["batch_size"],
+            s["seq_len"],
+            s["precision"],
+            steps,
+            warmup,
+            compile_,
+            gen_tokens,
+            peak=not no_peak,
+        )
+        rows.append(row)
+        if as_json:
+            click.echo(json.dumps(row))
+    if not as_json:
+        click.echo(format_table(rows))
+        for row in rows:
+            if row.get("blas") == "reference":
+                click.echo(
+                    "note: MLX runs on the reference BLAS bundled with mlx[cpu] (matmuls ~30x "
+                    f"slower than OpenBLAS) — {openblas_hint()}"
+                )
+            if row["dtype_reason"] != "requested":
+                click.echo(
+                    f"note: {row['backend']} precision auto -> {row['dtype']}: "
+                    f"{row['dtype_reason']}"
+                )
