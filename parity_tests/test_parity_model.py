@@ -1,0 +1,28 @@
+"""Whole-model parity: forward logits, loss and gradients for every architecture variant."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.base import DTYPES
+from mygpt.parity import CHECKS, run_check
+
+MODEL_CHECKS = [c for c in CHECKS if c.kind == "model"]
+
+
+def test_all_twelve_variants_are_checked():
+    variants = {c.name.split(" ", 1)[1] for c in MODEL_CHECKS}
+    assert variants == {
+        f"{n}/{p}/{k}"
+        for n in ("layer", "rms")
+        for p in ("learned", "rope")
+        for k in ("mha", "gqa", "mqa")
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("check", MODEL_CHECKS, ids=lambda c: c.name.split(" ", 1)[1])
+def test_model_forward_and_grads(check, dtype, cross_pair, check_rows):
+    rows = run_check(check, *cross_pair, dtype)
+    check_rows(rows)
+    assert {r.name.rsplit(" ", 1)[1] for r in rows} == {"logits", "loss", "grads"}
