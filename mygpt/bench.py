@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -28,10 +28,8 @@ import numpy as np
 
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError, UsageError
-from mygpt.model import KVCache, count_params, flops_per_token, forward, init_params, loss_fn
-
-PRECISIONS = ("auto", "fp32", "bf16")
-_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}
+from mygpt.model import count_params, flops_per_token, init_params, loss_fn
+from mygpt.precision import PRECISIONS, resolve_precision
 
 # Dense (no sparsity) peak FLOP/s by GPU name fragment: (fp32, bf16). fp32 is plain FP32, not TF32.
 _PUBLISHED: list[tuple[str, float, float]] = [
@@ -134,17 +132,6 @@ def openblas_hint() -> str:
     )
 
 
-def resolve_precision(ops: Any, precision: str) -> tuple[str, str]:
-    """(dtype name, why) for ``--precision auto|fp32|bf16`` on this backend and device."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r} — use one of: {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return _DTYPE[precision], "requested"
-    native = getattr(ops, "native_bf16", None)
-    ok, why = native() if native else (False, "backend does not report bf16 support")
-    return ("bfloat16" if ok else "float32"), why
-
-
 # --- measurements -----------------------------------------------------------------------------
 
 
@@ -178,12 +165,7 @@ def make_train_step(
     def loss(p, x, y):
         return loss_fn(ops, cfg, p, x, y, dtype)
 
-    if compile and ops.name == "torch":
-        value_and_grad = ops.value_and_grad(ops.compile(loss))
-    elif compile:
-        value_and_grad = ops.compile(ops.value_and_grad(loss))
-    else:
-        value_and_grad = ops.value_and_grad(loss)
+    value_and_grad = ops.value_and_grad(loss, compile=compile)
     rng = np.random.default_rng(42)
     batches = [_batch(ops, rng, cfg.vocab_size, batch_size, seq_len) for _ in range(4)]
     counter = [0]
@@ -265,55 +247,6 @@ def measure_peak_flops(ops: Any, dtype: str = "float32", n: int = 1024, repeats:
     return 2.0 * n**3 / best
 
 
-def greedy_generate(
-    ops: Any,
-    cfg: ModelConfig,
-    params: dict[str, Any],
-    prompt_ids: list[int],
-    new_tokens: int,
-    use_cache: bool = True,
-    dtype: str = "float32",
-) -> Iterator[int]:
-    """Greedy decoding, with or without a KV cache (the bench's own minimal sampling loop).
-
-    Without a cache every token re-runs the model on the last ``max_seq_len`` tokens (the book's
-    sampler). With a cache each token costs one position. Rotary caches slide once full (scores
-    depend only on relative positions); learned positions can't slide, so when the cache is full
-    it is refilled from the last ``max_seq_len // 2`` tokens, which keeps the per-token cost low
-    at the price of a shorter context right after a refill. Within ``max_seq_len`` tokens both
-    paths compute the same logits.
-    """
-    if not prompt_ids:
-        raise MygptError("the prompt is empty — give at least one token")
-    ids = list(prompt_ids)
-    window = cfg.max_seq_len
-
-    def pick(logits: Any) -> int:
-        return int(np.argmax(ops.to_numpy(ops.cast(logits[0, -1], "float32"))))
-
-    with ops.inference():
-        if not use_cache:
-            for _ in range(new_tokens):
-                ctx = ops.asarray(np.asarray([ids[-window:]], dtype=np.int64))
-                ids.append(pick(forward(ops, cfg, params, ctx, dtype=dtype)))
-                yield ids[-1]
-            return
-
-        cache: KVCache | None = None
-        pending: list[int] = []
-        for _ in range(new_tokens):
-            full = cache is not None and cache.offset + len(pending) > window
-            if cache is None or (full and cfg.position_type == "learned"):
-                keep = ids[-window:] if cache is None else ids[-(window // 2) :]
-                cache = KVCache(cfg.num_layers, window)
-                pending = keep
-            x = ops.asarray(np.asarray([pending], dtype=np.int64))
-            logits = forward(ops, cfg, params, x, cache=cache, dtype=dtype)
-            ids.append(pick(logits))
-            pending = [ids[-1]]
-            yield ids[-1]
-
-
 def bench_generate(
     ops: Any,
     cfg: ModelConfig,
@@ -323,14 +256,27 @@ def bench_generate(
     dtype: str = "float32",
     prompt_len: int = 1,
 ) -> float:
-    """Generated tokens per second (greedy, batch 1, after a short untimed warm-up)."""
+    """Generated tokens per second (greedy, batch 1, after a short untimed warm-up).
+
+    Uses the real sampler (:func:`mygpt.generate.generate`, temperature 0), so the number is what
+    ``mygpt generate`` gets: rotary models slide the cache, learned-position models must refill it
+    every token once the window is full (so their cache only helps for the first max_seq_len).
+    """
+    from mygpt.generate import generate
+
     prompt = list(range(min(prompt_len, cfg.vocab_size)))
-    for _ in greedy_generate(ops, cfg, params, prompt, min(8, new_tokens), use_cache, dtype):
-        pass
+
+    def run(n: int) -> int:
+        count = 0
+        for _ in generate(
+            ops, cfg, params, prompt, n, temperature=0.0, use_cache=use_cache, dtype=dtype
+        ):
+            count += 1
+        return count
+
+    run(min(8, new_tokens))
     t0 = time.perf_counter()
-    n = 0
-    for _ in greedy_generate(ops, cfg, params, prompt, new_tokens, use_cache, dtype):
-        n += 1
+    n = run(new_tokens)
     ops.synchronize()
     return n / (time.perf_counter() - t0)
 
@@ -357,9 +303,10 @@ def _shape_from(recipe: str | None, overrides: dict[str, Any]) -> tuple[ModelCon
     }
     if recipe:
         r = get_recipe(recipe)
-        settings.update({k: v for k, v in r.flags.items() if k in settings})
-        if r.flags.get("tokenizer") == "bpe":  # a BPE vocabulary: alphabet + merges
-            settings["vocab_size"] = 65 + int(r.flags.get("num_merges", 1024))
+        # Shapes only: a recipe's precision (auto/bf16) is not applied, so numbers compare
+        # across recipes; measure bf16 with an explicit --precision.
+        settings.update({k: v for k, v in r.flags.items() if k in settings and k != "precision"})
+        settings["vocab_size"] = r.vocab_size
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if settings["seq_len"] > settings["max_seq_len"]:
         raise UsageError(
@@ -480,7 +427,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     help="Repeat to pick several; 'all' = every installed backend.",
 )
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Default fp32.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help="Default fp32 (a recipe's precision is not applied).",
+)
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed training steps.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps first.")
 @click.option("--compile", "compile_", is_flag=True, help="mx.compile / torch.compile the step.")

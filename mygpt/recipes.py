@@ -36,6 +36,9 @@ class Recipe:
     chapter: int
     description: str
     flags: dict[str, Any] = field(default_factory=dict)
+    # The vocabulary size this recipe ends up with on its intended corpus: `mygpt bench` builds
+    # the model without a tokenizer, so it needs the number (Tiny Shakespeare has 65 characters).
+    vocab_size: int = 65
 
     def args(self) -> list[str]:
         """The recipe as command-line arguments, e.g. ``["--norm", "rms", "--num-kv-heads", "2"]``."""
@@ -80,7 +83,7 @@ _ALL = [
     Recipe("ch21-cosine", 21, "single change: cosine LR with 100 warmup steps and grad clipping at 1.0",
            {"schedule": "cosine", "warmup": 100, "max_grad_norm": 1.0}),
     Recipe("ch22-bpe", 22, "single change: a character-level BPE tokenizer (Ch.22-23), 512 merges",
-           {"tokenizer": "bpe", "num_merges": 512}),
+           {"tokenizer": "bpe", "num_merges": 512}, vocab_size=65 + 512),
     Recipe("ch24-rmsnorm", 24, "single change: RMSNorm instead of LayerNorm", {"norm": "rms"}),
     Recipe("ch25-rope", 25, "single change: rotary positions instead of learned ones",
            {"position": "rope"}),
@@ -108,7 +111,7 @@ _ALL = [
                "max_grad_norm": 1.0,
                "steps": 10000,
                "checkpoint_every": 2500,
-           }),
+           }, vocab_size=3046),  # the book's wikitext-103 vocabulary: 2022 characters + 1024 merges
 ]  # fmt: skip
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _ALL}
