@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 from click.testing import CliRunner
@@ -14,17 +15,37 @@ from mygpt.parity_cli import parity
 HEADER = ("op", "dtype", "device", "max abs err", "max rel err", "tolerance", "pass")
 
 
-def _run(args):
-    """Through the real ``mygpt`` entry point once the command is registered there."""
-    from mygpt.cli import cli
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
 
-    if "parity" in cli.commands:
-        return CliRunner().invoke(cli, ["parity", *args])
-    return CliRunner().invoke(parity, args)
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
 
 
-def test_quick_prints_the_table_and_exits_zero():
-    result = _run(["--quick"])
+@pytest.fixture
+def run(capsys):
+    """``mygpt parity ARGS`` through the real entry point (``mygpt.cli.main``) once the command
+    is registered there; until then the command object itself through click's runner."""
+    from mygpt.cli import cli, main
+
+    def invoke(args: list[str]) -> Result:
+        if "parity" in cli.commands:
+            capsys.readouterr()
+            code = main(["parity", *args])
+            out, err = capsys.readouterr()
+            return Result(code, out, err)
+        r = CliRunner().invoke(parity, args)
+        return Result(r.exit_code, r.stdout, r.stderr if r.stderr_bytes is not None else "")
+
+    return invoke
+
+
+def test_quick_prints_the_table_and_exits_zero(run):
+    result = run(["--quick"])
     assert result.exit_code == 0, result.output
     out = result.stdout
     head = out.splitlines()[0]
@@ -46,8 +67,8 @@ def test_quick_prints_the_table_and_exits_zero():
     assert "float32" in out and "bfloat16" in out
 
 
-def test_filters_select_backend_and_dtype():
-    result = _run(["--backend", "torch", "--device", "cpu", "--dtype", "float32", "--quick"])
+def test_filters_select_backend_and_dtype(run):
+    result = run(["--backend", "torch", "--device", "cpu", "--dtype", "float32", "--quick"])
     if "not installed" in result.output:
         pytest.skip("torch is not installed")
     assert result.exit_code == 0, result.output
@@ -57,26 +78,26 @@ def test_filters_select_backend_and_dtype():
     assert "bfloat16" not in result.stdout
 
 
-def test_a_failing_check_exits_one_and_says_so(monkeypatch):
+def test_a_failing_check_exits_one_and_says_so(monkeypatch, run):
     def bad(ref, cand, dtype):
         return [Row("deliberately wrong", dtype, label(cand), 1.0, 1.0, "rtol 1e-05", False)]
 
     monkeypatch.setattr(
         parity_mod, "checks", lambda quick=False: [ParityCheck("bad", bad, ("float32",))]
     )
-    result = _run(["--quick", "--dtype", "float32"])
+    result = run(["--quick", "--dtype", "float32"])
     assert result.exit_code == 1
     assert "deliberately wrong" in result.stdout and "FAIL" in result.stdout
 
 
-def test_a_crashing_check_is_a_failing_row_not_a_traceback(monkeypatch):
+def test_a_crashing_check_is_a_failing_row_not_a_traceback(monkeypatch, run):
     def crash(ref, cand, dtype):
         raise RuntimeError("kernel exploded")
 
     monkeypatch.setattr(
         parity_mod, "checks", lambda quick=False: [ParityCheck("boom", crash, ("float32",))]
     )
-    result = _run(["--dtype", "float32"])
+    result = run(["--dtype", "float32"])
     assert result.exit_code == 1
     assert "boom [RuntimeError: kernel exploded]" in result.stdout
 
@@ -88,3 +109,24 @@ def test_format_table_marks_failures_and_counts():
     ]
     text = format_table(rows)
     assert "FAIL" in text and "ok" in text and "2 comparisons, 1 failed" in text
+
+
+def test_one_backend_is_checked_against_numpy_only(monkeypatch, run):
+    """Without torch, MLX is the reference and meets numpy (and its own full forward) only."""
+    if "mlx" not in parity_mod.available_backends():
+        pytest.skip("mlx is not installed")
+    monkeypatch.setattr(parity_mod, "available_backends", lambda: ["mlx"])
+    result = run(["--quick", "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    body = [line for line in result.stdout.splitlines() if line.rstrip().endswith(" ok")]
+    assert body and all("mlx:" in line for line in body)
+    assert all(("numpy-f64" in line) or ("full forward" in line) for line in body)
+    assert "torch:cpu" not in result.stdout
+
+
+def test_no_matching_backend_is_a_one_line_error(monkeypatch, run):
+    monkeypatch.setattr(parity_mod, "available_backends", lambda: [])
+    result = run(["--quick"])
+    assert result.exit_code == 1
+    assert "error: no backend is installed" in result.output
+    assert "Traceback" not in result.output
