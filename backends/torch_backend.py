@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -56,7 +57,9 @@ class TorchOps(Ops):
         if device == "cpu":
             # On small machines torch's pool spins against other busy processes; one thread per
             # physical core is the deliberate choice (hyper-threads don't speed up matmuls).
-            torch.set_num_threads(threads or physical_cores())
+            # MYGPT_THREADS overrides (tests use 1: tiny models on a shared machine).
+            env = os.environ.get("MYGPT_THREADS")
+            torch.set_num_threads(threads or (int(env) if env else physical_cores()))
 
     def native_bf16(self) -> tuple[bool, str]:
         if self.device == "cuda":
