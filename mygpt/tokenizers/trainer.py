@@ -25,9 +25,11 @@ How keys change under a merge ``(a, b) -> c``:
   first non-stale valid entry popped is the true ``(max count, min key)`` pair.
 
 Symbol identity is by *value* (the concatenated string or bytes), as in the book's string-based
-trainer: when two different merges spell the same string, both produce the same symbol. In that
-rare case ``c`` existed before the merge, a pair can lose and gain occurrences in one word, and the
-word takes a slower, fully general path that compares first offsets before and after.
+trainer: should a merge spell a string that already is a symbol, it produces that same symbol.
+(Training from single characters with global left-to-right merges never seems to do this — random
+search found no case — but the trainer accepts multi-character starting symbols, where it does.)
+Then ``c`` existed before the merge, a pair can lose and gain occurrences in one word, and the word
+takes a slower, fully general path that compares first offsets before and after.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def train_bpe(
 ) -> TrainResult:
     """Learn up to ``num_merges`` merges over unique ``words`` (symbol-id lists, first-appearance order).
 
-    ``values[i]`` is symbol ``i``'s value (``str`` or ``bytes``; every initial symbol has length 1).
+    ``values[i]`` is symbol ``i``'s value (``str`` or ``bytes``); offsets count ``len(value)`` units.
     With ``count_duplicates=False`` a merge that re-creates an existing value is still applied to the
     words but does not count towards ``num_merges`` (byte-level BPE, whose tokens must be unique).
     ``words`` is modified in place.
@@ -115,9 +117,11 @@ def train_bpe(
             continue
         f = freqs[w]
         pairs = list(zip(toks, toks[1:]))
-        for i, p in enumerate(pairs):  # initial symbols have length 1: offset == index
+        off = 0
+        for p in pairs:
             if p not in key:
-                key[p] = (w, i)
+                key[p] = (w, off)
+            off += toklen[p[0]]
         for p, k in Counter(pairs).items():
             counts[p] += k * f
             where[p].add(w)
