@@ -73,14 +73,15 @@ class TorchOps(Ops):
 
     # --- data ------------------------------------------------------------------------------
     def asarray(self, x, dtype: str | None = None) -> Array:
-        t = torch.as_tensor(np.asarray(x), device=self._dev)
+        # a copy, never a view: the in-place optimizer must not write into the caller's numpy arrays
+        t = torch.tensor(np.asarray(x), device=self._dev)
         return t.to(_DTYPES[dtype]) if dtype else t
 
     def to_numpy(self, x: Array) -> np.ndarray:
         x = x.detach()
         if x.dtype == torch.bfloat16:
             x = x.float()
-        return x.cpu().numpy()
+        return x.cpu().numpy().copy()  # a snapshot, not a view of a tensor that will change
 
     def cast(self, x: Array, dtype: str) -> Array:
         return x.to(_DTYPES[dtype])
@@ -123,9 +124,12 @@ class TorchOps(Ops):
         table = self._rope_cache.get(key)
         if table is None or table[0].shape[0] < length:
             n = max(length, 2 * table[0].shape[0] if table else 256)
-            inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-            angles = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq[None, :]
-            table = (angles.cos().to(self._dev), angles.sin().to(self._dev))
+            # built outside inference mode, so a table first made while sampling still works in
+            # a later backward pass
+            with torch.inference_mode(False):
+                inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+                angles = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq[None, :]
+                table = (angles.cos().to(self._dev), angles.sin().to(self._dev))
             self._rope_cache[key] = table
         return table
 

@@ -1,10 +1,15 @@
 """Sampling: temperature, top-k, top-p, with a KV cache on either backend.
 
 Without a cache this is the book's loop: crop the context to ``max_seq_len``, run the whole window,
-sample from the last position. With a cache each new token costs one position instead of a window.
-Both give the same tokens: rotary models slide the cache (scores depend only on relative
-positions), learned-position models refill it once the window is full (every position shifts when
-the book crops, so nothing cached stays valid).
+sample from the last position. With a cache each new token costs one position instead of a window,
+and the tokens are the same: up to ``max_seq_len`` tokens nothing differs but the arithmetic.
+
+Past the window the book crops, and cropping changes every cached hidden state from the second
+layer on (each token's layer-2 key was computed while it could still see the tokens now dropped),
+so an exact cache must be refilled at every step from then on. ``sliding=True`` (rotary models
+only) instead keeps the last ``max_seq_len`` keys and values as they were, the rotating cache of
+mlx-lm and llama.cpp: fast for long generations, but no longer token-for-token the book's output
+once the window is full.
 """
 
 from __future__ import annotations
@@ -75,10 +80,16 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     use_cache: bool = True,
+    sliding: bool = False,
     dtype: str = "float32",
 ) -> Iterator[int]:
     """Yield ``max_new_tokens`` new token ids, one at a time (for streaming)."""
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    if sliding and cfg.position_type != "rope":
+        raise MygptError(
+            "a sliding KV cache needs rotary positions (learned positions stop at max_seq_len) — "
+            "drop --sliding-window for this model"
+        )
     if len(prompt_ids) == 0:
         raise MygptError("the prompt is empty — pass --prompt with at least one character")
     rng = np.random.default_rng(seed)
@@ -96,7 +107,7 @@ def generate(
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits = last_logits(ids[-T:], None)
-            elif cache is None or (cfg.position_type == "learned" and len(ids) > T):
+            elif cache is None or (not sliding and len(ids) > T):
                 # (re)fill: the whole cropped window in one pass
                 cache = model.KVCache(cfg.num_layers, max_len=T)
                 logits = last_logits(ids[-T:], cache)

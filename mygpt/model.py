@@ -112,11 +112,10 @@ def check_params(cfg: ModelConfig, params: dict[str, Any]) -> None:
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, for incremental decoding.
 
-    With rotary positions the cache may slide: keys keep the rotation of their absolute position,
-    and attention scores depend only on relative positions, so dropping the oldest entries once
-    ``max_seq_len`` is reached gives the same result as re-running the cropped context. Learned
-    positions can't slide (every position shifts when the window crops); the generator re-fills
-    the cache instead.
+    Beyond ``max_len`` entries the oldest are dropped (a rotating cache). With rotary positions
+    that is well defined, as scores depend only on relative positions; it is *not* what re-running
+    the cropped window gives (see ``mygpt.generate``), so the exact generator never lets the cache
+    grow past the window.
     """
 
     num_layers: int

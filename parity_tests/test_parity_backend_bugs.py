@@ -1,8 +1,7 @@
 """Backend behaviour the two backends must share, found while writing the parity checks.
 
-These are marked xfail (strict) on the backend that currently gets them wrong: the backends are
-not this module's to edit. When a fix lands the test XPASSes, strict makes that a failure, and
-the marker is removed.
+Each test here once failed on the torch backend (memory shared with numpy; a rope table built
+under inference mode); they stay as regression tests for both backends.
 """
 
 from __future__ import annotations
@@ -14,22 +13,6 @@ from backends.base import AdamWConfig
 from mygpt.model import forward, init_params, loss_fn
 from mygpt.parity import tiny_config
 
-ALIASING = (
-    "TorchOps.asarray uses torch.as_tensor (shares memory with the numpy input) and to_numpy "
-    "returns .numpy() (a view of the tensor): the in-place AdamW step then rewrites the caller's "
-    "numpy arrays and earlier snapshots; MLX copies both ways"
-)
-INFERENCE_ROPE = (
-    "TorchOps caches its rope cos/sin table on first use; built under ops.inference() it holds "
-    "inference tensors, and a later value_and_grad through rope raises 'Inference tensors cannot "
-    "be saved for backward' (fp32; bf16 casts a fresh copy)"
-)
-
-
-def _xfail_on_torch(request, reason):
-    if request.node.callspec.params["pair"] == "torch":
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
 
 def _one_step(ops, params):
     P = ops.trainable({k: ops.asarray(v) for k, v in params.items()})
@@ -37,8 +20,7 @@ def _one_step(ops, params):
     return P, opt
 
 
-def test_asarray_does_not_share_memory_with_numpy(pair, request):
-    _xfail_on_torch(request, ALIASING)
+def test_asarray_does_not_share_memory_with_numpy(pair):
     _, ops = pair
     w = np.zeros((3, 4), dtype=np.float32)
     P, opt = _one_step(ops, {"w": w})
@@ -47,8 +29,7 @@ def test_asarray_does_not_share_memory_with_numpy(pair, request):
     assert np.all(w == 0), "the optimizer step wrote into the numpy array the params came from"
 
 
-def test_to_numpy_is_a_snapshot(pair, request):
-    _xfail_on_torch(request, ALIASING)
+def test_to_numpy_is_a_snapshot(pair):
     _, ops = pair
     P, opt = _one_step(ops, {"w": np.zeros((3, 4), dtype=np.float32)})
     before = ops.to_numpy(P["w"])
@@ -59,10 +40,8 @@ def test_to_numpy_is_a_snapshot(pair, request):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_training_after_inference_with_rope(dtype, pair, request):
+def test_training_after_inference_with_rope(dtype, pair):
     """Sampling mid-training (under ops.inference()) must not break the next training step."""
-    if dtype == "float32":
-        _xfail_on_torch(request, INFERENCE_ROPE)
     _, ops = pair
     # a rope dimension no other test uses, so the backend's table is built here, under inference
     cfg = tiny_config("rms", "rope", "gqa", embed_dim=40)
