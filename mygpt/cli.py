@@ -175,6 +175,12 @@ def train(
 @click.option(
     "--no-cache", is_flag=True, help="Recompute the whole window each token, as the book does."
 )
+@click.option(
+    "--sliding-window",
+    is_flag=True,
+    help="Rotary models: keep a rotating KV cache past max_seq_len (fast for long outputs, but "
+    "past the window no longer token-for-token the book's crop-and-recompute output).",
+)
 @_backend
 @_device
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
@@ -187,6 +193,7 @@ def generate(
     top_p: float,
     seed: int,
     no_cache: bool,
+    sliding_window: bool,
     backend: str,
     device: str,
     precision: str,
@@ -197,7 +204,7 @@ def generate(
     m = mygpt.load(checkpoint, backend=backend, device=device, precision=precision)
     click.echo(
         f"{m.ops.describe()} · {m.dtype} · {m.config.vocab_size}-token {m.tokenizer.kind} "
-        f"tokenizer · KV cache {'off' if no_cache else 'on'}",
+        f"tokenizer · KV cache {'off' if no_cache else 'sliding' if sliding_window else 'on'}",
         err=True,
     )
     ids = m.encode(prompt)
@@ -214,6 +221,7 @@ def generate(
         top_p=top_p,
         seed=seed,
         use_cache=not no_cache,
+        sliding=sliding_window,
     ):
         out.write(decoder.decode(m.tokenizer.decode_bytes([token])))
         out.flush()
