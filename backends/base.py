@@ -187,5 +187,10 @@ class Ops(abc.ABC):
     def seed(self, seed: int) -> None:
         """Seed the framework RNG (dropout only: weights and batches come from numpy)."""
 
+    threads: int | None = None  # CPU compute threads, where the backend sets them
+    threads_reason: str = ""
+
     def describe(self) -> str:
+        if self.device == "cpu" and self.threads:
+            return f"{self.name} on cpu ({self.threads} threads: {self.threads_reason})"
         return f"{self.name} on {self.device}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
-from backends.cpu import cpu_has_native_bf16, physical_cores
+from backends.cpu import compute_threads, cpu_has_native_bf16
 from mygpt.errors import MygptError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -55,11 +54,8 @@ class TorchOps(Ops):
         self._dev = torch.device(device)
         self._rope_cache: dict[tuple[int, float], tuple[Array, Array]] = {}
         if device == "cpu":
-            # On small machines torch's pool spins against other busy processes; one thread per
-            # physical core is the deliberate choice (hyper-threads don't speed up matmuls).
-            # MYGPT_THREADS overrides (tests use 1: tiny models on a shared machine).
-            env = os.environ.get("MYGPT_THREADS")
-            torch.set_num_threads(threads or (int(env) if env else physical_cores()))
+            self.threads, self.threads_reason = compute_threads(threads)
+            torch.set_num_threads(self.threads)
 
     def native_bf16(self) -> tuple[bool, str]:
         if self.device == "cuda":

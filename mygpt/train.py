@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from backends import AdamWConfig, get_backend
+from backends import AdamWConfig, get_backend, resolve_backend_name
 from mygpt import model
 from mygpt.checkpoint import Checkpoint, load_checkpoint, save_book_checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
@@ -194,11 +194,13 @@ def train(
             )
     tc.validate()
 
-    ops = get_backend(tc.backend, tc.device)
+    backend_name, backend_why = resolve_backend_name(tc.backend)
+    ops = get_backend(backend_name, tc.device)
     dtype, why = resolve_precision(ops, tc.precision)
+    threads = f", {ops.threads} threads: {ops.threads_reason}" if ops.threads else ""
     _status(
-        f"backend: {ops.name} ({'requested' if tc.backend != 'auto' else 'auto'}) · "
-        f"device: {ops.device} ({ops.device_reason}) · precision: {dtype} ({why})"
+        f"backend: {ops.name} ({backend_why}) · device: {ops.device} ({ops.device_reason}{threads}) · "
+        f"precision: {dtype} ({why})"
     )
 
     # --- data ---------------------------------------------------------------------------------
