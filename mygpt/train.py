@@ -90,6 +90,16 @@ class TrainConfig:
             dropout=self.dropout,
         )
 
+    def lr_at(self, step: int) -> float:
+        return lr_at(
+            step,
+            lr=self.lr,
+            total_steps=self.steps,
+            schedule=self.schedule,
+            warmup=self.warmup,
+            min_lr=self.min_lr,
+        )
+
     def validate(self) -> None:
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "print_every")
         for name in positive:
@@ -349,14 +359,7 @@ def train(
             step,
             loss=last_loss,
             val=last_val,
-            lr=lr_at(
-                step,
-                lr=tc.lr,
-                total_steps=tc.steps,
-                schedule=tc.schedule,
-                warmup=tc.warmup,
-                min_lr=tc.min_lr,
-            ),
+            lr=tc.lr_at(step),
             tokens_per_s=rate,
         )
 
@@ -364,14 +367,7 @@ def train(
     with _StopFlag() as stop:
         try:
             for step in range(start_step + 1, tc.steps + 1):
-                lr = lr_at(
-                    step,
-                    lr=tc.lr,
-                    total_steps=tc.steps,
-                    schedule=tc.schedule,
-                    warmup=tc.warmup,
-                    min_lr=tc.min_lr,
-                )
+                lr = tc.lr_at(step)
                 loss, grads = None, None
                 for _ in range(tc.grad_accum):
                     x, y = sampler.sample()
