@@ -300,6 +300,7 @@ def _shape_from(recipe: str | None, overrides: dict[str, Any]) -> tuple[ModelCon
         "norm": "layer",
         "position": "learned",
         "precision": "fp32",
+        "max_grad_norm": 0.0,  # the step clips when the recipe's training does
     }
     if recipe:
         r = get_recipe(recipe)
@@ -338,6 +339,7 @@ def run_bench(
     compile: bool = False,
     gen_tokens: int = 500,
     peak: bool = True,
+    max_grad_norm: float = 0.0,
 ) -> dict[str, Any]:
     """Every measurement for one backend, as a flat dict (what the table and --json print)."""
     from backends import get_backend
@@ -353,7 +355,11 @@ def run_bench(
     }
     if ops.name == "mlx":
         row["blas"], row["blas_lib"] = mlx_blas()
-    row.update(bench_train_step(ops, cfg, batch_size, seq_len, dtype, steps, warmup, compile))
+    row.update(
+        bench_train_step(
+            ops, cfg, batch_size, seq_len, dtype, steps, warmup, compile, max_grad_norm
+        )
+    )
     if peak:
         published = published_peak(ops, dtype)
         if published:
@@ -509,6 +515,7 @@ def bench(
             compile_,
             gen_tokens,
             peak=not no_peak,
+            max_grad_norm=s["max_grad_norm"],
         )
         rows.append(row)
         if as_json:

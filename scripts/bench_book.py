@@ -97,6 +97,7 @@ def build_torch_reference(shape: dict, attention: str, batch: int, seq: int):
             self.W_K = nn.Linear(C, Hkv * D, bias=False)
             self.W_V = nn.Linear(C, Hkv * D, bias=False)
             self.W_O = nn.Linear(C, C, bias=False)
+            self.dropout = nn.Dropout(shape.get("dropout", 0.0))
             self.register_buffer("causal_mask", torch.tril(torch.ones(T_max, T_max)))
             if rope:
                 inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2).float() / D))
@@ -120,14 +121,16 @@ def build_torch_reference(shape: dict, attention: str, batch: int, seq: int):
             if rope:
                 q, k = self.rotate(q, T), self.rotate(k, T)
             if attention == "sdpa":
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, dropout_p=self.dropout.p, enable_gqa=Hkv != H
+                )
             else:
                 if Hkv != H:
                     k = k.repeat_interleave(H // Hkv, dim=1)
                     v = v.repeat_interleave(H // Hkv, dim=1)
                 scores = q @ k.transpose(-2, -1) / math.sqrt(D)
                 scores = scores.masked_fill(self.causal_mask[:T, :T] == 0, float("-inf"))
-                out = torch.softmax(scores, dim=-1) @ v
+                out = self.dropout(torch.softmax(scores, dim=-1)) @ v
             return self.W_O(out.transpose(1, 2).contiguous().view(B, T, C))
 
     class MLP(nn.Module):
@@ -135,9 +138,10 @@ def build_torch_reference(shape: dict, attention: str, batch: int, seq: int):
             super().__init__()
             self.fc1 = nn.Linear(C, 4 * C)
             self.fc2 = nn.Linear(4 * C, C)
+            self.dropout = nn.Dropout(shape.get("dropout", 0.0))
 
         def forward(self, x):
-            return self.fc2(F.gelu(self.fc1(x)))
+            return self.dropout(self.fc2(F.gelu(self.fc1(x))))
 
     class Block(nn.Module):
         def __init__(self) -> None:
@@ -187,7 +191,7 @@ def build_torch_reference(shape: dict, attention: str, batch: int, seq: int):
         opt.step()
         return loss.item()
 
-    return step, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return step, f"plain torch {torch.__version__}"
 
 
 def build_mygpt(shape: dict, backend: str, batch: int, seq: int):
@@ -211,9 +215,7 @@ def build_mygpt(shape: dict, backend: str, batch: int, seq: int):
         kind, lib = mlx_blas()
         note = f"mlx, {'OpenBLAS' if kind == 'optimized' else 'reference BLAS'}"
     else:
-        import torch  # only to report the thread count the backend chose
-
-        note = f"torch backend, {torch.get_num_threads()} threads"
+        note = "mygpt torch backend"
     return step, note
 
 
@@ -222,6 +224,8 @@ def worker(args: argparse.Namespace) -> None:
     from mygpt.bench import time_steps
 
     shape = CONFIGS[args.config]
+    if args.threads:
+        os.environ["MYGPT_THREADS"] = str(args.threads)  # mygpt's torch backend reads this
     steps, notes = {}, {}
     for name in args.variants.split(","):
         if name in ("book", "sdpa"):
@@ -229,6 +233,15 @@ def worker(args: argparse.Namespace) -> None:
         else:
             backend = name.split("-")[1]  # mygpt-torch / mygpt-mlx[-openblas]
             steps[name], notes[name] = build_mygpt(shape, backend, args.batch, args.seq)
+    if any(n != "mygpt-mlx" for n in steps):
+        import torch  # one thread setting for every torch variant in this process
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        for name in steps:
+            if name != "mygpt-mlx":
+                notes[name] += f", {torch.get_num_threads()} threads"
+    for name in steps:
         for _ in range(3):  # warm-up: allocator, thread pools, lazy init
             steps[name]()
     print(json.dumps({"ready": True, "notes": notes}), flush=True)
@@ -249,11 +262,13 @@ def worker(args: argparse.Namespace) -> None:
 
 
 class Worker:
-    def __init__(self, config: str, variants: list[str], batch: int, seq: int, env=None) -> None:
+    def __init__(
+        self, config: str, variants: list[str], batch: int, seq: int, env=None, threads=None
+    ) -> None:
         cmd = [
             sys.executable, __file__, "--worker", "--config", config,
             "--variants", ",".join(variants), "--batch", str(batch), "--seq", str(seq),
-        ]  # fmt: skip
+        ] + (["--threads", str(threads)] if threads else [])  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
         )
@@ -278,7 +293,7 @@ def bench_config(config: str, args: argparse.Namespace) -> list[dict]:
         plain.append("mygpt-mlx")
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     print(f"[{config}] starting workers ...", file=sys.stderr)
-    workers.append(Worker(config, plain, args.batch, args.seq, env))
+    workers.append(Worker(config, plain, args.batch, args.seq, env, args.threads))
     openblas = next((p for p in OPENBLAS_PATHS if os.path.exists(p)), None)
     if openblas and not args.no_mlx:
         workers.append(
@@ -348,6 +363,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--no-mlx", action="store_true")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch threads for every torch variant (default: all CPUs, torch's own default; "
+        "mygpt's backend would pick by load, which makes runs incomparable)",
+    )
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variants", help=argparse.SUPPRESS)
