@@ -265,6 +265,8 @@ def test_encode_file_errors(toks: dict, tmp_path: Path) -> None:
         encode_file(big, bad, io.BytesIO(), dtype=np.uint16, progress=False)
     with pytest.raises(MygptError, match="special tokens are a bytebpe feature"):
         encode_file(toks["bpe"], bad, io.BytesIO(), progress=False, allowed_special=("<|x|>",))
+    with pytest.raises(MygptError, match="special tokens are a bytebpe feature"):
+        encode_file(toks["char"], bad, io.BytesIO(), progress=False, allowed_special="all")
 
 
 # --- CLI --------------------------------------------------------------------------------------

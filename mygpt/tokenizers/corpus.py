@@ -128,12 +128,12 @@ def encode_file(
             f"dtype {np.dtype(dtype).name} cannot hold ids up to {tokenizer.vocab_size - 1} — "
             "use uint32 (or --dtype auto)"
         )
-    allowed = (
-        tuple(sorted(tokenizer.special_tokens))
-        if allowed_special == "all"
-        else tuple(allowed_special)
-    )
-    check_special(tokenizer, allowed)
+    if allowed_special == "all":
+        check_special(tokenizer, ("all",))
+        allowed = tuple(sorted(tokenizer.special_tokens))
+    else:
+        allowed = tuple(allowed_special)
+        check_special(tokenizer, allowed)
     p = Path(path)
     if not p.is_file():
         raise MygptError(f"text file {str(p)!r} not found — check the path")
@@ -141,7 +141,9 @@ def encode_file(
     if workers is None:
         workers = os.cpu_count() or 1
     workers = max(1, int(workers))
-    if size <= chunk_chars:
+    if size <= 4 * chunk_chars:
+        # Each worker starts with a cold per-word cache; below a few chunks the single warm
+        # process wins (measured: 4.9 MB takes 1.1 s in-process, 2.1 s on 2 workers).
         workers = 1
 
     bar = None

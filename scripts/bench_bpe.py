@@ -1,0 +1,151 @@
+"""Benchmark: mygpt's BPE trainer and corpus encoder against a plain implementation of the book's.
+
+    uv run python scripts/bench_bpe.py [--text PATH] [--num-merges 1024] [--plain-merges N]
+
+Baselines, written here only (they are the reference, not part of mygpt):
+
+* plain trainer = the book's algorithm: after every merge, recount every adjacent pair over every
+  unique pre-token, take ``max`` of the Counter, rewrite every word;
+* plain encoder = the book's corpus encoder: for every pre-token (no cache), drop unknown
+  characters, then repeatedly merge the lowest-rank pair present.
+
+Both sides run in this one process on the same text. ``--plain-merges N`` (< num-merges) times
+the plain trainer on its first N merges only and extrapolates linearly to num-merges; the output
+then says "extrapolated". By default the full run is measured (about 4 minutes on 2 cores).
+The fast trainer's merges are checked to equal the plain trainer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from mygpt.tokenizers import encode_file, tokenizer_from_dict, train_tokenizer
+
+DEFAULT_TEXT = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/wikipedia_vital4_summaries_en.txt"
+)
+PATTERN = re.compile(r"\s*\S+|\s+")
+
+
+def plain_train(text: str, num_merges: int) -> tuple[list[str], list[tuple[str, str]]]:
+    words = Counter(PATTERN.findall(text))
+    chars = sorted(set(text))
+    splits = {w: list(w) for w in words}
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for w, f in words.items():
+            s = splits[w]
+            for i in range(len(s) - 1):
+                pairs[s[i], s[i + 1]] += f
+        if not pairs:
+            break
+        a, b = best = max(pairs, key=pairs.get)
+        merges.append(best)
+        for w in words:
+            s, out, i = splits[w], [], 0
+            while i < len(s):
+                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            splits[w] = out
+    return chars, merges
+
+
+def plain_encode(text: str, chars: list[str], merges: list[tuple[str, str]]) -> list[int]:
+    vocab = chars + [a + b for a, b in merges]
+    stoi = {t: i for i, t in enumerate(vocab)}
+    ranks = {m: i for i, m in enumerate(merges)}
+    out: list[int] = []
+    for word in PATTERN.findall(text):
+        toks = [c for c in word if c in stoi]
+        while len(toks) > 1:
+            best = min(zip(toks, toks[1:]), key=lambda p: ranks.get(p, float("inf")))
+            if best not in ranks:
+                break
+            new, i = [], 0
+            while i < len(toks):
+                if i + 1 < len(toks) and (toks[i], toks[i + 1]) == best:
+                    new.append(best[0] + best[1])
+                    i += 2
+                else:
+                    new.append(toks[i])
+                    i += 1
+            toks = new
+        out.extend(stoi[t] for t in toks)
+    return out
+
+
+def timed(fn, *args, **kw):
+    t = time.perf_counter()
+    r = fn(*args, **kw)
+    return r, time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--text", type=Path, default=DEFAULT_TEXT)
+    ap.add_argument("--num-merges", type=int, default=1024)
+    ap.add_argument("--plain-merges", type=int, default=0, help="0 = measure the full plain run")
+    ap.add_argument("--big-copies", type=int, default=8, help="copies of the text for the big file")
+    args = ap.parse_args()
+    text = args.text.read_text(encoding="utf-8")
+    n = args.num_merges
+    print(f"text: {args.text.name}, {len(text):,} characters; {n} merges", flush=True)
+
+    tok, t_fast = timed(train_tokenizer, "bpe", text, n)
+    print(f"train  fast  : {t_fast:8.2f} s", flush=True)
+    pm = args.plain_merges if 0 < args.plain_merges < n else n
+    (chars, merges), t_plain = timed(plain_train, text, pm)
+    same = tok.chars == chars and tok.merges[:pm] == merges
+    if pm < n:
+        t_plain_full = t_plain * n / pm
+        print(f"train  plain : {t_plain:8.2f} s for {pm} merges -> {t_plain_full:.1f} s "
+              f"for {n} (extrapolated linearly)")  # fmt: skip
+    else:
+        t_plain_full = t_plain
+        print(f"train  plain : {t_plain:8.2f} s")
+    print(f"train  speedup: {t_plain_full / t_fast:.1f}x   (merges identical: {same})", flush=True)
+
+    def fresh_tokenizer():  # cold per-word cache, as a new process has
+        return tokenizer_from_dict(tok.to_dict())
+
+    fresh = fresh_tokenizer()
+    ids_fast, e_fast = timed(fresh.encode_corpus, text)
+    print(f"encode fast  : {e_fast:8.2f} s  (1 process, per-word cache)", flush=True)
+    buf = io.BytesIO()
+    ntok, e_file = timed(encode_file, fresh_tokenizer(), args.text, buf, progress=False)
+    print(f"encode file  : {e_file:8.2f} s  (encode_file on the same file, incl. I/O)")
+    big = Path(tempfile.mkdtemp()) / "big.txt"
+    big.write_text(text * args.big_copies, encoding="utf-8")
+    mb = big.stat().st_size / 1e6
+    for w in (1, 2):
+        nb, e_big = timed(encode_file, fresh_tokenizer(), big, io.BytesIO(), workers=w,
+                          progress=False)  # fmt: skip
+        print(f"encode file  : {e_big:8.2f} s  ({mb:.0f} MB = text x{args.big_copies}, {w} "
+              f"worker(s), {mb / e_big:.1f} MB/s, {nb:,} tokens)", flush=True)  # fmt: skip
+    big.unlink()
+    ids_plain, e_plain = timed(plain_encode, text, tok.chars, tok.merges)
+    equal = ids_fast.tolist() == ids_plain and np.array_equal(
+        np.frombuffer(buf.getvalue(), dtype="<u2"), ids_fast
+    )
+    print(f"encode plain : {e_plain:8.2f} s  (book encoder, no cache)")
+    print(f"encode speedup: {e_plain / e_fast:.1f}x (encode_corpus), {e_plain / e_file:.1f}x "
+          f"(encode_file); {ntok:,} tokens (ids identical: {equal})")  # fmt: skip
+    return 0 if same and equal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
