@@ -39,6 +39,15 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+try:  # the C helper behind Counter.update; a plain dict avoids Counter's per-call overhead
+    from collections import _count_elements  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - other Python implementations
+
+    def _count_elements(mapping: dict, iterable) -> None:
+        for x in iterable:
+            mapping[x] = mapping.get(x, 0) + 1
+
+
 Pair = tuple[int, int]
 
 
@@ -170,8 +179,10 @@ def train_bpe(
             cur = _merge_word(old, a, b, c)
             words[w] = cur
             f = freqs[w]
-            old_pc = Counter(zip(old, old[1:]))
-            new_pc = Counter(zip(cur, cur[1:]))
+            old_pc: dict[Pair, int] = {}
+            _count_elements(old_pc, zip(old, old[1:]))
+            new_pc: dict[Pair, int] = {}
+            _count_elements(new_pc, zip(cur, cur[1:]))
             if new:
                 # Fast path: gained pairs all contain the brand-new c, lost pairs never do.
                 for q, k in old_pc.items():
