@@ -74,7 +74,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the readable JSON form atomically (a crash never leaves half a file)."""
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
+        atomic_write_text(path, readable_json(self.to_dict()))
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
         n = self.vocab_size
@@ -95,6 +95,18 @@ class Tokenizer:
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
+
+
+def readable_json(d: dict) -> str:
+    """One top-level field per line and one merge per line: diffable and easy to read."""
+    fields = []
+    for k, v in d.items():
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            body = "[\n" + ",\n".join("  " + json.dumps(x, ensure_ascii=False) for x in v) + "\n ]"
+        else:
+            body = json.dumps(v, ensure_ascii=False)
+        fields.append(f" {json.dumps(k)}: {body}")
+    return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
 def merge_all_by_rank(toks: list[int], table: dict[tuple[int, int], tuple[int, int]]) -> list[int]:
