@@ -255,24 +255,24 @@ def bench_generate(
     use_cache: bool,
     dtype: str = "float32",
     prompt_len: int = 1,
+    sliding: bool = False,
 ) -> float:
     """Generated tokens per second (greedy, batch 1, after a short untimed warm-up).
 
     Uses the real sampler (:func:`mygpt.generate.generate`, temperature 0), so the number is what
-    ``mygpt generate`` gets: rotary models slide the cache, learned-position models must refill it
-    every token once the window is full (so their cache only helps for the first max_seq_len).
+    ``mygpt generate`` gets. Its default cache is exact: once the window is full every token
+    refills it (the book crops the context, so every position shifts), which costs as much as no
+    cache; ``sliding=True`` (rotary models only) keeps one position per token past the window.
     """
     from mygpt.generate import generate
 
     prompt = list(range(min(prompt_len, cfg.vocab_size)))
+    kwargs: dict[str, Any] = {"temperature": 0.0, "use_cache": use_cache, "dtype": dtype}
+    if sliding:
+        kwargs["sliding"] = True
 
     def run(n: int) -> int:
-        count = 0
-        for _ in generate(
-            ops, cfg, params, prompt, n, temperature=0.0, use_cache=use_cache, dtype=dtype
-        ):
-            count += 1
-        return count
+        return sum(1 for _ in generate(ops, cfg, params, prompt, n, **kwargs))
 
     run(min(8, new_tokens))
     t0 = time.perf_counter()
@@ -373,6 +373,11 @@ def run_bench(
         row["gen_tok_s_cache"] = bench_generate(ops, cfg, params, gen_tokens, True, dtype)
         row["gen_tok_s_nocache"] = bench_generate(ops, cfg, params, gen_tokens, False, dtype)
         row["cache_speedup"] = row["gen_tok_s_cache"] / row["gen_tok_s_nocache"]
+        if cfg.position_type == "rope":
+            row["gen_tok_s_sliding"] = bench_generate(
+                ops, cfg, params, gen_tokens, True, dtype, sliding=True
+            )
+            row["sliding_speedup"] = row["gen_tok_s_sliding"] / row["gen_tok_s_nocache"]
     return row
 
 
@@ -392,6 +397,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ("gen tok/s (cache)", "gen_tok_s_cache", "{:.0f}"),
         ("gen tok/s (no cache)", "gen_tok_s_nocache", "{:.0f}"),
         ("cache speed-up", "cache_speedup", "{:.1f}x"),
+        ("gen tok/s (sliding cache)", "gen_tok_s_sliding", "{:.0f}"),
+        ("sliding speed-up", "sliding_speedup", "{:.1f}x"),
     ]
     scale = {"flops_per_s": 1e-9, "peak_flops": 1e-9}
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
