@@ -22,6 +22,7 @@ class Progress:
             else None
         )
         self.step = initial
+        self.tokens_per_s: float | None = None
 
     def update(
         self,
@@ -41,7 +42,9 @@ class Progress:
         if lr is not None:
             post["lr"] = f"{lr:.2e}"
         if tokens_per_s:
-            post["tok/s"] = f"{tokens_per_s:,.0f}"
+            self.tokens_per_s = tokens_per_s
+        if self.tokens_per_s:
+            post["tok/s"] = f"{self.tokens_per_s:,.0f}"
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(step - self.step)
         self.step = step

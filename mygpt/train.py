@@ -402,6 +402,7 @@ def train(
                     last_val = evaluate()
                     with open(metrics_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps({"step": step, "val_loss": last_val}) + "\n")
+                    progress.update(step, loss=last_loss, val=last_val, lr=lr)
                 if is_print:
                     line = f"step {step}: loss = {last_loss:.4f}"
                     if last_val is not None:

@@ -1,0 +1,27 @@
+"""The progress display: a bar with the live numbers on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+from mygpt.progress import Progress
+
+
+def test_bar_shows_step_loss_val_lr_and_speed(capsys):
+    p = Progress(total=100, enabled=True)
+    p.update(10, loss=2.5, lr=1e-3, tokens_per_s=12345.0)
+    p.update(20, loss=2.25, val=2.4, lr=5e-4)
+    p.write("step 20: loss = 2.2500")
+    p.close()
+    out, err = capsys.readouterr()
+    assert "step 20: loss = 2.2500" in out  # result lines stay on stdout
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    for piece in ("20/100", "loss=2.2500", "val=2.4000", "lr=5.00e-04", "tok/s=12,345"):
+        assert piece in last, (piece, last)
+
+
+def test_plain_lines_without_a_terminal(capsys):
+    p = Progress(total=100, enabled=False)
+    p.update(10, loss=2.5)
+    p.write("step 10: loss = 2.5000")
+    p.close()
+    out, err = capsys.readouterr()
+    assert out == "step 10: loss = 2.5000\n" and err == ""
