@@ -50,46 +50,43 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _to_numpy(obj: Any, torch: Any) -> Any:
-    """Tensors become numpy arrays; containers keep their type (and a state dict its ``_metadata``)."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            # numpy has no bfloat16; widening to float32 is exact.
-            t = t.float()
-        return t.contiguous().numpy()
-    if isinstance(obj, dict):
-        out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
-        for k, v in obj.items():
-            out[k] = _to_numpy(v, torch)
-        meta = getattr(obj, "_metadata", None)
-        if meta is not None:
-            out._metadata = meta  # type: ignore[attr-defined]
-        return out
-    if isinstance(obj, list):
-        return [_to_numpy(v, torch) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_numpy(v, torch) for v in obj)
-    return obj
-
-
-def _to_torch(obj: Any, torch: Any) -> Any:
-    """numpy arrays become tensors (own memory, not views); containers keep type and ``_metadata``."""
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.array(obj, copy=True, order="C"))
+def _map_leaves(obj: Any, leaf: Any) -> Any:
+    """Apply ``leaf`` to every non-container value; dicts, lists and tuples keep their type, and a
+    state dict keeps its ``_metadata`` (torch's per-module version record)."""
     if isinstance(obj, dict):
         out = collections.OrderedDict() if isinstance(obj, collections.OrderedDict) else {}
         for k, v in obj.items():
-            out[k] = _to_torch(v, torch)
+            out[k] = _map_leaves(v, leaf)
         meta = getattr(obj, "_metadata", None)
         if meta is not None:
             out._metadata = meta  # type: ignore[attr-defined]
         return out
-    if isinstance(obj, list):
-        return [_to_torch(v, torch) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_torch(v, torch) for v in obj)
-    return obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_leaves(v, leaf) for v in obj)
+    return leaf(obj)
+
+
+def _to_numpy(obj: Any, torch: Any) -> Any:
+    """Tensors become numpy arrays (bfloat16 widened to float32, which is exact)."""
+
+    def leaf(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        t = x.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).contiguous().numpy()
+
+    return _map_leaves(obj, leaf)
+
+
+def _to_torch(obj: Any, torch: Any) -> Any:
+    """numpy arrays become tensors that own their memory (not views)."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(np.array(x, copy=True, order="C"))
+        return x
+
+    return _map_leaves(obj, leaf)
 
 
 def read_torch_checkpoint(path: str | os.PathLike) -> dict:
