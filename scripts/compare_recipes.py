@@ -202,8 +202,10 @@ def plot(rows: list[dict], path: Path, smooth: int = 50) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     lowest = float("inf")
     for r in rows:
+        # bits per character, so BPE runs (fewer, bigger tokens) sit on the same axis as char runs
+        scale = r["tokens_per_char"] / math.log(2)
         steps = sorted(r["train"])
-        losses = [r["train"][s] for s in steps]
+        losses = [r["train"][s] * scale for s in steps]
         window, smoothed, acc = [], [], 0.0
         for v in losses:  # trailing moving average: the raw curve is too noisy to compare
             window.append(v)
@@ -211,18 +213,19 @@ def plot(rows: list[dict], path: Path, smooth: int = 50) -> None:
             if len(window) > smooth:
                 acc -= window.pop(0)
             smoothed.append(acc / len(window))
-        lowest = min([lowest, *smoothed, *r["val"].values()])
+        val = {k: v * scale for k, v in r["val"].items()}
+        lowest = min([lowest, *smoothed, *val.values()])
         (line,) = ax.plot(steps, smoothed, label=f"{r['name']} train", linewidth=1.2)
-        if r["val"]:
-            vs = sorted(r["val"])
+        if val:
+            vs = sorted(val)
             ax.plot(
-                vs, [r["val"][s] for s in vs], "o--", color=line.get_color(), markersize=4,
+                vs, [val[s] for s in vs], "o--", color=line.get_color(), markersize=4,
                 label=f"{r['name']} val",
             )  # fmt: skip
     ax.set_xlabel("step")
-    ax.set_ylabel(f"loss (nats/token; train: {smooth}-step moving average)")
+    ax.set_ylabel(f"bits per character (train: {smooth}-step moving average)")
     # the first steps sit near 40 nats (the book's N(0,1) tied embedding): show the descent
-    ax.set_ylim(max(0.0, lowest - 0.3), min(4.5, ax.get_ylim()[1]))
+    ax.set_ylim(max(0.0, lowest - 0.3), min(6.5, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Ch.27: baseline vs modern")
