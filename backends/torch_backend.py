@@ -52,7 +52,7 @@ class TorchOps(Ops):
             self.device_reason = "requested"
         self.device = device
         self._dev = torch.device(device)
-        self._rope_cache: dict[tuple[int, float], tuple[Array, Array]] = {}
+        self._rope_cache: dict[tuple[int, float], Array] = {}
         if device == "cpu":
             self.threads, self.threads_reason = compute_threads(threads)
             torch.set_num_threads(self.threads)
@@ -108,34 +108,36 @@ class TorchOps(Ops):
         return y.to(x.dtype)
 
     def rms_norm(self, x: Array, weight: Array, eps: float) -> Array:
-        # Statistics in fp32, then round to the input dtype *before* the weight multiply: the same
-        # order as mx.fast.rms_norm (torch's fused F.rms_norm multiplies first, which differs in bf16).
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), weight, eps)  # one fused kernel
+        # bf16: statistics in fp32, then round to bf16 *before* the weight multiply, the order of
+        # mx.fast.rms_norm (torch's fused kernel multiplies first, one rounding apart in bf16)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         return y.to(x.dtype) * weight
 
-    def _rope_table(self, length: int, dim: int, base: float) -> tuple[Array, Array]:
-        # cos/sin per position, computed once in fp32 and grown by doubling as decoding goes on.
+    def _rope_table(self, length: int, dim: int, base: float) -> Array:
+        """Unit complex numbers ``e^(i * pos * inv_freq)``, (positions, dim/2), grown by doubling."""
         key = (dim, base)
         table = self._rope_cache.get(key)
-        if table is None or table[0].shape[0] < length:
-            n = max(length, 2 * table[0].shape[0] if table else 256)
+        if table is None or table.shape[0] < length:
+            n = max(length, 2 * table.shape[0] if table is not None else 256)
             # built outside inference mode, so a table first made while sampling still works in
             # a later backward pass
             with torch.inference_mode(False):
                 inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
                 angles = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq[None, :]
-                table = (angles.cos().to(self._dev), angles.sin().to(self._dev))
+                table = torch.polar(torch.ones_like(angles), angles).to(self._dev)
             self._rope_cache[key] = table
         return table
 
     def rope(self, x: Array, offset: int, base: float) -> Array:
+        # Interleaved pairs (2i, 2i+1) are the real and imaginary parts of one complex number, so
+        # the rotation is a single complex multiply (faster than slicing and stacking halves).
         t, d = x.shape[-2], x.shape[-1]
-        cos, sin = self._rope_table(offset + t, d, base)
-        cos, sin = cos[offset : offset + t].to(x.dtype), sin[offset : offset + t].to(x.dtype)
-        pairs = x.unflatten(-1, (d // 2, 2))
-        x0, x1 = pairs[..., 0], pairs[..., 1]
-        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+        rot = self._rope_table(offset + t, d, base)[offset : offset + t]
+        xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
+        return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
     def attention(self, q: Array, k: Array, v: Array, scale: float) -> Array:
         tq, tk = q.shape[2], k.shape[2]
@@ -191,7 +193,8 @@ class TorchOps(Ops):
         norms = torch._foreach_norm([g.float() for g in grads.values()])
         total = torch.linalg.vector_norm(torch.stack(norms))
         scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        return {k: (g * scale).to(g.dtype) for k, g in grads.items()}, total
+        clipped = torch._foreach_mul(list(grads.values()), scale)  # one multi-tensor kernel
+        return dict(zip(grads, clipped)), total
 
     def adamw(self, params: Params, config: AdamWConfig) -> Optimizer:
         return TorchAdamW(params, config)
