@@ -28,8 +28,9 @@ import numpy as np
 
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError, UsageError
-from mygpt.model import count_params, flops_per_token, init_params, loss_fn
+from mygpt.model import count_params, flops_per_token, init_params
 from mygpt.precision import PRECISIONS, resolve_precision
+from mygpt.train import make_train_step
 
 # Dense (no sparsity) peak FLOP/s by GPU name fragment: (fp32, bf16). fp32 is plain FP32, not TF32.
 _PUBLISHED: list[tuple[str, float, float]] = [
@@ -140,7 +141,7 @@ def _batch(ops: Any, rng: np.random.Generator, vocab: int, batch: int, seq: int)
     return ops.asarray(ids[:, :-1]), ops.asarray(ids[:, 1:])
 
 
-def make_train_step(
+def make_bench_step(
     ops: Any,
     cfg: ModelConfig,
     batch_size: int,
@@ -162,22 +163,17 @@ def make_train_step(
     }
     opt = ops.adamw(state["params"], AdamWConfig())
 
-    def loss(p, x, y):
-        return loss_fn(ops, cfg, p, x, y, dtype)
-
-    value_and_grad = ops.value_and_grad(loss, compile=compile)
+    train_step = make_train_step(
+        ops, cfg, opt, dtype=dtype, max_grad_norm=max_grad_norm, compile=compile
+    )
     rng = np.random.default_rng(42)
     batches = [_batch(ops, rng, cfg.vocab_size, batch_size, seq_len) for _ in range(4)]
     counter = [0]
 
     def step() -> float:
-        x, y = batches[counter[0] % len(batches)]
+        batch = batches[counter[0] % len(batches)]
         counter[0] += 1
-        value, grads = value_and_grad(state["params"], x, y)
-        if max_grad_norm > 0:
-            grads, _ = ops.clip_grad_norm(grads, max_grad_norm)
-        state["params"] = opt.step(state["params"], grads, 1e-3)
-        ops.eval(value, state["params"], opt.arrays())
+        state["params"], value = train_step(state["params"], [batch], 1e-3)
         out = ops.item(value)
         ops.synchronize()
         return out
@@ -209,7 +205,7 @@ def bench_train_step(
     """Time ``steps`` full training steps after ``warmup`` untimed ones (median per step)."""
     if steps < 1 or warmup < 0:
         raise UsageError("--steps must be >= 1 (and warmup >= 0) — e.g. --steps 20")
-    step = make_train_step(ops, cfg, batch_size, seq_len, dtype, compile, max_grad_norm)
+    step = make_bench_step(ops, cfg, batch_size, seq_len, dtype, compile, max_grad_norm)
     for _ in range(warmup):
         step()
     times = time_steps(step, steps)

@@ -138,6 +138,48 @@ class TrainResult:
     interrupted: bool = False
 
 
+def make_train_step(
+    ops: Any,
+    cfg: ModelConfig,
+    opt: Any,
+    *,
+    dtype: str = "float32",
+    max_grad_norm: float = 0.0,
+    compile: bool = False,
+) -> Callable[[dict, list[tuple[Any, Any]], float], tuple[dict, Any]]:
+    """One optimizer step: ``step(params, micro_batches, lr) -> (params, mean loss)``.
+
+    Gradients of the micro-batches (backend arrays ``(x, y)``) are averaged, which is gradient
+    accumulation; then clipping (fp32 global norm) and AdamW. The loss stays a device array, so
+    nothing here waits for the device: the caller decides when to read it back.
+    """
+
+    def loss_of(p, x, y):
+        return model.loss_fn(ops, cfg, p, x, y, dtype=dtype, train=True)
+
+    grad_fn = ops.value_and_grad(loss_of, compile=compile)
+
+    def step(params: dict, micro_batches: list[tuple[Any, Any]], lr: float) -> tuple[dict, Any]:
+        loss, grads = None, None
+        for x, y in micro_batches:
+            l_i, g_i = grad_fn(params, x, y)
+            if grads is None:
+                loss, grads = l_i, g_i
+            else:
+                loss = loss + l_i
+                grads = {k: grads[k] + g_i[k] for k in grads}
+        if len(micro_batches) > 1:
+            loss = loss / len(micro_batches)
+            grads = {k: g / len(micro_batches) for k, g in grads.items()}
+        if max_grad_norm > 0:
+            grads, _ = ops.clip_grad_norm(grads, max_grad_norm)
+        params = opt.step(params, grads, lr)
+        ops.eval(loss, params, opt.arrays())
+        return params, loss
+
+    return step
+
+
 class _StopFlag:
     """SIGINT/SIGTERM set a flag the loop checks between steps, so a checkpoint is never saved
     from half-updated weights. A second Ctrl-C aborts at once (the last checkpoint is intact)."""
@@ -272,10 +314,9 @@ def train(
             f"the checkpoint is already at step {start_step} of {tc.steps} — pass a larger --steps to continue"
         )
 
-    def loss_of(p, x, y):
-        return model.loss_fn(ops, cfg, p, x, y, dtype=dtype, train=True)
-
-    grad_fn = ops.value_and_grad(loss_of, compile=tc.compile)
+    train_step = make_train_step(
+        ops, cfg, opt, dtype=dtype, max_grad_norm=tc.max_grad_norm, compile=tc.compile
+    )
 
     def eval_fn(p, x, y):
         return model.loss_fn(ops, cfg, p, x, y, dtype=dtype, train=False)
@@ -368,22 +409,10 @@ def train(
         try:
             for step in range(start_step + 1, tc.steps + 1):
                 lr = tc.lr_at(step)
-                loss, grads = None, None
-                for _ in range(tc.grad_accum):
-                    x, y = sampler.sample()
-                    l_i, g_i = grad_fn(params, ops.asarray(x), ops.asarray(y))
-                    if grads is None:
-                        loss, grads = l_i, g_i
-                    else:
-                        loss = loss + l_i
-                        grads = {k: grads[k] + g_i[k] for k in grads}
-                if tc.grad_accum > 1:
-                    loss = loss / tc.grad_accum
-                    grads = {k: g / tc.grad_accum for k, g in grads.items()}
-                if tc.max_grad_norm > 0:
-                    grads, _ = ops.clip_grad_norm(grads, tc.max_grad_norm)
-                params = opt.step(params, grads, lr)
-                ops.eval(loss, params, opt.arrays())
+                micro = [
+                    tuple(ops.asarray(a) for a in sampler.sample()) for _ in range(tc.grad_accum)
+                ]
+                params, loss = train_step(params, micro, lr)
                 pending.append((step, loss, lr))
                 steps_window += 1
 

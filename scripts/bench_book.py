@@ -11,7 +11,7 @@ Variants, all on the same shapes (batch 16 x 64 tokens by default), fp32, no com
   tables as buffers and K/V heads expanded with ``repeat_interleave``; AdamW with torch's default
   settings; Ch.27 also clips gradients with ``clip_grad_norm_``.
 - ``sdpa``: the same module with attention done by ``F.scaled_dot_product_attention``.
-- ``mygpt-torch``: mygpt's model on its torch backend (``mygpt.bench.make_train_step``).
+- ``mygpt-torch``: mygpt's model on its torch backend (``mygpt.bench.make_bench_step``).
 - ``mygpt-mlx``: the same on MLX, once on the BLAS mlx[cpu] bundles and once with OpenBLAS
   preloaded (a second worker process started with ``LD_PRELOAD``), when it is installed.
 
@@ -196,7 +196,7 @@ def build_torch_reference(shape: dict, attention: str, batch: int, seq: int):
 
 def build_mygpt(shape: dict, backend: str, batch: int, seq: int):
     from backends import get_backend
-    from mygpt.bench import make_train_step, mlx_blas
+    from mygpt.bench import make_bench_step, mlx_blas
     from mygpt.config import ModelConfig
 
     ops = get_backend(backend, "cpu")
@@ -210,7 +210,7 @@ def build_mygpt(shape: dict, backend: str, batch: int, seq: int):
         norm_type=shape["norm"],
         position_type=shape["position"],
     )
-    step = make_train_step(ops, cfg, batch, seq, "float32", max_grad_norm=shape["max_grad_norm"])
+    step = make_bench_step(ops, cfg, batch, seq, "float32", max_grad_norm=shape["max_grad_norm"])
     if backend == "mlx":
         kind, lib = mlx_blas()
         note = f"mlx, {'OpenBLAS' if kind == 'optimized' else 'reference BLAS'}"
