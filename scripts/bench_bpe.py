@@ -30,73 +30,20 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from mygpt.tokenizers import encode_file, tokenizer_from_dict, train_tokenizer
+from mygpt.tokenizers.reference import plain_book_encode as plain_encode
+from mygpt.tokenizers.reference import plain_book_train as plain_train
 
 DEFAULT_TEXT = (
     Path(__file__).resolve().parents[1].parent / "shared/data/wikipedia_vital4_summaries_en.txt"
 )
-PATTERN = re.compile(r"\s*\S+|\s+")
-
-
-def plain_train(text: str, num_merges: int) -> tuple[list[str], list[tuple[str, str]]]:
-    words = Counter(PATTERN.findall(text))
-    chars = sorted(set(text))
-    splits = {w: list(w) for w in words}
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: Counter = Counter()
-        for w, f in words.items():
-            s = splits[w]
-            for i in range(len(s) - 1):
-                pairs[s[i], s[i + 1]] += f
-        if not pairs:
-            break
-        a, b = best = max(pairs, key=pairs.get)
-        merges.append(best)
-        for w in words:
-            s, out, i = splits[w], [], 0
-            while i < len(s):
-                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            splits[w] = out
-    return chars, merges
-
-
-def plain_encode(text: str, chars: list[str], merges: list[tuple[str, str]]) -> list[int]:
-    vocab = chars + [a + b for a, b in merges]
-    stoi = {t: i for i, t in enumerate(vocab)}
-    ranks = {m: i for i, m in enumerate(merges)}
-    out: list[int] = []
-    for word in PATTERN.findall(text):
-        toks = [c for c in word if c in stoi]
-        while len(toks) > 1:
-            best = min(zip(toks, toks[1:]), key=lambda p: ranks.get(p, float("inf")))
-            if best not in ranks:
-                break
-            new, i = [], 0
-            while i < len(toks):
-                if i + 1 < len(toks) and (toks[i], toks[i + 1]) == best:
-                    new.append(best[0] + best[1])
-                    i += 2
-                else:
-                    new.append(toks[i])
-                    i += 1
-            toks = new
-        out.extend(stoi[t] for t in toks)
-    return out
 
 
 def timed(fn, *args, **kw):

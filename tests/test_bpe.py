@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -12,52 +11,13 @@ import numpy as np
 import pytest
 
 from mygpt.tokenizers import BPETokenizer, from_book_fields, train_tokenizer
+from mygpt.tokenizers.reference import plain_book_encode, plain_book_train, plain_merges
 from mygpt.tokenizers.trainer import train_bpe
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures" / "book"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 WIKI = SHARED / "data" / "wikipedia_vital4_summaries_en.txt"
-
-
-# --- the plain reference: the book's algorithm, recounting every pair after every merge ---------
-def plain_merges(words: dict, num_merges: int, count_duplicates: bool = True) -> list[tuple]:
-    """``words``: {tuple of symbol values: count}, in first-appearance order. Symbols are values."""
-    splits = {w: list(w) for w in words}
-    merges: list[tuple] = []
-    known = {v for w in words for v in w}
-    done = 0
-    while done < num_merges:
-        pairs: Counter = Counter()
-        for w, f in words.items():
-            s = splits[w]
-            for i in range(len(s) - 1):
-                pairs[s[i], s[i + 1]] += f
-        if not pairs:
-            break
-        best = max(pairs, key=pairs.get)  # first maximal pair in Counter (insertion) order
-        a, b = best
-        ab = a + b
-        if ab not in known or count_duplicates:
-            merges.append(best)
-            done += 1
-        known.add(ab)
-        for w in words:
-            s, out, i = splits[w], [], 0
-            while i < len(s):
-                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
-                    out.append(ab)
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            splits[w] = out
-    return merges
-
-
-def plain_book_train(text: str, num_merges: int) -> tuple[list[str], list[tuple[str, str]]]:
-    words = Counter(re.findall(r"\s*\S+|\s+", text))
-    return sorted(set(text)), plain_merges({tuple(w): c for w, c in words.items()}, num_merges)
 
 
 def _corpora() -> list[tuple[str, int]]:
@@ -176,31 +136,6 @@ def test_book_char_checkpoints_round_trip(name: str) -> None:
 
 
 # --- encoder semantics --------------------------------------------------------------------------
-def plain_book_encode(text: str, chars: list[str], merges: list[tuple[str, str]]) -> list[int]:
-    """The book's corpus encoder: per pre-token, drop unknown chars, apply merges by rank."""
-    vocab = chars + [a + b for a, b in merges]
-    stoi = {t: i for i, t in enumerate(vocab)}
-    ranks = {m: i for i, m in reversed(list(enumerate(merges)))}
-    out: list[int] = []
-    for word in re.findall(r"\s*\S+|\s+", text):
-        toks = [c for c in word if c in stoi]
-        while len(toks) > 1:
-            best = min(zip(toks, toks[1:]), key=lambda p: ranks.get(p, float("inf")))
-            if best not in ranks:
-                break
-            new, i = [], 0
-            while i < len(toks):
-                if i + 1 < len(toks) and (toks[i], toks[i + 1]) == best:
-                    new.append(best[0] + best[1])
-                    i += 2
-                else:
-                    new.append(toks[i])
-                    i += 1
-            toks = new
-        out.extend(stoi[t] for t in toks)
-    return out
-
-
 def test_corpus_encoding_matches_plain_encoder_and_skips_unknown_chars() -> None:
     train = SHAKESPEARE.read_text(encoding="utf-8")[:50_000]
     tok = train_tokenizer("bpe", train, num_merges=200)
