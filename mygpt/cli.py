@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from backends import DEVICES
 from mygpt.errors import MygptError, UsageError
 from mygpt.precision import PRECISIONS
+from mygpt.recipes import apply_recipe
 from mygpt.schedule import SCHEDULES
 
 
@@ -126,39 +127,26 @@ def train(
     **flags,
 ) -> None:
     """Train a GPT on FILE (default: the bundled Tiny Shakespeare)."""
-    from mygpt.train import TrainConfig
+    from mygpt.train import TrainConfig, load_resumable
     from mygpt.train import train as run_training
 
     flags["compile"] = compile_
     explicit = {k for k in flags if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     if ctx.get_parameter_source("compile_") == ParameterSource.COMMANDLINE:
         explicit.add("compile")
-    values = dict(flags)
-    if recipe:
-        from mygpt.recipes import get_recipe
-
-        for k, v in get_recipe(recipe).flags.items():
-            if k not in explicit:
-                values[k] = v
+    values = apply_recipe(recipe, {k: flags[k] for k in explicit}, flags)
+    ckpt = None
     if resume:
-        from mygpt.checkpoint import load_checkpoint
-
-        state = load_checkpoint(resume).train_state
-        if state is None:
-            raise MygptError(
-                f"{resume} holds weights only — resume needs a .safetensors checkpoint written by `mygpt train`"
-            )
-        saved = dict(state.get("args", {}))
-        # the checkpoint's run continues; flags given now (e.g. a larger --steps) override it
+        ckpt = load_resumable(resume)
+        # the checkpoint's run continues, into the same file; flags given now (e.g. a larger
+        # --steps) override its saved settings
+        saved = {**ckpt.train_state.get("args", {}), "output": resume}
         values = {**saved, **{k: values[k] for k in explicit}}
-        values.setdefault("output", resume)
-        if "output" not in explicit:
-            values["output"] = resume
     if file is not None:
         values["data"] = file
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     tc = TrainConfig(**{k: v for k, v in values.items() if k in known})
-    run_training(tc, resume=resume)
+    run_training(tc, resume=ckpt)
 
 
 # --- generate ----------------------------------------------------------------------------------

@@ -229,21 +229,27 @@ def _load_corpus(tc: TrainConfig, tokenizer=None):
     )
 
 
+def load_resumable(path: str | os.PathLike) -> Checkpoint:
+    """A checkpoint that ``--resume`` can continue (weights *and* training state)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.train_state is None:
+        raise MygptError(
+            f"{path} holds weights only (no optimizer state or step) — resume from a "
+            ".safetensors checkpoint written by `mygpt train`"
+        )
+    return ckpt
+
+
 def train(
-    tc: TrainConfig, resume: str | None = None, on_log: Callable[[dict], None] | None = None
+    tc: TrainConfig,
+    resume: str | os.PathLike | Checkpoint | None = None,
+    on_log: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Run (or resume) a training run and return its summary. See ``mygpt train --help``."""
     from mygpt import data
     from mygpt.tokenizers import tokenizer_from_dict
 
-    ckpt: Checkpoint | None = None
-    if resume:
-        ckpt = load_checkpoint(resume)
-        if ckpt.train_state is None:
-            raise MygptError(
-                f"{resume} holds weights only (no optimizer state or step) — resume from a "
-                ".safetensors checkpoint written by `mygpt train`"
-            )
+    ckpt = resume if isinstance(resume, Checkpoint) or resume is None else load_resumable(resume)
     tc.validate()
 
     backend_name, backend_why = resolve_backend_name(tc.backend)
