@@ -116,6 +116,13 @@ _device = click.option("--device", type=click.Choice(DEVICES), default="auto", s
     "--compile", "compile_", is_flag=True, help="mx.compile / torch.compile (slow start)."
 )
 @click.option("--cache-dir", default=None, help="Token cache directory (default ~/.cache/mygpt).")
+@click.option(
+    "--encoding-errors",
+    type=click.Choice(["strict", "replace", "ignore"]),
+    default="strict",
+    show_default=True,
+    help="What to do with bytes in FILE that are not UTF-8.",
+)
 @click.option("--resume", default=None, help="Continue a run from its .safetensors checkpoint.")
 @click.pass_context
 def train(

@@ -66,6 +66,7 @@ class TrainConfig:
     bpe_train_bytes: int = 0
     tokenizer_file: str | None = None
     cache_dir: str | None = None
+    encoding_errors: str = "strict"  # for corpora that are not valid UTF-8: replace | ignore
     # architecture (ignored on resume: the checkpoint's config wins)
     embed_dim: int = 64
     num_heads: int = 4
@@ -218,7 +219,9 @@ def _load_corpus(tc: TrainConfig, tokenizer=None):
 
     path = Path(tc.data) if tc.data else data.bundled_corpus_path()
     if tokenizer is not None:
-        return tokenizer, data.prepare_tokens(path, tokenizer, cache_dir=tc.cache_dir)[0]
+        return tokenizer, data.prepare_tokens(
+            path, tokenizer, cache_dir=tc.cache_dir, encoding_errors=tc.encoding_errors
+        )[0]
     return data.corpus_tokens(
         path,
         tokenizer_kind=tc.tokenizer,
@@ -226,6 +229,7 @@ def _load_corpus(tc: TrainConfig, tokenizer=None):
         bpe_train_bytes=tc.bpe_train_bytes,
         tokenizer_file=tc.tokenizer_file,
         cache_dir=tc.cache_dir,
+        encoding_errors=tc.encoding_errors,
     )
 
 
@@ -268,7 +272,9 @@ def train(
     tokens = token_file.open()
     if tc.val_file:
         train_tokens = tokens
-        val_file, _ = data.prepare_tokens(Path(tc.val_file), tokenizer, cache_dir=tc.cache_dir)
+        val_file, _ = data.prepare_tokens(
+            Path(tc.val_file), tokenizer, cache_dir=tc.cache_dir, encoding_errors=tc.encoding_errors
+        )
         val_tokens = val_file.open()
     elif tc.val_split > 0:
         train_tokens, val_tokens = data.split_tail(tokens, tc.val_split, seq_len=tc.seq_len)

@@ -295,6 +295,28 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert "Traceback" not in err
 
 
+def test_corpus_that_is_not_utf8(tmp_path, capsys):
+    from mygpt.cli import main
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 ".encode("latin-1") * 200)
+    small = ["--seq-len", "8", "--max-seq-len", "8", "--steps", "2", "--backend", "torch"]
+    assert main(["train", str(bad), *small, "--output", str(tmp_path / "m.safetensors")]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "not valid UTF-8" in last and "byte offset 3" in last and "--encoding-errors" in last
+    # the fix the message names works on the train command itself
+    argv = [
+        "train",
+        str(bad),
+        *small,
+        "--encoding-errors",
+        "replace",
+        "--output",
+        str(tmp_path / "m.safetensors"),
+    ]
+    assert main(argv) == 0
+
+
 def test_missing_backend_is_a_clear_error(monkeypatch):
     import backends
 
