@@ -310,17 +310,7 @@ def _shape_from(recipe: str | None, overrides: dict[str, Any]) -> tuple[ModelCon
             f"--seq-len {settings['seq_len']} is longer than --max-seq-len "
             f"{settings['max_seq_len']} — raise --max-seq-len or lower --seq-len"
         )
-    cfg = ModelConfig(
-        vocab_size=settings["vocab_size"],
-        embed_dim=settings["embed_dim"],
-        num_heads=settings["num_heads"],
-        num_kv_heads=settings["num_kv_heads"],
-        num_layers=settings["num_layers"],
-        max_seq_len=settings["max_seq_len"],
-        norm_type=settings["norm"],
-        position_type=settings["position"],
-    )
-    return cfg, settings
+    return ModelConfig.from_flags(settings["vocab_size"], settings), settings
 
 
 def run_bench(

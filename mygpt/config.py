@@ -8,6 +8,7 @@ one-to-one. A field the book's Part-I checkpoints lack takes its Part-I value.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,21 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         d.pop("extra")
         return d
+
+    @classmethod
+    def from_flags(cls, vocab_size: int, flags: Mapping[str, Any]) -> ModelConfig:
+        """From the train command's flag names (``embed_dim``, ``norm``, ``position`` ...)."""
+        return cls(
+            vocab_size=vocab_size,
+            embed_dim=flags["embed_dim"],
+            num_heads=flags["num_heads"],
+            num_layers=flags["num_layers"],
+            max_seq_len=flags["max_seq_len"],
+            num_kv_heads=flags.get("num_kv_heads"),
+            norm_type=flags["norm"],
+            position_type=flags["position"],
+            dropout=flags.get("dropout", 0.0),
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:

@@ -79,17 +79,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size,
-            embed_dim=self.embed_dim,
-            num_heads=self.num_heads,
-            num_layers=self.num_layers,
-            max_seq_len=self.max_seq_len,
-            num_kv_heads=self.num_kv_heads,
-            norm_type=self.norm,
-            position_type=self.position,
-            dropout=self.dropout,
-        )
+        return ModelConfig.from_flags(vocab_size, dataclasses.asdict(self))
 
     def lr_at(self, step: int) -> float:
         return lr_at(

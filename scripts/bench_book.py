@@ -200,16 +200,7 @@ def build_mygpt(shape: dict, backend: str, batch: int, seq: int):
     from mygpt.config import ModelConfig
 
     ops = get_backend(backend, "cpu")
-    cfg = ModelConfig(
-        vocab_size=shape["vocab_size"],
-        embed_dim=shape["embed_dim"],
-        num_heads=shape["num_heads"],
-        num_kv_heads=shape["num_kv_heads"],
-        num_layers=shape["num_layers"],
-        max_seq_len=shape["max_seq_len"],
-        norm_type=shape["norm"],
-        position_type=shape["position"],
-    )
+    cfg = ModelConfig.from_flags(shape["vocab_size"], shape)
     step = make_bench_step(ops, cfg, batch, seq, "float32", max_grad_norm=shape["max_grad_norm"])
     if backend == "mlx":
         kind, lib = mlx_blas()
