@@ -326,3 +326,16 @@ def test_missing_backend_is_a_clear_error(monkeypatch):
         backends.get_backend("mlx", "cpu")
     with pytest.raises(MygptError, match="no backend is installed"):
         backends.get_backend("auto", "cpu")
+
+
+def test_default_train_uses_the_bundled_corpus_and_the_books_model(tmp_path, monkeypatch, capsys):
+    from mygpt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--steps", "3", "--print-every", "1", "--backend", "torch"]) == 0
+    out = capsys.readouterr()
+    assert "step 3: loss = " in out.out
+    assert "207,296 parameters" in out.err  # the book's Ch.17 model on its 65-character alphabet
+    ckpt = load_checkpoint(tmp_path / "model.safetensors")
+    assert ckpt.config.vocab_size == 65 and ckpt.train_state["step"] == 3
+    assert (tmp_path / "model.metrics.jsonl").is_file()
