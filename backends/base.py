@@ -153,6 +153,11 @@ class Ops(abc.ABC):
     @abc.abstractmethod
     def adamw(self, params: Params, config: AdamWConfig) -> Optimizer: ...
 
+    def activate(self) -> None:
+        """Make this backend's device the one computation runs on (MLX keeps one process-wide
+        default device; entry points call this so two MLX devices in one process stay apart)."""
+        return None
+
     def trainable(self, params: Params) -> Params:
         """Parameters ready for training (torch: leaf tensors that require grad)."""
         return params

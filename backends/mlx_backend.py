@@ -43,7 +43,9 @@ class MLXOps(Ops):
             self.device_reason = "requested"
         self.device = device
         self._mx_device = mx.gpu if device == "gpu" else mx.cpu
-        # MLX keeps one default device per process; a backend object pins it when created.
+        self.activate()
+
+    def activate(self) -> None:
         mx.set_default_device(self._mx_device)
 
     # --- precision policy ----------------------------------------------------------------------

@@ -45,6 +45,7 @@ class Model:
         """Logits for token ids: (T,) -> (T, vocab) or (B, T) -> (B, T, vocab), as float32 numpy."""
         arr = np.asarray(ids, dtype=np.int64)
         batched = arr.ndim == 2
+        self.ops.activate()
         x = self.ops.asarray(arr if batched else arr[None])
         with self.ops.inference():
             out = self.ops.to_numpy(
@@ -57,6 +58,7 @@ class Model:
     ) -> Iterator[int]:
         """New token ids one at a time; kwargs as :func:`mygpt.generate.generate`."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self.ops.activate()
         return generate(
             self.ops, self.config, self.params, ids, max_new_tokens, dtype=self.dtype, **kwargs
         )

@@ -736,13 +736,10 @@ def reference_ops() -> Ops | None:
 
 
 def _activate(ops: Ops) -> None:
-    # MLX keeps one process-wide default device and MLXOps pins it when constructed; with MLX on
-    # two devices in one process, re-pin before computing so each backend object runs where it
-    # says. (Constructing is cheap and imports nothing here.) A wrapper exposing ``inner`` (the
-    # tests' deliberately broken backends) is pinned through what it wraps.
-    ops = getattr(ops, "inner", ops)
-    if isinstance(ops, Ops) and ops.name == "mlx":
-        type(ops)(ops.device)
+    # MLX keeps one process-wide default device: with MLX on two devices in one process, each
+    # backend object re-pins its own before computing. A wrapper exposing ``inner`` (the tests'
+    # deliberately broken backends) is activated through what it wraps.
+    getattr(ops, "inner", ops).activate()
 
 
 def run_check(check: ParityCheck, ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:

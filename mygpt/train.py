@@ -248,6 +248,7 @@ def train(
 
     backend_name, backend_why = resolve_backend_name(tc.backend)
     ops = get_backend(backend_name, tc.device)
+    ops.activate()
     dtype, why = resolve_precision(ops, tc.precision)
     threads = f", {ops.threads} threads: {ops.threads_reason}" if ops.threads else ""
     _status(
