@@ -339,3 +339,35 @@ def test_default_train_uses_the_bundled_corpus_and_the_books_model(tmp_path, mon
     ckpt = load_checkpoint(tmp_path / "model.safetensors")
     assert ckpt.config.vocab_size == 65 and ckpt.train_state["step"] == 3
     assert (tmp_path / "model.metrics.jsonl").is_file()
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_bf16_mixed_precision_keeps_fp32_master_weights(backend, small_corpus, tmp_path):
+    out = tmp_path / "m.safetensors"
+    tiny = {**SMALL, "embed_dim": 16, "num_layers": 1, "batch_size": 2}
+    result = train(
+        TrainConfig(
+            data=str(small_corpus),
+            output=str(out),
+            steps=3,
+            precision="bf16",
+            backend=backend,
+            device="cpu",
+            **tiny,
+        )
+    )
+    assert np.isfinite(result.final_loss) and result.final_loss > 1.0
+    ckpt = load_checkpoint(out)
+    assert all(p.dtype == np.float32 for p in ckpt.params.values())
+    assert all(t.dtype == np.float32 for t in ckpt.optimizer_state.values())
+    end = [json.loads(line) for line in metrics_of(out).read_text().splitlines()][-1]
+    assert end["precision"] == "bfloat16"
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    from backends import get_backend
+    from mygpt.precision import resolve_precision
+
+    for name in ("torch", "mlx"):
+        dtype, why = resolve_precision(get_backend(name, "cpu"), "auto")
+        assert dtype == "float32" and why
