@@ -77,7 +77,10 @@ def _offline_env() -> bool:
 
 def _hf_hub_download(**kwargs) -> str:
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hf_logging
 
+    # its retry warnings would print before our one-line error; the error says what failed
+    hf_logging.set_verbosity_error()
     return hf_hub_download(**kwargs)
 
 
