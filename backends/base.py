@@ -162,10 +162,6 @@ class Ops(abc.ABC):
         """Parameters ready for training (torch: leaf tensors that require grad)."""
         return params
 
-    def compile(self, fn: Callable) -> Callable:
-        """The framework's graph compiler (``mx.compile`` / ``torch.compile``); identity here."""
-        return fn
-
     @contextlib.contextmanager
     def inference(self) -> Iterator[None]:
         """No autograd bookkeeping inside (torch's ``inference_mode``)."""

@@ -140,9 +140,6 @@ class MLXOps(Ops):
     def adamw(self, params: Params, config: AdamWConfig) -> Optimizer:
         return MLXAdamW(params, config)
 
-    def compile(self, fn: Callable) -> Callable:
-        return mx.compile(fn)
-
     def item(self, x: Array) -> float:
         return x.item()
 

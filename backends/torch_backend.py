@@ -200,9 +200,6 @@ class TorchOps(Ops):
     def adamw(self, params: Params, config: AdamWConfig) -> Optimizer:
         return TorchAdamW(params, config)
 
-    def compile(self, fn: Callable) -> Callable:
-        return torch.compile(fn)
-
     @contextlib.contextmanager
     def inference(self) -> Iterator[None]:
         with torch.inference_mode():

@@ -88,23 +88,6 @@ def _fan_in(bias_name: str, cfg: ModelConfig) -> int:
     return 4 * cfg.embed_dim if ".fc2." in bias_name else cfg.embed_dim
 
 
-def check_params(cfg: ModelConfig, params: dict[str, Any]) -> None:
-    """Raise a one-line error naming the first parameter that the config doesn't expect."""
-    expected = param_shapes(cfg)
-    for name, shape in expected.items():
-        if name not in params:
-            raise MygptError(f"parameter {name} is missing — the weights don't match the config")
-        got = tuple(params[name].shape)
-        if got != shape:
-            raise MygptError(
-                f"parameter {name} has shape {got}, the config expects {shape} — "
-                "the weights don't match the config"
-            )
-    extra = sorted(set(params) - set(expected))
-    if extra:
-        raise MygptError(f"unexpected parameter {extra[0]} — the weights don't match the config")
-
-
 # --- KV cache --------------------------------------------------------------------------------
 
 
@@ -127,10 +110,6 @@ class KVCache:
     def __post_init__(self) -> None:
         self.keys = [None] * self.num_layers
         self.values = [None] * self.num_layers
-
-    @property
-    def length(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
 
     def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
         if self.keys[layer] is not None:
