@@ -84,6 +84,17 @@ class Ops(abc.ABC):
     @abc.abstractmethod
     def concat(self, xs: Sequence[Array], axis: int) -> Array: ...
 
+    @abc.abstractmethod
+    def zeros(self, shape: Sequence[int], dtype: str) -> Array: ...
+
+    @abc.abstractmethod
+    def write(self, buf: Array, x: Array, axis: int, start: int) -> Array:
+        """Copy ``x`` into ``buf`` at ``start`` along ``axis`` and return the updated buffer.
+
+        Torch writes in place; MLX updates the slice of a buffer nothing else references, which
+        it does in place too. Callers must use the returned array (MLX's may be a new object).
+        """
+
     # --- layers ------------------------------------------------------------------------------
     @abc.abstractmethod
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:

@@ -81,6 +81,14 @@ class MLXOps(Ops):
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
         return mx.concatenate(list(xs), axis=axis)
 
+    def zeros(self, shape: Sequence[int], dtype: str) -> Array:
+        return mx.zeros(tuple(shape), dtype=_DTYPES[dtype])
+
+    def write(self, buf: Array, x: Array, axis: int, start: int) -> Array:
+        index = (slice(None),) * axis + (slice(start, start + x.shape[axis]),)
+        buf[index] = x
+        return buf
+
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
         if bias is None:

@@ -99,6 +99,10 @@ class KVCache:
     that is well defined, as scores depend only on relative positions; it is *not* what re-running
     the cropped window gives (see ``mygpt.generate``), so the exact generator never lets the cache
     grow past the window.
+
+    Each layer writes into a preallocated buffer of ``2 * max_len`` positions rather than
+    concatenating a new array per token: attention reads a view of the last ``max_len`` entries,
+    and when the buffer is full its newest entries move to the front, once per ``max_len`` tokens.
     """
 
     num_layers: int
@@ -106,19 +110,35 @@ class KVCache:
     offset: int = 0  # absolute position of the next token
     keys: list[Array | None] = field(default_factory=list)
     values: list[Array | None] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # per layer: buffer index after the newest entry
 
     def __post_init__(self) -> None:
         self.keys = [None] * self.num_layers
         self.values = [None] * self.num_layers
+        self.ends = [0] * self.num_layers
 
     def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
-        if self.keys[layer] is not None:
-            k = ops.concat([self.keys[layer], k], axis=2)
-            v = ops.concat([self.values[layer], v], axis=2)
-        if k.shape[2] > self.max_len:
-            k, v = k[:, :, -self.max_len :], v[:, :, -self.max_len :]
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Append (B, Hkv, T, D) keys and values; return those attention sees (<= max_len)."""
+        t, n = k.shape[2], self.max_len
+        if t > n:  # only the newest max_len can ever be seen again
+            k, v, t = k[:, :, -n:], v[:, :, -n:], n
+        if self.keys[layer] is None:
+            B, H, _, D = k.shape
+            dtype = ops.dtype_of(k)
+            self.keys[layer] = ops.zeros((B, H, 2 * n, D), dtype)
+            self.values[layer] = ops.zeros((B, H, 2 * n, D), dtype)
+        keys, values, end = self.keys[layer], self.values[layer], self.ends[layer]
+        if end + t > 2 * n:  # full: keep the newest n - t entries, at the front
+            keep = n - t  # (their source starts at end - keep >= n + t > keep: no overlap)
+            keys = ops.write(keys, keys[:, :, end - keep : end], axis=2, start=0)
+            values = ops.write(values, values[:, :, end - keep : end], axis=2, start=0)
+            end = keep
+        keys = ops.write(keys, k, axis=2, start=end)
+        values = ops.write(values, v, axis=2, start=end)
+        end += t
+        self.keys[layer], self.values[layer], self.ends[layer] = keys, values, end
+        begin = max(0, end - n)
+        return keys[:, :, begin:end], values[:, :, begin:end]
 
 
 # --- forward ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from mygpt.bench import (
     _shape_from,
     bench,
     bench_generate,
+    bench_generation_modes,
     bench_train_step,
     format_table,
     measure_peak_flops,
@@ -62,8 +63,10 @@ def test_cached_generation_equals_uncached_within_the_window(backend, position):
     assert runs[0] == runs[1]
     assert len(set(runs[0])) > 1  # not a degenerate constant sequence
     assert bench_generate(ops, cfg, params, 10, use_cache=True) > 0
-    if position == "rope":
-        assert bench_generate(ops, cfg, params, 30, use_cache=True, sliding=True) > 0
+    modes = bench_generation_modes(ops, cfg, params, 30, rounds=2)
+    assert ("gen_tok_s_sliding" in modes) == (position == "rope")
+    assert modes["cache_speedup"] == modes["gen_tok_s_cache"] / modes["gen_tok_s_nocache"]
+    assert all(v > 0 for v in modes.values())
 
     # and the logits themselves: one token at a time through the cache vs the full sequence
     ids = np.array([runs[0][:20]], dtype=np.int64)
