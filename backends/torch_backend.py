@@ -58,6 +58,8 @@ class TorchOps(Ops):
         self._dev = torch.device(device)
         self._rope_cache: dict[tuple[int, float], Array] = {}
         self._causal_bias: dict[tuple[int, torch.dtype], Array] = {}
+        # training attention: "auto" picks per call; "sdpa" or "bmm" force one (parity tests)
+        self.attention_kernel = "auto"
         if device == "cpu":
             self.threads, self.threads_reason = compute_threads(threads)
             torch.set_num_threads(self.threads)
@@ -160,11 +162,7 @@ class TorchOps(Ops):
         tq, tk = q.shape[2], k.shape[2]
         gqa = q.shape[1] != k.shape[1]
         if tq == tk:
-            if (
-                self.device == "cpu"
-                and tk <= _CPU_MATH_ATTENTION_MAX_LEN
-                and torch.get_num_threads() > 1
-            ):
+            if self._use_bmm_attention(q, tk):
                 return self._attention_bmm(q, k, v, scale)
             return F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, scale=scale, enable_gqa=gqa
@@ -175,14 +173,25 @@ class TorchOps(Ops):
             mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
+    def _use_bmm_attention(self, q: Array, length: int) -> bool:
+        if self.attention_kernel != "auto":
+            return self.attention_kernel == "bmm"
+        return (
+            self.device == "cpu"
+            and q.dtype == torch.float32  # SDPA keeps bf16 scores in fp32; bmm would not
+            and length <= _CPU_MATH_ATTENTION_MAX_LEN
+            and torch.get_num_threads() > 1
+        )
+
     def _attention_bmm(self, q: Array, k: Array, v: Array, scale: float) -> Array:
-        """Causal attention as two batched matmuls around a softmax, for short sequences on CPU.
+        """Causal fp32 attention as two batched matmuls around a softmax, for short sequences.
 
         torch's CPU flash-attention kernel works in query/key blocks and is built for long
         sequences; at the book's sizes (T=64, head_dim 16) it barely gains from a second thread,
         so with two or more threads this plain path is faster (a Ch.17 step: 17.4 vs 18.7 ms on
-        2 cores); on one thread flash is slightly faster and is kept. The mask is a cached additive -inf bias fused
-        into the score matmul (``baddbmm``). Same math as SDPA's, to fp32 rounding (~1e-6).
+        2 cores); on one thread flash is slightly faster and is kept. The mask is a cached
+        additive -inf bias fused into the score matmul (``baddbmm``). Same math as SDPA's, to
+        fp32 rounding (~1e-6).
         """
         B, H, T, D = q.shape
         rep = H // k.shape[1]
@@ -196,7 +205,7 @@ class TorchOps(Ops):
         scores = torch.baddbmm(
             bias, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2), alpha=scale
         )
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        probs = torch.softmax(scores, dim=-1)
         return torch.bmm(probs, v.reshape(B * H, T, D)).view(B, H, T, D)
 
     def softmax(self, x: Array, axis: int = -1) -> Array:
