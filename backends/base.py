@@ -116,12 +116,13 @@ class Ops(abc.ABC):
         """Rotary embedding on (B, H, T, D), interleaved pairs (2i, 2i+1), positions offset..offset+T."""
 
     @abc.abstractmethod
-    def attention(self, q: Array, k: Array, v: Array, scale: float) -> Array:
+    def attention(self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0) -> Array:
         """Causal attention on (B, H, Tq, D) x (B, Hkv, Tk, D), Hkv dividing H (GQA).
 
         Query head h reads K/V head ``h // (H // Hkv)`` (the book's ``repeat_interleave`` order).
         The causal mask is aligned to the *end* of the keys, so with Tq < Tk (cached decoding) the
-        last query sees every key, as it would in a full forward pass.
+        last query sees every key, as it would in a full forward pass. ``dropout`` > 0 drops
+        attention probabilities after the softmax (the book's only dropout; training only).
         """
 
     @abc.abstractmethod

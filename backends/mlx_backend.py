@@ -107,10 +107,25 @@ class MLXOps(Ops):
     def rope(self, x: Array, offset: int, base: float) -> Array:
         return mx.fast.rope(x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offset)
 
-    def attention(self, q: Array, k: Array, v: Array, scale: float) -> Array:
+    def attention(self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0) -> Array:
+        if dropout > 0:  # the fused kernel has no dropout: spell it out
+            return self._attention_with_dropout(q, k, v, scale, dropout)
         # MLX's causal mask is aligned lower-right, which is what cached decoding needs.
         mask = "causal" if q.shape[2] > 1 else None
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+    def _attention_with_dropout(
+        self, q: Array, k: Array, v: Array, scale: float, dropout: float
+    ) -> Array:
+        B, H, tq, D = q.shape
+        hkv, tk = k.shape[1], k.shape[2]
+        # query head j*rep + r reads K/V head j: group the query heads under their K/V head
+        qg = q.reshape(B, hkv, H // hkv, tq, D)
+        scores = (qg * scale) @ mx.swapaxes(k, -1, -2)[:, :, None]
+        visible = mx.tril(mx.ones((tq, tk), dtype=mx.bool_), k=tk - tq)  # aligned to the last key
+        scores = mx.where(visible, scores.astype(mx.float32), -mx.inf)
+        probs = self.dropout(mx.softmax(scores, axis=-1, precise=True), dropout).astype(v.dtype)
+        return (probs @ v[:, :, None]).reshape(B, H, tq, D)
 
     def softmax(self, x: Array, axis: int = -1) -> Array:
         return mx.softmax(x, axis=axis, precise=True)

@@ -158,20 +158,22 @@ class TorchOps(Ops):
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
-    def attention(self, q: Array, k: Array, v: Array, scale: float) -> Array:
+    def attention(self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0) -> Array:
         tq, tk = q.shape[2], k.shape[2]
         gqa = q.shape[1] != k.shape[1]
         if tq == tk:
             if self._use_bmm_attention(q, tk):
-                return self._attention_bmm(q, k, v, scale)
+                return self._attention_bmm(q, k, v, scale, dropout)
             return F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=scale, enable_gqa=gqa
+                q, k, v, is_causal=True, scale=scale, dropout_p=dropout, enable_gqa=gqa
             )
         # torch aligns is_causal upper-left; decoding needs the mask aligned to the last key.
         mask = None
         if tq > 1:
             mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout, enable_gqa=gqa
+        )
 
     def _use_bmm_attention(self, q: Array, length: int) -> bool:
         if self.attention_kernel != "auto":
@@ -183,7 +185,9 @@ class TorchOps(Ops):
             and torch.get_num_threads() > 1
         )
 
-    def _attention_bmm(self, q: Array, k: Array, v: Array, scale: float) -> Array:
+    def _attention_bmm(
+        self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0
+    ) -> Array:
         """Causal fp32 attention as two batched matmuls around a softmax, for short sequences.
 
         torch's CPU flash-attention kernel works in query/key blocks and is built for long
@@ -205,7 +209,7 @@ class TorchOps(Ops):
         scores = torch.baddbmm(
             bias, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2), alpha=scale
         )
-        probs = torch.softmax(scores, dim=-1)
+        probs = self.dropout(torch.softmax(scores, dim=-1), dropout)
         return torch.bmm(probs, v.reshape(B * H, T, D)).view(B, H, T, D)
 
     def softmax(self, x: Array, axis: int = -1) -> Array:

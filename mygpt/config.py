@@ -28,7 +28,7 @@ class ModelConfig:
     num_kv_heads: int | None = None  # None: one KV head per query head (plain MHA)
     norm_type: str = "layer"  # "layer": LayerNorm with bias; "rms": RMSNorm, weight only
     position_type: str = "learned"  # "learned": absolute embedding; "rope": rotary, interleaved
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the attention probabilities, training only (as the book)
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

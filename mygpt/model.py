@@ -160,6 +160,7 @@ def _attention(
     layer: int,
     cache: KVCache | None,
     offset: int,
+    dropout: float,
 ) -> Array:
     B, T, C = x.shape
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -179,7 +180,7 @@ def _attention(
         k, v = cache.update(ops, layer, k, v)
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
-    out = ops.attention(q, k, v, scale=1.0 / math.sqrt(D))
+    out = ops.attention(q, k, v, scale=1.0 / math.sqrt(D), dropout=dropout)
     out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, C))
     return ops.linear(out, p(f"{b}.mha.W_O.weight"))
 
@@ -216,21 +217,20 @@ def forward(
     def p(name: str) -> Array:
         return ops.cast(params[name], dtype)
 
+    # The book's only dropout is on the attention probabilities, after the softmax.
     dropout = cfg.dropout if train else 0.0
     emb = params["token_embedding.embedding.weight"]
     x = ops.embedding(emb, ids)
     if cfg.position_type == "learned":
         x = x + params["position_embedding.weight"][offset : offset + T]
-    x = ops.dropout(ops.cast(x, dtype), dropout)
+    x = ops.cast(x, dtype)
     for i in range(cfg.num_layers):
         b = f"blocks.{i}"
         h = _norm(ops, cfg, params, f"{b}.ln1", x, dtype)
-        x = x + ops.dropout(_attention(ops, cfg, p, b, h, i, cache, offset), dropout)
+        x = x + _attention(ops, cfg, p, b, h, i, cache, offset, dropout)
         h = _norm(ops, cfg, params, f"{b}.ln2", x, dtype)
         h = ops.gelu(ops.linear(h, p(f"{b}.mlp.fc1.weight"), p(f"{b}.mlp.fc1.bias")))
-        x = x + ops.dropout(
-            ops.linear(h, p(f"{b}.mlp.fc2.weight"), p(f"{b}.mlp.fc2.bias")), dropout
-        )
+        x = x + ops.linear(h, p(f"{b}.mlp.fc2.weight"), p(f"{b}.mlp.fc2.bias"))
     x = _norm(ops, cfg, params, "ln_f", x, dtype)
     if cache is not None:
         cache.offset += T

@@ -45,18 +45,18 @@ def _tanh_gelu(ops, x):
     return ops.asarray(y.astype(np.float32), ops.dtype_of(x))
 
 
-def _upper_left_causal(ops, q, k, v, scale):
+def _upper_left_causal(ops, q, k, v, scale, dropout=0.0):
     """torch's ``is_causal`` alignment: query i sees keys 0..i, wrong once Tq < Tk."""
     tq = q.shape[2]
-    return ops.attention(q, k[:, :, :tq], v[:, :, :tq], scale)
+    return ops.attention(q, k[:, :, :tq], v[:, :, :tq], scale, dropout)
 
 
-def _tiled_gqa(ops, q, k, v, scale):
+def _tiled_gqa(ops, q, k, v, scale, dropout=0.0):
     """Query head h reads K/V head h % Hkv (``repeat``, not ``repeat_interleave``)."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = ops.concat([k] * group, axis=1), ops.concat([v] * group, axis=1)
-    return ops.attention(q, k, v, scale)
+    return ops.attention(q, k, v, scale, dropout)
 
 
 def _no_clip(ops, grads, max_norm):
