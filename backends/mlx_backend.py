@@ -153,7 +153,12 @@ class MLXOps(Ops):
         self, fn: Callable[..., Array], compile: bool = False
     ) -> Callable[..., tuple[Array, Params]]:
         vg = mx.value_and_grad(fn)
-        return mx.compile(vg) if compile else vg
+        if not compile:
+            return vg
+        # The RNG state is an input and output of the compiled graph: otherwise the key is baked
+        # in as a constant and dropout draws the same mask at every step.
+        state = [mx.random.state]
+        return mx.compile(vg, inputs=state, outputs=state)
 
     def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
         total = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in grads.values()))

@@ -199,6 +199,11 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def dropout_seed(seed: int, step: int) -> int:
+    """The framework RNG seed for a step's dropout masks (a function of the run seed and step)."""
+    return (seed * 1_000_003 + step) % 2**31
+
+
 def _status(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -303,9 +308,7 @@ def train(
         sampler.load_state_dict(ts["sampler"])
         if val_sampler is not None and ts.get("val_sampler"):
             val_sampler.load_state_dict(ts["val_sampler"])
-        ops.seed(int(ts.get("framework_seed", tc.seed)) + start_step)
-    else:
-        ops.seed(tc.seed)
+    ops.seed(tc.seed)
     n_params = model.count_params(cfg)
     _status(
         f"model: {n_params:,} parameters · vocab {cfg.vocab_size} · {cfg.num_layers} layers × "
@@ -351,7 +354,6 @@ def train(
             "args": dataclasses.asdict(tc),
             "loss": last_loss,
             "backend": ops.name,
-            "framework_seed": tc.seed,
         }
         if output.suffix == ".ckpt":
             save_book_checkpoint(output, Checkpoint(cfg, np_now, tokenizer.to_dict()))
@@ -412,6 +414,9 @@ def train(
         try:
             for step in range(start_step + 1, tc.steps + 1):
                 lr = tc.lr_at(step)
+                if cfg.dropout > 0:
+                    # dropout masks depend on (seed, step) only, so a resumed run draws the same
+                    ops.seed(dropout_seed(tc.seed, step))
                 micro = [
                     tuple(ops.asarray(a) for a in sampler.sample()) for _ in range(tc.grad_accum)
                 ]

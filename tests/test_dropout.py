@@ -76,3 +76,21 @@ def test_dropout_applies_in_training_only(backend):
     # position 0 attends to itself only: dropping that probability zeroes its attention output,
     # otherwise it is scaled by 1/(1-p); either way the logits there stay finite
     assert np.isfinite(trained[0]).all()
+
+
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_step_draws_a_new_mask_even_compiled(backend, compile):
+    """A compiled step must not freeze its RNG key (MLX bakes it in unless told otherwise)."""
+    if compile and backend == "torch":
+        pytest.skip("torch.compile takes tens of seconds on CPU; MLX's is the one with the trap")
+    ops = get_backend(backend, "cpu")
+    ops.seed(0)
+    x = ops.trainable({"w": ops.asarray(np.ones((64,), np.float32))})
+    step = ops.value_and_grad(lambda p: (ops.dropout(p["w"], 0.5) ** 2).sum(), compile=compile)
+    grads = [ops.to_numpy(step(x)[1]["w"]) for _ in range(3)]
+    assert not np.array_equal(grads[0], grads[1]) and not np.array_equal(grads[1], grads[2])
+    ops.seed(5)
+    again = ops.to_numpy(step(x)[1]["w"])
+    ops.seed(5)
+    assert np.array_equal(ops.to_numpy(step(x)[1]["w"]), again)  # and reseeding replays it

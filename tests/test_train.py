@@ -82,9 +82,11 @@ def _interrupt_at(step: int):
     return hook
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
-def test_interrupted_then_resumed_equals_uninterrupted(backend, small_corpus, tmp_path):
+def test_interrupted_then_resumed_equals_uninterrupted(backend, dropout, small_corpus, tmp_path):
     common = dict(
+        dropout=dropout,
         data=str(small_corpus),
         steps=40,
         print_every=5,
