@@ -23,6 +23,7 @@ from mygpt.data.cache import (
     corpus_tokens,
     default_cache_dir,
     default_cache_root,
+    prepare_corpus,
     prepare_tokens,
     token_dtype,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "corpus_tokens",
     "default_cache_dir",
     "default_cache_root",
+    "prepare_corpus",
     "prepare_tokens",
     "read_text",
     "source_identity",

@@ -387,7 +387,19 @@ def build_tokenizer(
     return tok, False
 
 
-def corpus_tokens(
+@dataclass
+class PreparedCorpus:
+    """What :func:`prepare_corpus` did: the tokenizer and token file, and what it reused."""
+
+    tokenizer: Tokenizer
+    token_file: TokenFile
+    source: dict  # the corpus's identity (see ``source_identity``): bytes, hash, ...
+    tokenizer_reused: bool  # loaded from --tokenizer-file or the cache, not trained
+    tokens_reused: bool  # the token file came from the cache, not encoded
+    seconds: dict[str, float]  # "hash", "tokenizer", "encode", "total"
+
+
+def prepare_corpus(
     path: str | os.PathLike,
     *,
     tokenizer_kind: str = "char",
@@ -399,16 +411,18 @@ def corpus_tokens(
     encoding_errors: str = "strict",
     workers: int | None = None,
     output: str | os.PathLike | None = None,
-) -> tuple[Tokenizer, TokenFile]:
-    """The one call ``mygpt train FILE`` makes: a tokenizer and the corpus's cached token file.
+) -> PreparedCorpus:
+    """A tokenizer and the corpus's cached token file, with what was reused and how long it took.
 
     The tokenizer is loaded from ``tokenizer_file`` or built as the book does (see
     :func:`build_tokenizer`, cached); the corpus is then encoded once into a token file (see
     :func:`prepare_tokens`) that later runs reuse while tokenizer and corpus are unchanged.
     """
+    t0 = time.perf_counter()
     source = source_identity(path)
     if source["bytes"] == 0:
         raise MygptError(f"corpus {str(path)!r} is empty — give a file with some text in it")
+    t1 = time.perf_counter()
     if tokenizer_file is not None:
         p = Path(tokenizer_file).expanduser()
         if not p.is_file():
@@ -416,9 +430,9 @@ def corpus_tokens(
                 f"tokenizer file {str(p)!r} does not exist — train one with "
                 "`mygpt tokenizer train` or drop --tokenizer-file"
             )
-        tok = _tokenizers().load_tokenizer(p)
+        tok, tok_reused = _tokenizers().load_tokenizer(p), True
     else:
-        tok, _ = build_tokenizer(
+        tok, tok_reused = build_tokenizer(
             path,
             tokenizer_kind=tokenizer_kind,
             num_merges=num_merges,
@@ -428,7 +442,8 @@ def corpus_tokens(
             progress=progress,
             source=source,
         )
-    tf, _ = prepare_tokens(
+    t2 = time.perf_counter()
+    tf, tokens_reused = prepare_tokens(
         path,
         tok,
         cache_dir=cache_dir,
@@ -438,13 +453,23 @@ def corpus_tokens(
         progress=progress,
         source=source,
     )
-    return tok, tf
+    t3 = time.perf_counter()
+    seconds = {"hash": t1 - t0, "tokenizer": t2 - t1, "encode": t3 - t2, "total": t3 - t0}
+    return PreparedCorpus(tok, tf, source, tok_reused, tokens_reused, seconds)
+
+
+def corpus_tokens(path: str | os.PathLike, **options: Any) -> tuple[Tokenizer, TokenFile]:
+    """The one call ``mygpt train FILE`` makes: :func:`prepare_corpus`'s tokenizer and token file."""
+    prepared = prepare_corpus(path, **options)
+    return prepared.tokenizer, prepared.token_file
 
 
 __all__ = [
     "TokenFile",
     "build_tokenizer",
     "corpus_tokens",
+    "prepare_corpus",
+    "PreparedCorpus",
     "default_cache_dir",
     "default_cache_root",
     "prepare_tokens",

@@ -179,8 +179,7 @@ def prepare_cmd(
 
     A later `prepare` or `mygpt train` with the same corpus and tokenizer settings reuses it.
     """
-    from mygpt.data.cache import build_tokenizer, prepare_tokens
-    from mygpt.data.text import source_identity
+    from mygpt.data.cache import prepare_corpus
 
     ctx = click.get_current_context()
     given = [
@@ -191,49 +190,27 @@ def prepare_cmd(
     if tokenizer_file is not None and given:
         # Training flags next to a tokenizer file would be silently ignored: say so instead.
         raise UsageError(f"--tokenizer-file replaces {', '.join(given)} — pass one or the other")
-    t0 = time.perf_counter()
-    src = source_identity(corpus)
-    t_hash = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    if tokenizer_file is not None:
-        from mygpt.data.cache import _tokenizers
-
-        if not tokenizer_file.is_file():
-            raise UsageError(f"--tokenizer-file {tokenizer_file} does not exist — check the path")
-        tok, tok_reused = _tokenizers().load_tokenizer(tokenizer_file), True
-    else:
-        tok, tok_reused = build_tokenizer(
-            corpus,
-            tokenizer_kind=tokenizer_kind,
-            num_merges=num_merges,
-            bpe_train_bytes=bpe_train_bytes,
-            cache_dir=cache_dir,
-            encoding_errors=encoding_errors,
-            progress=not quiet,
-            source=src,
-        )
-    t_tok = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    tf, reused = prepare_tokens(
+    res = prepare_corpus(
         corpus,
-        tok,
+        tokenizer_kind=tokenizer_kind,
+        num_merges=num_merges,
+        bpe_train_bytes=bpe_train_bytes,
+        tokenizer_file=tokenizer_file,
         cache_dir=cache_dir,
-        output=output,
+        progress=not quiet,
         encoding_errors=encoding_errors,
         workers=workers,
-        progress=not quiet,
-        source=src,
+        output=output,
     )
-    t_enc = time.perf_counter() - t2
-    total = time.perf_counter() - t0
+    tok, tf, t = res.tokenizer, res.token_file, res.seconds
     click.echo(f"token file: {tf.path}")
     click.echo(
         f"tokens: {tf.num_tokens:,} ({tf.dtype.name}, {tf.nbytes:,} bytes) from "
-        f"{src['bytes']:,} bytes of text; vocab {tok.vocab_size}"
+        f"{res.source['bytes']:,} bytes of text; vocab {tok.vocab_size}"
     )
     click.echo(
         f"tokenizer: {getattr(tok, 'kind', tokenizer_kind)} "
-        f"{'reused' if tok_reused else 'trained'} in {t_tok:.2f} s; "
-        f"tokens {'reused from cache' if reused else 'encoded'} in {t_enc:.2f} s; "
-        f"hashing {t_hash:.2f} s; total {total:.2f} s"
+        f"{'reused' if res.tokenizer_reused else 'trained'} in {t['tokenizer']:.2f} s; "
+        f"tokens {'reused from cache' if res.tokens_reused else 'encoded'} in {t['encode']:.2f} s; "
+        f"hashing {t['hash']:.2f} s; total {t['total']:.2f} s"
     )
