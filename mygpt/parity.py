@@ -668,11 +668,19 @@ def _kv_cache_check(position: str, kv: str) -> ParityCheck:
             parts.append(forward(cand, cfg, P, cand.asarray(x[:, a:b]), cache=cache, dtype=dtype))
         stepped = cand.concat(parts, axis=1)
         cand.eval(full, stepped)
+        got, want = cand.to_numpy(stepped), cand.to_numpy(full)
+        if dtype == "float32":
+            return [compare_close(name, dtype, cand, "full forward", got, want)]
+        # In bf16 a chunk's matmuls and attention see other shapes than the full forward's, so
+        # kernels round differently (on AVX2 CPUs without bf16 units, by an ulp of a logit near
+        # 30: 0.125); both stay equally close to fp32. Bound by 2 ulp of the largest logit, as
+        # the model checks do; a cache error (mask alignment, positions) is O(1).
         return [
-            compare_close(
-                name, dtype, cand, "full forward", cand.to_numpy(stepped), cand.to_numpy(full)
+            compare_rel_max(
+                name, dtype, cand, "full forward", {"logits": got}, {"logits": want},
+                OP_TOL[dtype][1],
             )
-        ]
+        ]  # fmt: skip
 
     return ParityCheck(name, check, quick=(position == "rope"), kind="cache")
 

@@ -134,3 +134,14 @@ def test_model_check_catches_a_wrong_candidate(broken_op, check_name, pair):
     assert _failures(rows), "a broken candidate passed"
     # the crash path is not what failed: these rows carry real measurements
     assert all(math.isfinite(r.max_abs) for r in rows)
+
+
+def test_cache_check_in_bf16_still_catches_a_misaligned_mask(pair):
+    """The bf16 cache row is bounded relative to the largest logit; a real cache bug is far
+    outside that bound too."""
+    _, cand = pair
+    check = _check("kv-cache decode rope/gqa")
+    good = run_check(check, None, cand, "bfloat16")
+    assert good and not _failures(good)
+    bad = run_check(check, None, Broken(cand, attention=_upper_left_causal), "bfloat16")
+    assert _failures(bad), "a misaligned causal mask passed in bf16"
