@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm import tqdm
+
+
+def _terminal_unsized() -> bool:
+    """Whether stderr is a terminal that reports no size: a pseudo-terminal nobody sized (some CI
+    runners, ``script``, containers) reads as 0 x 0, and tqdm sized by it draws nothing at all."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # not a file descriptor, or not a terminal
+        return False
+    return size.columns <= 0 or size.lines <= 0
 
 
 class Progress:
@@ -16,8 +27,17 @@ class Progress:
 
     def __init__(self, total: int, initial: int = 0, enabled: bool | None = None) -> None:
         self.enabled = sys.stdout.isatty() if enabled is None else enabled
+        # follow the terminal's width as it changes, or fix one where it has none
+        size = dict(ncols=100, nrows=24) if self.enabled and _terminal_unsized() else {}
         self.bar = (
-            tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True)
+            tqdm(
+                total=total,
+                initial=initial,
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=not size,
+                **size,
+            )
             if self.enabled
             else None
         )

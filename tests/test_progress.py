@@ -25,3 +25,27 @@ def test_plain_lines_without_a_terminal(capsys):
     p.close()
     out, err = capsys.readouterr()
     assert out == "step 10: loss = 2.5000\n" and err == ""
+
+
+def test_a_terminal_without_a_size_still_gets_a_bar(monkeypatch):
+    """A fresh pseudo-terminal reports 0 columns; tqdm sized by it printed nothing at all."""
+    import os
+    import pty
+    import select
+    import sys
+
+    master, slave = pty.openpty()
+    assert os.get_terminal_size(slave).columns == 0
+    with os.fdopen(slave, "w") as term:
+        monkeypatch.setattr(sys, "stderr", term)
+        p = Progress(total=100, enabled=True)
+        p.update(10, loss=2.5, lr=1e-3)
+        p.bar.refresh()
+        term.flush()
+        shown = b""
+        while select.select([master], [], [], 0.5)[0]:  # a pty hands data over asynchronously
+            shown += os.read(master, 65536)
+        p.close()
+    shown = shown.decode()
+    os.close(master)
+    assert "10/100" in shown and "loss=2.5000" in shown, repr(shown)
