@@ -250,6 +250,10 @@ def train(
 
     ckpt = resume if isinstance(resume, Checkpoint) or resume is None else load_resumable(resume)
     tc.validate()
+    if (
+        ckpt is None
+    ):  # architecture flags too, before minutes of corpus encoding (vocab comes later)
+        tc.model_config(vocab_size=1)
 
     backend_name, backend_why = resolve_backend_name(tc.backend)
     ops = get_backend(backend_name, tc.device)

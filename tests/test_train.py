@@ -182,11 +182,14 @@ def test_bad_settings_are_one_line_errors(kwargs, message, small_corpus, tmp_pat
         output=str(tmp_path / "m.safetensors"),
         backend="torch",
         device="cpu",
+        cache_dir=str(tmp_path / "cache"),
         **SMALL,
     )
     with pytest.raises(MygptError, match=message) as err:
         train(TrainConfig(**{**base, **kwargs}))
     assert "\n" not in str(err.value)
+    # refused before any corpus work: on a large corpus that is minutes of encoding
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 def test_resume_from_weights_only_file_is_refused(tmp_path):
