@@ -260,3 +260,32 @@ def test_max_bytes_accepts_units():
     assert conv("4kB", None, None) == 4000
     with pytest.raises(Exception, match="not a byte count"):
         conv("lots", None, None)
+
+
+def test_no_dns_fails_at_once_without_the_hubs_retries(tmp_path, monkeypatch):
+    """With no name resolution the error comes before huggingface_hub's ~25 s of retries."""
+    import socket
+
+    import huggingface_hub
+
+    for var in dl._PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_dns(host, port, *a, **kw):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda **kw: pytest.fail("reached the Hub client")
+    )
+    with pytest.raises(MygptError, match=r"'Salesforce/wikitext'.*unreachable \(gaierror\)"):
+        dl.download("wikitext-103", tmp_path / "o", cache_dir=str(tmp_path / "c"), quiet=True)
+
+
+def test_behind_a_proxy_names_are_left_to_the_proxy(monkeypatch):
+    import socket
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: pytest.fail("resolved locally"))
+    dl._check_hub_resolves()  # no lookup, no error

@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,10 +77,31 @@ def _offline_env() -> bool:
 # ---------------------------------------------------------------- Hub access (patched in tests)
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _check_hub_resolves() -> None:
+    """Raise ``socket.gaierror`` at once if the Hub's host name does not resolve.
+
+    huggingface_hub retries a failed connection with backoff, ~25 s before it gives up, which is
+    right for a flaky link and only a wait when there is no network at all. Behind a proxy the
+    proxy resolves names, so nothing is checked there.
+    """
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    if url.hostname:
+        socket.getaddrinfo(url.hostname, url.port or 443)
+
+
 def _hf_hub_download(**kwargs) -> str:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import logging as hf_logging
 
+    if not kwargs.get("local_files_only"):
+        _check_hub_resolves()
     # its retry warnings would print before our one-line error; the error says what failed
     hf_logging.set_verbosity_error()
     return hf_hub_download(**kwargs)
@@ -87,6 +110,7 @@ def _hf_hub_download(**kwargs) -> str:
 def _hf_list_files(repo_id: str, revision: str | None) -> list[str]:
     from huggingface_hub import HfApi
 
+    _check_hub_resolves()
     return list(HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision))
 
 
@@ -120,6 +144,7 @@ def _network_error(e: BaseException) -> bool:
             "TimeoutException",
             "NetworkError",
             "OfflineModeIsEnabled",
+            "gaierror",  # the host name does not resolve (no network, or no DNS)
         }
         or mods & {"requests", "urllib3", "httpx", "httpx2", "httpcore"}
     )
