@@ -178,6 +178,10 @@ class TorchOps(Ops):
     def _use_bmm_attention(self, q: Array, length: int) -> bool:
         if self.attention_kernel != "auto":
             return self.attention_kernel == "bmm"
+        if torch.compiler.is_compiling():
+            # get_num_threads() below would break the graph (and recompile per call site until
+            # dynamo gives up); a compiled graph gets SDPA, which inductor handles as one op
+            return False
         return (
             self.device == "cpu"
             and q.dtype == torch.float32  # SDPA keeps bf16 scores in fp32; bmm would not
