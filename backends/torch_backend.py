@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -239,6 +240,10 @@ class TorchOps(Ops):
         self, fn: Callable[..., Array], compile: bool = False
     ) -> Callable[..., tuple[Array, Params]]:
         if compile:  # compile the forward; autograd then differentiates the compiled graph
+            if not torch.cuda.is_available():
+                # a CUDA build of torch on a machine without CUDA warns "No CUDA runtime is
+                # found" when inductor first builds a CPU kernel; nothing is wrong
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             fn = torch.compile(fn)
 
         def value_and_grad_fn(params: Params, *args):
