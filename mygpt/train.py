@@ -250,9 +250,8 @@ def train(
 
     ckpt = resume if isinstance(resume, Checkpoint) or resume is None else load_resumable(resume)
     tc.validate()
-    if (
-        ckpt is None
-    ):  # architecture flags too, before minutes of corpus encoding (vocab comes later)
+    # the architecture flags too, before minutes of corpus encoding (the vocab size comes later)
+    if ckpt is None:
         tc.model_config(vocab_size=1)
 
     backend_name, backend_why = resolve_backend_name(tc.backend)
