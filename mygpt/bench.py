@@ -243,43 +243,18 @@ def measure_peak_flops(ops: Any, dtype: str = "float32", n: int = 1024, repeats:
     return 2.0 * n**3 / best
 
 
-def bench_generate(
-    ops: Any,
-    cfg: ModelConfig,
-    params: dict[str, Any],
-    new_tokens: int,
-    use_cache: bool,
-    dtype: str = "float32",
-    prompt_len: int = 1,
-    sliding: bool = False,
-) -> float:
-    """Generated tokens per second (greedy, batch 1, after a short untimed warm-up).
-
-    Uses the real sampler (:func:`mygpt.generate.generate`, temperature 0), so the number is what
-    ``mygpt generate`` gets. Its default cache is exact: once the window is full every token
-    refills it (the book crops the context, so every position shifts), which costs as much as no
-    cache; ``sliding=True`` (rotary models only) keeps one position per token past the window.
-    """
-    run = _generation_run(ops, cfg, params, use_cache, dtype, prompt_len, sliding)
-    run(min(8, new_tokens))
-    return _tokens_per_s(ops, run, new_tokens)
-
-
 def _generation_run(
     ops: Any,
     cfg: ModelConfig,
     params: dict[str, Any],
     use_cache: bool,
     dtype: str,
-    prompt_len: int = 1,
     sliding: bool = False,
 ) -> Callable[[int], int]:
     from mygpt.generate import generate
 
-    prompt = list(range(min(prompt_len, cfg.vocab_size)))
-    kwargs: dict[str, Any] = {"temperature": 0.0, "use_cache": use_cache, "dtype": dtype}
-    if sliding:
-        kwargs["sliding"] = True
+    prompt = [0]  # a one-token prompt: the timing is the generated tokens
+    kwargs = dict(temperature=0.0, use_cache=use_cache, sliding=sliding, dtype=dtype)
 
     def run(n: int) -> int:
         return sum(1 for _ in generate(ops, cfg, params, prompt, n, **kwargs))
@@ -304,6 +279,11 @@ def bench_generation_modes(
 ) -> dict[str, float]:
     """Tokens/s of generation with the exact cache, without a cache and (rotary models) with the
     sliding cache, plus the speed-ups over no cache.
+
+    Uses the real sampler (:func:`mygpt.generate.generate`, greedy, batch 1), so the numbers are
+    what ``mygpt generate`` gets. The exact cache refills once the window is full (the book crops
+    the context, so every position shifts), which costs as much as no cache; the sliding cache
+    keeps one position per token past the window.
 
     The modes run interleaved for ``rounds`` rounds and each keeps its fastest round, so a noisy
     neighbour on a shared machine slows one sample rather than one mode, and the ratios compare

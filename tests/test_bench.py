@@ -10,7 +10,6 @@ from backends import available_backends, get_backend
 from mygpt.bench import (
     _shape_from,
     bench,
-    bench_generate,
     bench_generation_modes,
     bench_train_step,
     format_table,
@@ -62,7 +61,6 @@ def test_cached_generation_equals_uncached_within_the_window(backend, position):
     ]
     assert runs[0] == runs[1]
     assert len(set(runs[0])) > 1  # not a degenerate constant sequence
-    assert bench_generate(ops, cfg, params, 10, use_cache=True) > 0
     modes = bench_generation_modes(ops, cfg, params, 30, rounds=2)
     assert ("gen_tok_s_sliding" in modes) == (position == "rope")
     assert modes["cache_speedup"] == modes["gen_tok_s_cache"] / modes["gen_tok_s_nocache"]
