@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from backends.distributed import ProcessGroup
+
 Array = Any  # mx.array or torch.Tensor
 Params = dict[str, Array]
 
@@ -164,6 +166,15 @@ class Ops(abc.ABC):
 
     @abc.abstractmethod
     def adamw(self, params: Params, config: AdamWConfig) -> Optimizer: ...
+
+    # --- data parallel ---------------------------------------------------------------------
+    dist: ProcessGroup = ProcessGroup()  # the one-process group until init_distributed
+
+    def init_distributed(self) -> ProcessGroup:
+        """Join the process group a launcher (torchrun, mlx.launch) started this process in, or
+        a one-process group when none did. The result is also ``self.dist``."""
+        self.dist = ProcessGroup(self)
+        return self.dist
 
     def activate(self) -> None:
         """Make this backend's device the one computation runs on (MLX keeps one process-wide

@@ -49,6 +49,14 @@ class MLXOps(Ops):
         mx.set_default_device(self._mx_device)
 
     # --- precision policy ----------------------------------------------------------------------
+    def init_distributed(self):
+        from backends import mlx_dist
+
+        if not mlx_dist.launched():
+            return super().init_distributed()
+        self.dist = mlx_dist.MLXProcessGroup(self)
+        return self.dist
+
     def native_bf16(self) -> tuple[bool, str]:
         if self.device == "gpu":
             return True, "the GPU computes bf16 natively"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
-from backends.cpu import compute_threads, cpu_has_native_bf16
+from backends.cpu import compute_threads, cpu_has_native_bf16, physical_cores
 from mygpt.errors import MygptError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -65,6 +66,23 @@ class TorchOps(Ops):
         if device == "cpu":
             self.threads, self.threads_reason = compute_threads(threads)
             torch.set_num_threads(self.threads)
+
+    def init_distributed(self):
+        from backends import torch_dist
+
+        if not torch_dist.launched():
+            return super().init_distributed()
+        self.dist = torch_dist.TorchProcessGroup(self)
+        if self.device == "cpu" and not os.environ.get("MYGPT_THREADS"):
+            # ranks on one host share its cores: an OpenMP pool per rank as wide as the machine
+            # spins at its barriers against the other ranks' pools
+            cores = physical_cores()
+            self.threads = max(1, cores // self.dist.local_world_size)
+            self.threads_reason = (
+                f"{cores} physical cores shared by {self.dist.local_world_size} ranks"
+            )
+            torch.set_num_threads(self.threads)
+        return self.dist
 
     def native_bf16(self) -> tuple[bool, str]:
         if self.device == "cuda":

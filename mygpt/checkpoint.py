@@ -38,6 +38,17 @@ NATIVE_SUFFIXES = (".safetensors",)
 BOOK_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 _ZIP_MAGIC = b"PK\x03\x04"
+
+
+def writes_book_format(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint *written* to ``path`` takes the book's format (its suffix says so).
+
+    The one home of that rule: ``train --output``, ``convert`` and the resume hint all ask here.
+    (Reading never trusts a suffix: :func:`detect_format` looks at the bytes.)
+    """
+    return Path(path).suffix.lower() in BOOK_SUFFIXES
+
+
 # The largest safetensors header we accept (the reference implementation's own limit).
 _MAX_HEADER = 100_000_000
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -133,8 +132,12 @@ def train(
     compile_: bool,
     **flags,
 ) -> None:
-    """Train a GPT on FILE (default: the bundled Tiny Shakespeare)."""
-    from mygpt.train import TrainConfig, load_resumable
+    """Train a GPT on FILE (default: the bundled Tiny Shakespeare).
+
+    Under a launcher the same command trains data-parallel: `torchrun --nproc-per-node 2 -m
+    mygpt train ...` or `mlx.launch -n 2 -- mygpt train ...` (--batch-size stays the global batch).
+    """
+    from mygpt.train import TrainConfig
     from mygpt.train import train as run_training
 
     flags["compile"] = compile_
@@ -142,18 +145,15 @@ def train(
     if ctx.get_parameter_source("compile_") == ParameterSource.COMMANDLINE:
         explicit.add("compile")
     values = apply_recipe(recipe, {k: flags[k] for k in explicit}, flags)
-    ckpt = None
-    if resume:
-        ckpt = load_resumable(resume)
-        # the checkpoint's run continues, into the same file; flags given now (e.g. a larger
-        # --steps) override its saved settings
-        saved = {**ckpt.train_state.get("args", {}), "output": resume}
-        values = {**saved, **{k: values[k] for k in explicit}}
     if file is not None:
         values["data"] = file
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    tc = TrainConfig(**{k: v for k, v in values.items() if k in known})
-    run_training(tc, resume=ckpt)
+        explicit.add("data")
+    if resume:
+        # the checkpoint's run continues, into the same file; flags given now (e.g. a larger
+        # --steps) override its saved settings
+        run_training(None, resume=resume, overrides={k: values[k] for k in explicit})
+    else:
+        run_training(TrainConfig.from_dict(values))
 
 
 # --- generate ----------------------------------------------------------------------------------
@@ -239,11 +239,9 @@ def generate(
 def convert(src: str, dst: str | None, to: str | None) -> None:
     """Convert a book .ckpt to a native .safetensors checkpoint, or back."""
     from mygpt.checkpoint import convert as convert_checkpoint
-    from mygpt.checkpoint import detect_format
+    from mygpt.checkpoint import detect_format, writes_book_format
 
-    if detect_format(src) == "native" and (
-        to == "book" or (dst or "").endswith((".ckpt", ".pt", ".pth"))
-    ):
+    if detect_format(src) == "native" and (to == "book" or (dst and writes_book_format(dst))):
         click.echo(
             "note: the book's format holds weights only: optimizer and training state are dropped",
             err=True,

@@ -1,0 +1,75 @@
+"""Checkpoints of a run: saved by rank 0 alone, atomically, once every rank finished the step."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from mygpt.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    save_book_checkpoint,
+    save_checkpoint,
+    writes_book_format,
+)
+from mygpt.errors import MygptError
+from mygpt.train.config import TrainConfig
+from mygpt.train.data import RunData
+from mygpt.train.setup import Run
+from mygpt.train.state import TrainState
+
+
+def load_resumable(path: str | os.PathLike) -> Checkpoint:
+    """A checkpoint that ``--resume`` can continue (weights *and* training state)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.train_state is None:
+        raise MygptError(
+            f"{path} holds weights only (no optimizer state or step) — resume from a "
+            ".safetensors checkpoint written by `mygpt train`"
+        )
+    return ckpt
+
+
+class Saver:
+    def __init__(self, run: Run, tc: TrainConfig, rd: RunData, state: TrainState) -> None:
+        self.run, self.tc, self.rd, self.state = run, tc, rd, state
+        self.output = Path(tc.output)
+        self.last_good_step = state.start_step
+
+    def save(self, step: int, params: dict, last_loss: float) -> None:
+        """Rank 0 writes; then every rank learns whether it worked (a collective, so no rank
+        runs ahead of a checkpoint that failed)."""
+        error: MygptError | None = None
+        if self.run.dist.is_main:
+            try:
+                self._write(step, params, last_loss)
+            except MygptError as e:
+                error = e
+        ok = self.run.dist.mean([0.0 if error else 1.0])[0] == 1.0
+        if error is not None:
+            raise error
+        if not ok:
+            raise MygptError("rank 0 could not save the checkpoint — its error is above")
+        self.last_good_step = step
+
+    def _write(self, step: int, params: dict, last_loss: float) -> None:
+        ops, rd, state = self.run.ops, self.rd, self.state
+        np_now = {k: ops.to_numpy(v) for k, v in params.items()}
+        if writes_book_format(self.output):
+            save_book_checkpoint(self.output, Checkpoint(state.cfg, np_now, rd.tokenizer.to_dict()))
+            return
+        opt_steps, opt_tensors = state.opt.state_dict()
+        train_state = {
+            "step": step,
+            "optimizer_steps": opt_steps,
+            "sampler": rd.sampler.state_dict(),
+            "val_sampler": rd.val_sampler.state_dict() if rd.val_sampler is not None else None,
+            "args": dataclasses.asdict(self.tc),
+            "loss": last_loss,
+            "backend": ops.name,
+            "world_size": self.run.dist.world_size,
+        }
+        save_checkpoint(
+            self.output, state.cfg, np_now, rd.tokenizer.to_dict(), train_state, opt_tensors
+        )

@@ -1,0 +1,184 @@
+"""The training loop: book semantics, plus resume, validation, NaN guards, clean interrupts and
+data parallelism on the frameworks' launchers.
+
+Everything that must match across backends, across an interruption and across world sizes is
+host-side and seeded: weights come from ``model.init_params`` (numpy), batches from
+``data.BatchSampler`` (numpy, the global batch on every rank), the learning rate from
+``schedule.lr_at``. A checkpoint saved for resume holds the weights, the AdamW moments, the step
+and both samplers' RNG states, so a resumed run (on any number of processes) draws the same
+batches and reproduces the uninterrupted run's losses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backends.distributed import PeerLost
+from mygpt import model
+from mygpt.checkpoint import Checkpoint
+from mygpt.console import console
+from mygpt.errors import MygptError
+from mygpt.train.checkpointing import Saver, load_resumable
+from mygpt.train.config import TrainConfig, TrainResult, resume_config
+from mygpt.train.data import RunData, load_data
+from mygpt.train.monitor import RunLog
+from mygpt.train.setup import Run, start_run
+from mygpt.train.signals import StopFlag
+from mygpt.train.state import TrainState, init_state
+from mygpt.train.step import dropout_seed, make_train_step
+
+
+def train(
+    tc: TrainConfig | None,
+    resume: str | os.PathLike | Checkpoint | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Run (or resume) a training run and return its summary. See ``mygpt train --help``.
+
+    With ``resume`` (a path or a loaded checkpoint) the checkpoint's saved settings continue,
+    into the same file, and ``overrides`` (e.g. ``{"steps": 4000}``) win over them. Without
+    ``overrides``, the fields of ``tc`` that differ from ``TrainConfig()``'s defaults are the
+    overrides. ``mygpt train --resume X --steps 4000`` is ``train(None, resume="X",
+    overrides={"steps": 4000})``: the CLI and the Python API continue a run the same way.
+    """
+    ckpt = resume if isinstance(resume, Checkpoint) or resume is None else load_resumable(resume)
+    if ckpt is not None:
+        tc = continued_config(ckpt, tc, overrides)
+    elif tc is None:
+        raise MygptError("train() needs a TrainConfig or a checkpoint to resume")
+    tc.validate()
+    # the architecture flags too, before minutes of corpus encoding (the vocab size comes later)
+    if ckpt is None:
+        tc.model_config(vocab_size=1)
+    run = start_run(tc)
+    try:
+        rd = load_data(run, tc, _tokenizer_of(ckpt))
+        state = init_state(run, tc, rd, ckpt)
+        return _train_loop(run, tc, rd, state, ckpt is not None, on_log)
+    except PeerLost as e:
+        raise MygptError(str(e)) from None
+    finally:
+        run.dist.close()
+
+
+def continued_config(
+    ckpt: Checkpoint, tc: TrainConfig | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """A resumed run's settings: the saved ones with ``overrides`` on top (see :func:`train`)."""
+    if ckpt.train_state is None:
+        raise MygptError(
+            f"{ckpt.path} holds weights only (no optimizer state or step) — resume from a "
+            "checkpoint written by `mygpt train`"
+        )
+    saved = dict(ckpt.train_state.get("args", {}))
+    if overrides is None:
+        defaults = vars(TrainConfig())
+        given = vars(tc) if tc is not None else {}
+        overrides = {k: v for k, v in given.items() if v != defaults[k] and k != "output"}
+    output = str(ckpt.path) if ckpt.path is not None else saved.get("output", "model.safetensors")
+    return resume_config(saved, overrides, output)
+
+
+def _tokenizer_of(ckpt: Checkpoint | None):
+    if ckpt is None:
+        return None
+    from mygpt.tokenizers import tokenizer_from_dict
+
+    return tokenizer_from_dict(ckpt.tokenizer)
+
+
+@dataclass
+class _When:
+    print: bool
+    eval: bool
+    ckpt: bool
+
+
+def _schedule(tc: TrainConfig, step: int, has_val: bool) -> _When:
+    """Which of printing, evaluating and saving happen after ``step`` (the same on every rank)."""
+    is_print = step == 1 or step % tc.print_every == 0 or step == tc.steps
+    is_eval = has_val and (
+        (tc.val_every > 0 and step % tc.val_every == 0)
+        or (tc.val_every == 0 and is_print and step > 1)
+        or step == tc.steps
+    )
+    is_ckpt = (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0) or step == tc.steps
+    return _When(is_print, is_eval, is_ckpt)
+
+
+def evaluate(run: Run, tc: TrainConfig, rd: RunData, state: TrainState, params: dict) -> float:
+    """Mean validation loss over ``--eval-batches`` global batches, each split across ranks."""
+    ops = run.ops
+    with ops.inference():
+        losses = []
+        for _ in range(tc.eval_batches):
+            x, y = rd.val_batch(ops)
+            losses.append(model.loss_fn(ops, state.cfg, params, x, y, dtype=run.dtype, train=False))
+        ops.eval(*losses)
+        local = float(np.mean([ops.item(v) for v in losses]))
+    return run.dist.mean([local])[0]
+
+
+def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
+    ops, dist = run.ops, run.dist
+    sync = dist.all_reduce_grads if dist.world_size > 1 else None
+    train_step = make_train_step(
+        ops,
+        state.cfg,
+        state.opt,
+        dtype=run.dtype,
+        max_grad_norm=tc.max_grad_norm,
+        compile=tc.compile,
+        grad_sync=sync,
+    )
+    log = RunLog(run, tc, state.start_step, resumed, on_log)
+    saver = Saver(run, tc, rd, state)
+    params, step, interrupted = state.params, state.start_step, False
+    with StopFlag() as stop:
+        try:
+            for step in range(state.start_step + 1, tc.steps + 1):
+                lr = tc.lr_at(step)
+                if state.cfg.dropout > 0:
+                    # masks depend on (seed, step, rank) only, so a resumed run draws the same
+                    ops.seed(dropout_seed(tc.seed, step, dist.rank))
+                params, loss = train_step(params, rd.micro_batches(ops, tc.grad_accum), lr)
+                log.add(step, loss, lr)
+                when = _schedule(tc, step, rd.val_sampler is not None)
+                # one process stops at once; several agree at the next flush, a fixed step
+                alone_stopping = dist.world_size == 1 and stop.requested
+                stopping = False
+                if when.print or when.eval or when.ckpt or log.due or alone_stopping:
+                    stopping = log.flush(step, stop.requested, saver.last_good_step)
+                if when.eval:
+                    log.val(step, evaluate(run, tc, rd, state, params), lr)
+                if when.print:
+                    log.print_step(step, lr)
+                if when.ckpt or stopping:
+                    saver.save(step, params, log.last_loss)
+                if stopping:
+                    interrupted = True
+                    log.progress.write(
+                        f"saved {saver.output} at step {step}; resume with --resume {saver.output}"
+                    )
+                    break
+        finally:
+            log.progress.close()
+    extra = {
+        "params": model.count_params(state.cfg),
+        "backend": ops.name,
+        "device": ops.device,
+        "precision": run.dtype,
+        "world_size": dist.world_size,
+    }
+    wall, tps = log.finish(step, state.start_step, interrupted, extra)
+    console.status(
+        f"{'interrupted' if interrupted else 'done'}: {step - state.start_step} steps in "
+        f"{wall:.1f} s ({tps:,.0f} tokens/s) · checkpoint {saver.output}"
+    )
+    return TrainResult(step, log.last_loss, log.last_val, wall, tps, saver.output, interrupted)

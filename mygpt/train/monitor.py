@@ -1,0 +1,140 @@
+"""What a run reports: the progress bar or book-style lines, and ``<output>.metrics.jsonl``.
+
+Losses stay device arrays until a flush reads them back (the only host sync), every few steps.
+In a data-parallel run a flush is also where ranks agree: one collective averages the pending
+losses over ranks (the logged loss is the global batch's) and carries each rank's stop request,
+so every rank stops at the same step. Rank 0 alone prints and writes the log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mygpt.errors import MygptError
+from mygpt.progress import Progress
+from mygpt.train.config import TrainConfig
+from mygpt.train.setup import Run
+
+SYNC_EVERY = 10  # steps between host syncs when nothing else forces one
+
+
+def metrics_path(output: str | os.PathLike) -> Path:
+    output = Path(output)
+    return output.with_name(output.stem + ".metrics.jsonl")
+
+
+class RunLog:
+    def __init__(self, run: Run, tc: TrainConfig, start_step: int, resumed: bool, on_log=None):
+        self.run, self.tc, self.on_log = run, tc, on_log
+        self.path = metrics_path(tc.output)
+        self.writes = run.dist.is_main
+        if self.writes:
+            _start_metrics(self.path, start_step if resumed else None)
+        self.progress = Progress(total=tc.steps, initial=start_step)
+        self.tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
+        self.pending: list[tuple[int, Any, float]] = []  # (step, loss array, lr) not read back
+        self.last_loss = float("nan")
+        self.last_val: float | None = None
+        self.t_start = self.t_window = time.perf_counter()
+        self.steps_window = 0
+
+    def add(self, step: int, loss: Any, lr: float) -> None:
+        self.pending.append((step, loss, lr))
+        self.steps_window += 1
+
+    @property
+    def due(self) -> bool:
+        return len(self.pending) >= SYNC_EVERY
+
+    def flush(self, step: int, stop_requested: bool, last_good_step: int) -> bool:
+        """Read back, average over ranks, check and log the pending losses; whether any rank
+        asked to stop (then every rank stops here)."""
+        ops = self.run.ops
+        ops.eval(*[p[1] for p in self.pending])
+        local = [ops.item(p[1]) for p in self.pending]
+        *losses, stop = self.run.dist.mean([*local, 1.0 if stop_requested else 0.0])
+        now = time.perf_counter()
+        rate = self.steps_window * self.tokens_per_step / max(now - self.t_window, 1e-9)
+        self.t_window, self.steps_window = now, 0
+        records = []
+        for (s, _, lr), loss in zip(self.pending, losses):
+            if not math.isfinite(loss):
+                self.pending.clear()
+                raise MygptError(
+                    f"loss became {loss} at step {s} — stopped; the last good checkpoint "
+                    f"(step {last_good_step}) is kept. Try a lower --lr, --max-grad-norm 1.0 or fp32"
+                )
+            self.last_loss = loss
+            records.append(
+                {
+                    "step": s,
+                    "loss": loss,
+                    "lr": lr,
+                    "tokens_per_s": rate,
+                    "elapsed_s": now - self.t_start,
+                }
+            )
+        self.pending.clear()
+        self._append(records)
+        self.progress.update(
+            step, loss=self.last_loss, val=self.last_val, lr=self.tc.lr_at(step), tokens_per_s=rate
+        )
+        return stop > 0
+
+    def val(self, step: int, loss: float, lr: float) -> None:
+        self.last_val = loss
+        self._append([{"step": step, "val_loss": loss}], callback=False)
+        self.progress.update(step, loss=self.last_loss, val=loss, lr=lr)
+
+    def print_step(self, step: int, lr: float) -> None:
+        line = f"step {step}: loss = {self.last_loss:.4f}"
+        if self.last_val is not None:
+            line += f", val loss = {self.last_val:.4f}"
+        self.progress.write(line + f", lr = {lr:.2e}")
+
+    def finish(
+        self, step: int, start_step: int, interrupted: bool, extra: dict
+    ) -> tuple[float, float]:
+        """Close the bar, log the run's end; ``(wall seconds, tokens/s)``."""
+        self.progress.close()
+        wall = time.perf_counter() - self.t_start
+        tps = (step - start_step) * self.tokens_per_step / max(wall, 1e-9)
+        event = {"event": "interrupted" if interrupted else "end", "step": step, "wall_s": wall}
+        self._append([{**event, **extra, "tokens_per_s": tps}], callback=False)
+        return wall, tps
+
+    def _append(self, records: list[dict], callback: bool = True) -> None:
+        if not self.writes:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        if callback and self.on_log:
+            for rec in records:
+                self.on_log(rec)
+
+
+def _start_metrics(path: Path, resume_step: int | None) -> None:
+    """A fresh run starts a fresh log; a resumed one drops the lines past its checkpoint."""
+    if not path.exists():
+        return
+    if resume_step is None:
+        path.unlink()
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "event" in rec or rec.get("step", 0) > resume_step:
+            continue
+        kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,107 @@
+"""The model and optimizer state a run starts from: fresh (seeded init) or a resumed checkpoint's.
+
+Every rank builds the same state (the init is seeded numpy; a resume reads the same file), and a
+digest check at start refuses a run whose ranks disagree on settings, corpus, tokenizer or weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from backends import AdamWConfig
+from mygpt import model
+from mygpt.checkpoint import Checkpoint
+from mygpt.config import ModelConfig
+from mygpt.console import console
+from mygpt.data.cache import _read_sidecar as read_sidecar
+from mygpt.errors import MygptError
+from mygpt.train.config import TrainConfig
+from mygpt.train.data import RunData
+from mygpt.train.setup import Run
+
+
+@dataclass
+class TrainState:
+    cfg: ModelConfig
+    params: dict[str, Any]  # backend arrays
+    opt: Any
+    start_step: int
+
+
+def init_state(run: Run, tc: TrainConfig, rd: RunData, ckpt: Checkpoint | None) -> TrainState:
+    ops = run.ops
+    if ckpt is not None:
+        cfg, np_params = ckpt.config, ckpt.params
+        if cfg.vocab_size != rd.tokenizer.vocab_size:
+            raise MygptError(
+                "checkpoint's vocab size does not match its tokenizer — the file is inconsistent"
+            )
+    else:
+        cfg = tc.model_config(rd.tokenizer.vocab_size)
+        np_params = model.init_params(cfg, seed=tc.seed)
+    if tc.seq_len > cfg.max_seq_len:
+        raise MygptError(
+            f"--seq-len {tc.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len} — lower --seq-len"
+        )
+    check_ranks_agree(run, tc, rd, np_params)
+    params = ops.trainable({k: ops.asarray(v) for k, v in np_params.items()})
+    opt = ops.adamw(params, AdamWConfig(weight_decay=tc.weight_decay))
+    start_step = 0
+    if ckpt is not None:
+        ts = ckpt.train_state
+        start_step = int(ts["step"])
+        opt.load_state_dict(int(ts.get("optimizer_steps", start_step)), ckpt.optimizer_state)
+        rd.sampler.load_state_dict(ts["sampler"])
+        if rd.val_sampler is not None and ts.get("val_sampler"):
+            rd.val_sampler.load_state_dict(ts["val_sampler"])
+    ops.seed(tc.seed)
+    console.status(
+        f"model: {model.count_params(cfg):,} parameters · vocab {cfg.vocab_size} · "
+        f"{cfg.num_layers} layers × {cfg.embed_dim} wide · {cfg.num_heads} heads / "
+        f"{cfg.num_kv_heads} kv · norm {cfg.norm_type} · positions {cfg.position_type} · "
+        f"{rd.num_train_tokens:,} training tokens"
+    )
+    if start_step >= tc.steps:
+        raise MygptError(
+            f"the checkpoint is already at step {start_step} of {tc.steps} — pass a larger --steps to continue"
+        )
+    return TrainState(cfg, params, opt, start_step)
+
+
+def _digest(*parts: Any) -> bytes:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode())
+    return h.digest()
+
+
+def check_ranks_agree(run: Run, tc: TrainConfig, rd: RunData, np_params: dict) -> None:
+    """Refuse to start unless every rank has the same settings, corpus, tokenizer and weights."""
+    if run.dist.world_size == 1:
+        return
+    corpus = rd.token_file
+    parts = {
+        "settings (flags)": _digest(dataclasses.asdict(tc)),
+        "corpus": _digest(str(corpus.num_tokens), str(corpus.dtype), _sidecar_key(corpus)),
+        "tokenizer": _digest(rd.tokenizer.to_dict()),
+        "initial weights": _digest(*(np_params[k].tobytes() for k in sorted(np_params))),
+    }
+    rows = run.dist.gather_digests(b"".join(parts.values()))
+    for i, what in enumerate(parts):
+        mine = [row[32 * i : 32 * (i + 1)] for row in rows]
+        differ = [r for r, d in enumerate(mine) if d != mine[0]]
+        if differ:
+            raise MygptError(
+                f"rank {', '.join(map(str, differ))} has different {what} from rank 0 — launch "
+                "every rank with the same command, corpus and files"
+            )
+
+
+def _sidecar_key(token_file: Any) -> str:
+    # the token cache's own record of the source text's content hash
+    meta = read_sidecar(token_file.path) or {}
+    return str(meta.get("source", {}).get("sha256"))
