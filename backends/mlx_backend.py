@@ -151,10 +151,10 @@ class MLXOps(Ops):
         return mx.where(keep, x / (1 - p), mx.zeros_like(x))
 
     def cross_entropy(self, logits: Array, targets: Array) -> Array:
-        logits = logits.astype(mx.float32).reshape(-1, logits.shape[-1])
-        targets = targets.reshape(-1)
-        picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-        return (mx.logsumexp(logits, axis=-1) - picked).mean()
+        logits = logits.astype(mx.float32)
+        picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        per_token = mx.logsumexp(logits, axis=-1) - picked
+        return per_token.mean(axis=-1).mean() if per_token.ndim > 1 else per_token.mean()
 
     # --- training --------------------------------------------------------------------------
     def value_and_grad(

@@ -264,7 +264,12 @@ class TorchOps(Ops):
         return F.dropout(x, p=p, training=True) if p > 0 else x
 
     def cross_entropy(self, logits: Array, targets: Array) -> Array:
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        if targets.dim() < 2:
+            return F.cross_entropy(logits.float(), targets)
+        per_token = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        )
+        return per_token.view(targets.shape).mean(-1).mean()
 
     # --- training --------------------------------------------------------------------------
     def trainable(self, params: Params) -> Params:

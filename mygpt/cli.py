@@ -22,6 +22,14 @@ from mygpt.recipes import apply_recipe
 from mygpt.schedule import SCHEDULES
 
 
+def _report(e: MygptError) -> None:
+    """Print a user-facing error: once in a data-parallel run when every rank raised it alike."""
+    from mygpt.console import console
+
+    if console.is_main or not getattr(e, "every_rank", False):
+        console.error(str(e))
+
+
 class MygptGroup(click.Group):
     """A click group whose user-facing failures print one line, ``error: ...``, with no traceback."""
 
@@ -29,7 +37,7 @@ class MygptGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MygptError as e:
-            click.echo(f"error: {e}", err=True)
+            _report(e)
             ctx.exit(e.exit_code)
 
 
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code
     except MygptError as e:
-        click.echo(f"error: {e}", err=True)
+        _report(e)
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)

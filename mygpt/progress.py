@@ -7,6 +7,8 @@ import sys
 
 from tqdm import tqdm
 
+from mygpt.console import console
+
 
 def _terminal_unsized() -> bool:
     """Whether stderr is a terminal that reports no size: a pseudo-terminal nobody sized (some CI
@@ -22,11 +24,13 @@ class Progress:
     """``update`` feeds the bar; ``write`` prints a result line (``step N: loss = ...``) to stdout.
 
     With stdout on a terminal a tqdm bar (on stderr) shows step, loss, val loss, lr, tokens/s and
-    ETA; when stdout is a pipe or file only the plain lines appear, so logs stay greppable.
+    ETA; when stdout is a pipe or file only the plain lines appear, so logs stay greppable. In a
+    data-parallel run only rank 0 shows either.
     """
 
     def __init__(self, total: int, initial: int = 0, enabled: bool | None = None) -> None:
         self.enabled = sys.stdout.isatty() if enabled is None else enabled
+        self.enabled = self.enabled and console.is_main
         # follow the terminal's width as it changes, or fix one where it has none
         size = dict(ncols=100, nrows=24) if self.enabled and _terminal_unsized() else {}
         self.bar = (
@@ -73,7 +77,7 @@ class Progress:
         if self.bar is not None:
             self.bar.write(line, file=sys.stdout)
         else:
-            print(line, flush=True)
+            console.result(line)
 
     def close(self) -> None:
         if self.bar is not None:

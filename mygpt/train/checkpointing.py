@@ -50,7 +50,9 @@ class Saver:
         if error is not None:
             raise error
         if not ok:
-            raise MygptError("rank 0 could not save the checkpoint — its error is above")
+            e = MygptError("rank 0 could not save the checkpoint — its error is above")
+            e.every_rank = True  # rank 0 prints the cause
+            raise e
         self.last_good_step = step
 
     def _write(self, step: int, params: dict, last_loss: float) -> None:

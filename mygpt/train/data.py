@@ -77,7 +77,9 @@ def _prepare_once(run: Run, tc: TrainConfig, tokenizer: Any | None):
         dist.main_done(True)
         return prepared
     if not dist.wait_for_main():
-        raise MygptError("rank 0 could not prepare the corpus — its error is above")
+        e = MygptError("rank 0 could not prepare the corpus — its error is above")
+        e.every_rank = True  # rank 0 prints the cause
+        raise e
     return _prepare(tc, tokenizer)  # every cache now hits
 
 

@@ -52,11 +52,15 @@ def train(
         tc = continued_config(ckpt, tc, overrides)
     elif tc is None:
         raise MygptError("train() needs a TrainConfig or a checkpoint to resume")
-    tc.validate()
-    # the architecture flags too, before minutes of corpus encoding (the vocab size comes later)
-    if ckpt is None:
-        tc.model_config(vocab_size=1)
-    run = start_run(tc)
+    try:
+        tc.validate()
+        # the architecture flags too, before minutes of corpus encoding (vocab size comes later)
+        if ckpt is None:
+            tc.model_config(vocab_size=1)
+        run = start_run(tc)
+    except MygptError as e:
+        e.every_rank = True  # the same settings on every rank: one rank says so
+        raise
     try:
         rd = load_data(run, tc, _tokenizer_of(ckpt))
         state = init_state(run, tc, rd, ckpt)
