@@ -51,7 +51,7 @@ class TorchProcessGroup(ProcessGroup):
         return x
 
     def _host(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        t = torch.from_numpy(np.array(x))  # a writable copy
         return t.to(self._dev) if self._dev is not None else t  # NCCL reduces device tensors
 
     def _all_sum_host(self, x: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ CH27 = ["--recipe", "ch27-modern", "--precision", "fp32", "--val-split", "0.1"]
 CH27 += ["--val-every", "10", "--print-every", "10", "--eval-batches", "2"]
 BATCH = {"torch": ["--batch-size", "16"], "mlx": ["--batch-size", "4"]}
 TOL = 1e-5
+MYGPT_FRAME = f'File "{Path(__file__).resolve().parents[1] / "mygpt"}'
 
 
 def free_port() -> int:
@@ -104,21 +105,34 @@ def assert_same_run(a: Path, b: Path, steps: int) -> None:
     assert wdiff <= TOL, f"final weights differ by {wdiff}"
 
 
-def rank_pid(session: int, rank: int) -> int | None:
-    """The pid of the python process that is ``rank`` in the launcher's session, if running."""
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) != session:
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            env = (entry / "environ").read_bytes().split(b"\0")
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ProcessLookupError):
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the python process that is ``rank`` under the launcher, if running."""
+    for pid in descendants(launcher_pid):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
             continue
         is_rank = f"RANK={rank}".encode() in env or f"MLX_RANK={rank}".encode() in env
         if is_rank and b"mygpt" in argv and Path(argv[0].decode()).name.startswith("python"):
-            return int(entry.name)
+            return pid
     return None
 
 
@@ -188,7 +202,7 @@ def _interrupt_at(cmd: list[str], out: Path, after_step: int) -> subprocess.Comp
 def test_resume_across_world_sizes(backend, tmp_path):
     """2 processes stopped mid-run and resumed on 1, and 1 stopped and resumed on 2, end at the
     uninterrupted run's weights."""
-    steps = "60"
+    steps = {"torch": "300", "mlx": "60"}[backend]  # long enough to interrupt mid-run
     whole = tmp_path / "whole.safetensors"
     single(train_args(backend, whole, "--steps", steps))
     for first, then in ((2, 1), (1, 2)):
@@ -198,17 +212,21 @@ def test_resume_across_world_sizes(backend, tmp_path):
             launcher(backend, first) + args if first > 1 else [sys.executable, "-m", "mygpt"] + args
         )
         stopped = _interrupt_at(cmd, out, after_step=20)
-        assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+        # (torchrun itself prints a traceback when it gets SIGINT; no rank may)
+        assert MYGPT_FRAME not in stopped.stderr, stopped.stderr[-3000:]
         hints = (stopped.stdout + stopped.stderr).count("resume with --resume")
-        assert hints == 1, stopped.stdout + stopped.stderr
+        # mlx.launch stops relaying its ranks' output when Ctrl-C interrupts it (its own
+        # KeyboardInterrupt); the ranks still stop together and rank 0 still saves
+        relayed = backend == "torch" or first == 1
+        assert hints == 1 if relayed else hints <= 1, stopped.stdout + stopped.stderr
         at = load_checkpoint(out).train_state["step"]
-        assert 20 <= at < 60
+        assert 20 <= at < int(steps)
         resume = ["train", "--resume", str(out), "--backend", backend, "--device", "cpu"]
         if then == 1:
             single(resume)
         else:
             check_launch(launch(backend, 2, resume))
-        assert load_checkpoint(out).train_state["step"] == 60
+        assert load_checkpoint(out).train_state["step"] == int(steps)
         wa, wb = weights(whole), weights(out)
         wdiff = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
         assert wdiff <= TOL, f"{first}->{then} processes: weights differ by {wdiff}"
@@ -246,7 +264,8 @@ def test_killed_rank_ends_the_run_with_one_line(backend, tmp_path):
     assert elapsed < 60
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert errors and "lost contact with rank 1" in errors[0], stderr[-3000:]
-    assert "Traceback" not in stderr
+    assert len(errors) == 1
+    assert MYGPT_FRAME not in stderr  # (torchrun's own report of the dead child is a traceback)
     ckpt = load_checkpoint(out)
     assert ckpt.train_state["step"] % 5 == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from typing import Any
 
 from mygpt.console import console
@@ -13,12 +14,16 @@ class StopFlag:
     """SIGINT/SIGTERM set a flag the loop checks between steps.
 
     A second Ctrl-C aborts at once (the last checkpoint is intact). Under a launcher one Ctrl-C
-    reaches a rank twice: from the terminal (SIGINT) and from the launcher, which forwards it as
-    SIGTERM. Only a repeat of the *same* signal aborts, so that pair still stops cleanly.
+    reaches a rank twice within milliseconds: from the terminal and again from the launcher,
+    which forwards it (torchrun as SIGINT, others as SIGTERM). So signals within a second of the
+    first count as the same interrupt; only a later one aborts.
     """
+
+    GRACE_S = 1.0
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._since = 0.0
         self._old: dict[int, Any] = {}
 
     @property
@@ -32,13 +37,14 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signal == signum:
-            raise KeyboardInterrupt
-        if self.signal is None:
-            console.status(
-                "\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)"
-            )
-        self.signal = signum
+        if self.signal is not None:
+            if time.monotonic() - self._since > self.GRACE_S:
+                raise KeyboardInterrupt
+            return
+        console.status(
+            "\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)"
+        )
+        self.signal, self._since = signum, time.monotonic()
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
