@@ -273,6 +273,9 @@ from mygpt.tokenizers.cli import tokenizer  # noqa: E402
 
 cli.add_command(tokenizer)
 cli.add_command(data)
+from mygpt.eval_cli import eval_cmd  # noqa: E402
+
+cli.add_command(eval_cmd)
 for _module, _name in (
     ("mygpt.parity_cli", "parity"),
     ("mygpt.parity", "parity"),
