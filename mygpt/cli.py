@@ -276,6 +276,9 @@ cli.add_command(data)
 from mygpt.eval_cli import eval_cmd  # noqa: E402
 
 cli.add_command(eval_cmd)
+from mygpt.serve.cli import serve  # noqa: E402
+
+cli.add_command(serve)
 for _module, _name in (
     ("mygpt.parity_cli", "parity"),
     ("mygpt.parity", "parity"),
