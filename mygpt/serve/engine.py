@@ -94,7 +94,10 @@ class Job:
         self.cancelled = True
 
     def emit(self, *event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the request's event loop is gone: nobody is listening
+            self.cancelled = True
 
 
 class Engine:
