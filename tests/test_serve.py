@@ -8,9 +8,6 @@ so "greedy equals generate" is checked against the command users already trust.
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,7 +16,8 @@ import pytest
 
 import mygpt
 from mygpt.cli import main
-from tests.conftest import BOOK_FIXTURES, REPO, subprocess_env
+from tests.conftest import BOOK_FIXTURES
+from tests.serving import running_server
 
 openai = pytest.importorskip("openai")
 
@@ -29,37 +27,9 @@ LIMIT = 600
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-m", "mygpt.cli", "serve", "--checkpoint", str(CKPT), "--port", "0",
-           "--backend", "torch", "--device", "cpu", "--max-tokens-limit", str(LIMIT)]  # fmt: skip
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=f, env=subprocess_env())
-    try:
-        url = None
-        for _ in range(600):  # 60 s at most for torch's import and the model load
-            found = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())
-            if found:
-                url = found.group(1)
-                break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert url, f"server did not start:\n{log.read_text()}"
-        for _ in range(100):
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+def server():
+    with running_server(CKPT, "--max-tokens-limit", str(LIMIT)) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +182,9 @@ def test_bad_requests_get_4xx_json_while_a_good_stream_completes(server, local):
         r = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == status, (body, r.text)
         assert words in r.json()["error"]["message"], (body, r.json())
-    r = httpx.post(server + "/v1/chat/completions", json={"messages": [{"role": "bot", "content": "x"}]})
+    r = httpx.post(
+        server + "/v1/chat/completions", json={"messages": [{"role": "bot", "content": "x"}]}
+    )
     assert r.status_code == 400 and "role" in r.json()["error"]["message"]
     assert httpx.get(server + "/v1/nothing").status_code == 404
     assert httpx.get(url).status_code == 405
