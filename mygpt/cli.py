@@ -3,7 +3,8 @@
 - ``train``: every flag becomes a field of :class:`mygpt.train.TrainConfig`, read by :func:`mygpt.train.train`.
 - ``generate``: :func:`mygpt.api.load` then :func:`mygpt.generate.generate`.
 - ``convert``: :func:`mygpt.checkpoint.convert`.  ``plot``: :func:`mygpt.plot.plot_runs`.
-- ``tokenizer``, ``data``, ``parity``, ``bench``, ``recipes``: defined beside the code they drive.
+- ``tokenizer``, ``data``, ``parity``, ``bench``, ``recipes``, ``eval``, ``serve``: defined beside the
+  code they drive.
 """
 
 from __future__ import annotations
