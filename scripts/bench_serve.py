@@ -82,6 +82,62 @@ def summarize(rounds: list[dict]) -> dict:
     }
 
 
+def batching_headroom(checkpoint: Path, clients: int, steps: int = 40) -> dict:
+    """What batched decoding would buy: one forward of ``clients`` rows vs one of a single row.
+
+    In-process, no server: every row is at the same position (the one case today's model code
+    batches exactly), decoding ``steps`` tokens through a KV cache after an 8-token prompt, below
+    the context so no refill happens. Interleaved, median step time per row count.
+    """
+    import numpy as np
+
+    import mygpt
+    from mygpt import model as model_lib
+
+    m = mygpt.load(checkpoint, backend="torch", device="cpu")
+    cfg, ops = m.config, m.ops
+    steps = min(steps, cfg.max_seq_len - 8)
+    times: dict[int, list[float]] = {1: [], clients: []}
+    with ops.inference():
+        for _ in range(3):
+            for b in times:
+                cache = model_lib.KVCache(cfg.num_layers, max_len=cfg.max_seq_len)
+                ids = np.tile(np.arange(8, dtype=np.int64) % cfg.vocab_size, (b, 1))
+                out = model_lib.forward(ops, cfg, m.params, ops.asarray(ids), cache=cache)
+                nxt = np.zeros((b, 1), dtype=np.int64)
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    out = model_lib.forward(ops, cfg, m.params, ops.asarray(nxt), cache=cache)
+                    nxt = ops.to_numpy(out[:, -1]).argmax(-1)[:, None].astype(np.int64)
+                    times[b].append(time.perf_counter() - t0)
+        drift = batch_drift(m, clients)
+    step = {b: statistics.median(t) for b, t in times.items()}
+    return {"step_ms_1_row": step[1] * 1e3, f"step_ms_{clients}_rows": step[clients] * 1e3,
+            "aggregate_speedup": clients * step[1] / step[clients],
+            "max_logit_diff_batched_vs_single": drift}  # fmt: skip
+
+
+def batch_drift(m, rows: int, length: int = 20) -> float:
+    """Largest |logit| difference of a decode step run for ``rows`` aligned rows at once against
+    each row alone: nonzero means batched decoding cannot promise `mygpt generate`'s tokens."""
+    import numpy as np
+
+    from mygpt import model as model_lib
+
+    ids = np.random.default_rng(0).integers(0, m.config.vocab_size, size=(rows, length))
+
+    def last_logits(x: np.ndarray) -> np.ndarray:
+        cache = model_lib.KVCache(m.config.num_layers, max_len=m.config.max_seq_len)
+        model_lib.forward(m.ops, m.config, m.params, m.ops.asarray(x[:, :-1]), cache=cache)
+        out = model_lib.forward(m.ops, m.config, m.params, m.ops.asarray(x[:, -1:]), cache=cache)
+        return m.ops.to_numpy(out[:, -1])
+
+    batched = last_logits(ids)
+    return max(
+        float(np.abs(last_logits(ids[r : r + 1])[0] - batched[r]).max()) for r in range(rows)
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -107,7 +163,12 @@ def main() -> None:
     for c, s in zip(results, summary.values()):
         print(f"| {c} | {s['aggregate_tokens_per_s']:.0f} | {s['per_stream_tokens_per_s']:.0f} | "
               f"{s['ttft_p50_s'] * 1000:.0f} ms | {s['ttft_p95_s'] * 1000:.0f} ms |")  # fmt: skip
-    print(json.dumps(summary), file=sys.stderr)
+    head = batching_headroom(args.checkpoint, args.clients)
+    print(f"batching headroom (in-process, torch): a decode step of 1 row {head['step_ms_1_row']:.2f} "
+          f"ms, of {args.clients} rows {head[f'step_ms_{args.clients}_rows']:.2f} ms: batched "
+          f"decoding could give up to {head['aggregate_speedup']:.1f}x the aggregate tokens/s, but "
+          f"its logits differ from one row's by up to {head['max_logit_diff_batched_vs_single']:.1e}")  # fmt: skip
+    print(json.dumps({**summary, "batching_headroom": head}), file=sys.stderr)
 
 
 if __name__ == "__main__":

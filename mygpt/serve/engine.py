@@ -10,8 +10,11 @@ away) is dropped before its next token.
 What it is not: batched decoding. Putting several requests into one forward pass over a shared
 KV cache needs per-row positions and a padding mask in the attention op, which the ops interface
 (``backends/base.py``) does not have yet; without the mask, rows of different lengths would see
-each other's padding and the output would no longer be exact. See the README's serve section for
-what this costs (aggregate tokens/s is flat in the number of clients).
+each other's padding. And even rows at the same position do not decode exactly as they do alone:
+a forward pass of 8 rows gives logits up to ~5e-6 away from one row's (matmuls of another shape
+sum in another order; ``scripts/bench_serve.py`` measures it), which can flip a greedy token at a
+near-tie. Round-robin keeps every stream token-for-token ``mygpt generate``'s; the README's serve
+section says what it costs (aggregate tokens/s is flat in the number of clients).
 
 Why one thread: the backends are not re-entrant across threads (MLX streams are per thread, torch's
 inference mode is thread-local), so the model is loaded and run only on the worker thread.
