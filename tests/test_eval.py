@@ -105,6 +105,8 @@ def test_characters_outside_the_alphabet_are_dropped_and_counted(tmp_path, capsy
     kept = len("ROMEO: caf t \n") * 3
     assert (r["dropped_chars"], r["chars_read"], r["tokens"]) == (12, 54, kept - 1)
     assert r["bits_per_char"] == pytest.approx(r["bits_per_token"])  # 1 char = 1 token
+    assert main(["eval", str(path), "--checkpoint", str(ckpt), "--json", "--max-tokens", "20"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == 19
 
 
 def test_invalid_utf8_is_refused_or_replaced_and_counted(tmp_path, capsys):

@@ -195,10 +195,28 @@ def test_bad_requests_get_4xx_json_while_a_good_stream_completes(server, local):
         lines = r.iter_lines()
         while not next(lines).startswith("data: {"):
             pass
+    # and one that gives up waiting for a non-streamed answer
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json={**body, "stream": False}, timeout=0.5)
     for _ in range(100):
-        if httpx.get(server + "/health").json()["cancelled"] > before:
+        if httpx.get(server + "/health").json()["cancelled"] >= before + 2:
             break
         time.sleep(0.1)
-    assert httpx.get(server + "/health").json()["cancelled"] == before + 1
+    assert httpx.get(server + "/health").json()["cancelled"] == before + 2
     t.join(timeout=120)
     assert good["finished"] and good["text"] == greedy(local, "ROMEO:", 400)
+
+
+def test_serve_startup_errors_are_one_line(tmp_path, capsys):
+    assert main(["serve", "--checkpoint", str(tmp_path / "none.safetensors"), "--port", "0"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(CKPT), "--chat-template", "no placeholder"]) == 2
+    assert "{content}" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--checkpoint", str(CKPT), "--port", port]) == 1
+    assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err

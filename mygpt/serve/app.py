@@ -149,13 +149,19 @@ async def job_events(job: Job) -> AsyncIterator[tuple]:
 async def collect(job: Job, request: Request) -> tuple[str, str, int]:
     """``(text, finish_reason, completion_tokens)``; stops generating if the client leaves."""
     parts: list[str] = []
+    checked = time.monotonic()
     try:
         while True:
             try:
-                event = await asyncio.wait_for(job.events.get(), timeout=0.5)
+                event = await asyncio.wait_for(job.events.get(), timeout=0.25)
             except asyncio.TimeoutError:
+                event = None
+            # tokens may arrive faster than any timeout: look for a hang-up on a clock instead
+            if time.monotonic() - checked > 0.25:
+                checked = time.monotonic()
                 if await request.is_disconnected():
-                    raise ApiError(499, "client closed the request") from None
+                    raise ApiError(499, "client closed the request")
+            if event is None:
                 continue
             if event[0] == "text":
                 parts.append(event[1])
