@@ -155,11 +155,18 @@ def _batches(
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-position negative log-likelihood, in float64 from the model's fp32 logits."""
-    z = logits.astype(np.float64)
-    m = z.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(z - m).sum(axis=-1)) + m[..., 0]
-    return lse - np.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
+    """Per-position negative log-likelihood, in float64 from the model's fp32 logits.
+
+    One row at a time: a (batch, seq, vocab) float64 copy of a 50k-token vocabulary's logits
+    would be gigabytes.
+    """
+    out = np.empty(targets.shape, dtype=np.float64)
+    for r in range(len(targets)):
+        z = logits[r].astype(np.float64)
+        m = z.max(axis=-1)
+        lse = np.log(np.exp(z - m[:, None]).sum(axis=-1)) + m
+        out[r] = lse - np.take_along_axis(z, targets[r][:, None], axis=-1)[:, 0]
+    return out
 
 
 def evaluate_tokens(
