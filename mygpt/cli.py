@@ -3,7 +3,8 @@
 - ``train``: every flag becomes a field of :class:`mygpt.train.TrainConfig`, read by :func:`mygpt.train.train`.
 - ``generate``: :func:`mygpt.api.load` then :func:`mygpt.generate.generate`.
 - ``convert``: :func:`mygpt.checkpoint.convert`.  ``plot``: :func:`mygpt.plot.plot_runs`.
-- ``tokenizer``, ``data``, ``parity``, ``bench``, ``recipes``: defined beside the code they drive.
+- ``tokenizer``, ``data``, ``parity``, ``bench``, ``recipes``, ``eval``, ``serve``: defined beside the
+  code they drive.
 """
 
 from __future__ import annotations
@@ -279,6 +280,12 @@ from mygpt.tokenizers.cli import tokenizer  # noqa: E402
 
 cli.add_command(tokenizer)
 cli.add_command(data)
+from mygpt.eval_cli import eval_cmd  # noqa: E402
+
+cli.add_command(eval_cmd)
+from mygpt.serve.cli import serve  # noqa: E402
+
+cli.add_command(serve)
 for _module, _name in (
     ("mygpt.parity_cli", "parity"),
     ("mygpt.parity", "parity"),

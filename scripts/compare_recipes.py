@@ -14,7 +14,9 @@ The report (markdown) has params, train loss at steps 500/1000/2000, the mean of
 losses (single-step losses are noisy), validation loss, bits per character, wall time and
 tokens/s; a PNG shows the loss curves. Bits per character make char and BPE runs comparable:
 ``bpc = loss_nats / ln 2 * tokens / characters`` of the evaluated text (1 token = 1 character for
-the char tokenizer; for BPE the ratio is measured on the validation tail of the corpus).
+the char tokenizer; for BPE the ratio is measured on the validation tail of the corpus). Each
+final checkpoint is also scored by ``mygpt eval --json`` on the whole validation tail: its bits
+per UTF-8 byte is the tokenizer-independent number (nanochat's), from the same code users run.
 
 Precision: ``--precision`` (default fp32) is passed to every run except ``ch19-bf16``, whose single
 change *is* precision; the modern recipe's ``auto`` would otherwise pick bf16 on CPUs that report
@@ -78,6 +80,23 @@ def tokens_per_char(checkpoint: Path, text: str, val_split: float) -> float:
     return len(tok.encode_corpus(tail)) / max(1, len(tail))
 
 
+def eval_bits_per_byte(checkpoint: Path, text: str, args: argparse.Namespace, backend: str) -> dict:
+    """``mygpt eval --json`` of the run's checkpoint on the validation tail of the text.
+
+    Non-overlapping windows at the model's context, over the whole tail: bits per UTF-8 byte is
+    the unit in which char and BPE runs compare fairly (the val loss above is per token).
+    """
+    tail = text[int(len(text) * (1 - args.val_split)) :] if args.val_split > 0 else text
+    path = checkpoint.with_name(checkpoint.stem + ".val-tail.txt")
+    path.write_text(tail, encoding="utf-8")
+    cmd = [sys.executable, "-m", "mygpt.cli", "eval", str(path), "--checkpoint", str(checkpoint),
+           "--json", "--backend", backend, "--device", args.device]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: mygpt eval of {checkpoint} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
 def run_one(recipe: str, backend: str, args: argparse.Namespace, out_dir: Path) -> dict:
     name = f"{recipe}-{backend}"
     ckpt = out_dir / f"{name}.safetensors"
@@ -121,6 +140,7 @@ def run_one(recipe: str, backend: str, args: argparse.Namespace, out_dir: Path) 
     if tpc is None:
         tpc = tokens_per_char(ckpt, text, args.val_split)
     nats = val_loss if val_loss is not None else sum(tail) / len(tail)
+    ev = eval_bits_per_byte(ckpt, text, args, backend)
     return {
         "name": name,
         "recipe": recipe,
@@ -134,6 +154,8 @@ def run_one(recipe: str, backend: str, args: argparse.Namespace, out_dir: Path) 
         "tokens_per_char": tpc,
         "bpc": nats / math.log(2) * tpc,
         "bpc_from": "val" if val_loss is not None else "train (last 100)",
+        "eval_bits_per_byte": ev["bits_per_byte"],
+        "eval_mean_ce": ev["mean_ce"],
         "wall_s": end.get("wall_s"),
         "tokens_per_s": end.get("tokens_per_s"),
         "precision": end.get("precision"),
@@ -149,7 +171,8 @@ def fmt(value, spec: str) -> str:
 def report(rows: list[dict], args: argparse.Namespace) -> str:
     marks = [m for m in MARKS if m <= args.steps]
     head = ["run", "params"] + [f"loss @{m}" for m in marks]
-    head += ["train (last 100)", "val loss", "bits/char", "wall s", "tokens/s", "dtype"]
+    head += ["train (last 100)", "val loss", "bits/char", "eval bits/byte", "wall s", "tokens/s"]
+    head += ["dtype"]
     lines = [
         "# Ch.27: baseline vs modern recipe",
         "",
@@ -158,7 +181,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
         f"10 batches at the last evaluation). Device {args.device}, {platform.machine()} "
         f"{platform.system()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}.",
         "Train losses are single steps, as the book reports them; bits/char = "
-        "val loss / ln 2 x tokens per character.",
+        "val loss / ln 2 x tokens per character; eval bits/byte = `mygpt eval` of the final "
+        "checkpoint on the whole validation tail (non-overlapping windows at the model's context).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -170,6 +194,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
             fmt(r["tail_mean"], ".4f"),
             fmt(r["val_loss"], ".4f"),
             fmt(r["bpc"], ".3f") + ("" if r["bpc_from"] == "val" else "*"),
+            fmt(r.get("eval_bits_per_byte"), ".3f"),
             fmt(r["wall_s"], ".1f"),
             fmt(r["tokens_per_s"], ",.0f"),
             str(r["precision"]),

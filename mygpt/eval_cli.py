@@ -1,0 +1,67 @@
+"""``mygpt eval --checkpoint X FILE``: loss, perplexity, bits per character and per byte of a text.
+
+Results go to stdout (a table, or one JSON object with ``--json``); the backend line to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from backends import DEVICES
+from mygpt.precision import PRECISIONS
+
+
+@click.command(name="eval")
+@click.argument("file", type=click.Path(path_type=str))
+@click.option("--checkpoint", required=True, help="A .safetensors or book .ckpt checkpoint.")
+@click.option(
+    "--seq-len", type=int, default=None, help="Window length (default: the model's max_seq_len)."
+)
+@click.option(
+    "--stride",
+    type=int,
+    default=None,
+    help="Strided windows (HF perplexity guide): each new window scores only its last STRIDE "
+    "tokens. Default: non-overlapping windows.",
+)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--max-tokens", type=int, default=None, help="Score only the first N tokens.")
+@click.option(
+    "--encoding-errors",
+    type=click.Choice(["strict", "replace", "ignore"]),
+    default="strict",
+    show_default=True,
+    help="What to do with bytes in FILE that are not UTF-8.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--backend", type=click.Choice(["auto", "mlx", "torch"]), default="auto")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+def eval_cmd(
+    file: str,
+    checkpoint: str,
+    max_tokens: int | None,
+    encoding_errors: str,
+    as_json: bool,
+    backend: str,
+    device: str,
+    precision: str,
+    **window_args,
+) -> None:
+    """Score FILE with a checkpoint: cross-entropy, perplexity, bits per char and per byte."""
+    import mygpt
+    from mygpt.eval import evaluate_file, format_report
+
+    m = mygpt.load(checkpoint, backend=backend, device=device, precision=precision)
+    click.echo(f"{m.ops.describe()} · {m.dtype} · {m.tokenizer.kind} tokenizer", err=True)
+    result = evaluate_file(
+        m, file, max_tokens=max_tokens, encoding_errors=encoding_errors, **window_args
+    )
+    if as_json:
+        out = {"file": file, "checkpoint": checkpoint, "backend": m.ops.name, "dtype": m.dtype}
+        click.echo(json.dumps({**out, **result.to_dict()}))
+    else:
+        click.echo(format_report(result, Path(file).name))

@@ -1,0 +1,111 @@
+"""``mygpt serve --checkpoint X``: load the model, bind the port, run uvicorn until Ctrl-C."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import click
+
+from backends import DEVICES
+from mygpt.errors import MygptError, UsageError
+from mygpt.precision import PRECISIONS
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (``--port 0`` picks a free one); refused ports are one-line errors."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise MygptError(
+            f"cannot listen on {host}:{port} ({e.strerror}) — pick another --port or --host"
+        ) from None
+    sock.listen(128)  # clients queue from now on, even while the model loads
+    return sock
+
+
+@click.command(name="serve")
+@click.option("--checkpoint", required=True, help="A .safetensors or book .ckpt checkpoint.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True, help="0 = any free port.")
+@click.option("--model-name", default=None, help="The model id clients see (default: file stem).")
+@click.option(
+    "--chat-template",
+    default="transcript",
+    show_default=True,
+    help="How chat messages become a prompt: transcript ('User: ...\\nAssistant:'), plain "
+    "(the messages' text), or a template with {content} and {role}/{Role}.",
+)
+@click.option("--max-tokens-limit", type=int, default=2048, show_default=True)
+@click.option(
+    "--default-max-tokens",
+    type=int,
+    default=128,
+    show_default=True,
+    help="When a request has none.",
+)
+@click.option(
+    "--max-concurrent",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Requests generating at once (round-robin, a token each); the rest wait in order.",
+)
+@click.option("--backend", type=click.Choice(["auto", "mlx", "torch"]), default="auto")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+def serve(
+    checkpoint: str, host: str, port: int, model_name: str | None, chat_template: str,
+    max_tokens_limit: int, default_max_tokens: int, max_concurrent: int, backend: str,
+    device: str, precision: str,
+) -> None:  # fmt: skip
+    """Serve a checkpoint over the OpenAI API (completions, chat, streaming) with a chat page."""
+    import uvicorn
+
+    import mygpt
+    from mygpt.serve.app import ServerInfo, create_app
+    from mygpt.serve.chat_template import ChatTemplate
+    from mygpt.serve.engine import Engine
+
+    for name, value in (("--max-tokens-limit", max_tokens_limit),
+                        ("--default-max-tokens", default_max_tokens),
+                        ("--max-concurrent", max_concurrent)):  # fmt: skip
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in 0..65535, got {port}")
+    template = ChatTemplate(chat_template)
+    if not Path(checkpoint).is_file():
+        raise MygptError(f"checkpoint {checkpoint!r} does not exist — check the path")
+    sock = bind(host, port)
+    engine = Engine(
+        lambda: mygpt.load(checkpoint, backend=backend, device=device, precision=precision),
+        max_active=max_concurrent,
+    )
+    engine.start()
+    m = engine.model
+    info = ServerInfo(
+        model_id=model_name or Path(checkpoint).stem,
+        max_tokens_limit=max_tokens_limit,
+        default_max_tokens=min(default_max_tokens, max_tokens_limit),
+        template=template,
+        created=int(time.time()),
+    )
+    bound_host, bound_port = sock.getsockname()[:2]
+    click.echo(
+        f"{m.ops.describe()} · {m.dtype} · {m.config.vocab_size}-token {m.tokenizer.kind} "
+        f"tokenizer · context {m.config.max_seq_len} · chat template {template.name}",
+        err=True,
+    )
+    click.echo(
+        f"serving {info.model_id} on http://{bound_host}:{bound_port} (chat page at /, "
+        "OpenAI API at /v1) — Ctrl-C stops",
+        err=True,
+    )
+    config = uvicorn.Config(create_app(engine, info), log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
