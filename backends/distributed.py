@@ -123,13 +123,13 @@ class ProcessGroup:
         return bool(self._all_sum_host(np.zeros(1))[0] > 0.5)
 
     def gather_digests(self, digest: bytes) -> list[bytes]:
-        """Every rank's 32-byte digest, in rank order."""
+        """Every rank's ``digest`` (the same length on every rank), in rank order."""
         if self.world_size == 1:
             return [digest]
         with self._watch("the start-up consistency check"):
-            mine = np.frombuffer(digest.ljust(32, b"\0")[:32], dtype=np.int32)
-            rows = self._all_gather_host(mine)  # (world, 8)
-        return [np.asarray(r, dtype=np.int32).tobytes() for r in rows]
+            mine = np.frombuffer(digest.ljust(-(-len(digest) // 4) * 4, b"\0"), dtype=np.int32)
+            rows = self._all_gather_host(mine.copy())  # (world, len / 4)
+        return [np.asarray(r, dtype=np.int32).tobytes()[: len(digest)] for r in rows]
 
     def lost_ranks(self) -> list[int] | None:
         """Which ranks are gone, where the engine can tell; None where it cannot."""
