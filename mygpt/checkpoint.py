@@ -36,6 +36,9 @@ BOOK_BPE_PATTERN = r"\s*\S+|\s+"
 BOOK_BUFFER_SUFFIXES = (".mha.causal_mask", ".mha.rope_cos", ".mha.rope_sin")
 NATIVE_SUFFIXES = (".safetensors",)
 BOOK_SUFFIXES = (".ckpt", ".pt", ".pth")
+# extra keys of a resumable .ckpt written by `mygpt train` (the book's loader ignores them)
+BOOK_TRAIN_STATE_KEY = "mygpt_train_state"
+BOOK_OPTIMIZER_KEY = "mygpt_optimizer_state"
 
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -338,6 +341,24 @@ def _book_tokenizer(raw: dict, where: str) -> dict:
     )
 
 
+def _book_train_state(raw: dict, where: str) -> tuple[dict | None, dict[str, np.ndarray]]:
+    """The training state mygpt adds to the ``.ckpt`` files it trains (none in the book's own)."""
+    if BOOK_TRAIN_STATE_KEY not in raw:
+        return None, {}
+    try:
+        train_state = json.loads(raw[BOOK_TRAIN_STATE_KEY])
+        tensors = raw.get(BOOK_OPTIMIZER_KEY, {})
+        optimizer = {str(k): np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    except (TypeError, ValueError, AttributeError):
+        raise MygptError(
+            f"{where}: the training state mygpt stored in this .ckpt is damaged — load it for "
+            "its weights only (e.g. `mygpt convert`), or resume from another checkpoint"
+        ) from None
+    if not isinstance(train_state, dict) or "step" not in train_state:
+        raise MygptError(f"{where}: the stored training state has no step — the file is damaged")
+    return train_state, optimizer
+
+
 def _load_book(path: Path) -> Checkpoint:
     from backends.torch_io import read_torch_checkpoint
 
@@ -354,12 +375,13 @@ def _load_book(path: Path) -> Checkpoint:
     params = {k: v for k, v in state.items() if not k.endswith(BOOK_BUFFER_SUFFIXES)}
     params = _check_params(params, config, str(path))
     tokenizer = _book_tokenizer(raw, str(path))
+    train_state, optimizer_state = _book_train_state(raw, str(path))
     return Checkpoint(
         config=config,
         params=params,
         tokenizer=tokenizer,
-        train_state=None,
-        optimizer_state={},
+        train_state=train_state,
+        optimizer_state=optimizer_state,
         format="book",
         path=path,
     )
@@ -450,12 +472,22 @@ def save_book_checkpoint(
     config: ModelConfig | None = None,
     params: Mapping[str, Any] | None = None,
     tokenizer: dict | None = None,
+    resumable: bool = False,
 ) -> None:
     """Write a ``.ckpt`` the book's loader accepts (needs torch): same keys, key order, buffers.
 
     Pass a :class:`Checkpoint`, a mapping with ``config``/``params``/``tokenizer``, or those as
-    keywords. Optimizer and training state are dropped: the book cannot resume.
+    keywords. By default optimizer and training state are dropped, as the book has none. With
+    ``resumable`` (``mygpt train --output x.ckpt``) a Checkpoint's training state and AdamW moments
+    ride along under the extra keys ``mygpt_train_state`` (JSON text) and ``mygpt_optimizer_state``
+    (tensors), which the book's loader never reads, so ``--resume x.ckpt`` continues the run.
     """
+    extra: dict[str, Any] = {}
+    if resumable and isinstance(ckpt_or_pieces, Checkpoint) and ckpt_or_pieces.train_state:
+        extra = {
+            BOOK_TRAIN_STATE_KEY: json.dumps(ckpt_or_pieces.train_state),
+            BOOK_OPTIMIZER_KEY: dict(ckpt_or_pieces.optimizer_state),
+        }
     path = Path(path)
     where = f"writing {path}"
     if isinstance(ckpt_or_pieces, Checkpoint):
@@ -498,6 +530,7 @@ def save_book_checkpoint(
         "tokenizer_kind": kind,
         "tokenizer_state": state,
         "config": book_config,
+        **extra,
     }
     from backends.torch_io import write_torch_checkpoint
 

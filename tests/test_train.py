@@ -151,7 +151,14 @@ def test_grad_accum_and_book_format_output(small_corpus, tmp_path):
         )
     )
     ckpt = load_checkpoint(out)
-    assert ckpt.format == "book" and ckpt.train_state is None
+    assert ckpt.format == "book" and ckpt.train_state["step"] == 5
+    # the book's own loader reads only its keys: they are all there, as it wrote them
+    from backends.torch_io import read_torch_checkpoint
+
+    raw = read_torch_checkpoint(out)
+    book_keys = ["model_state_dict", "tokenizer_chars", "tokenizer_kind", "tokenizer_state"]
+    assert list(raw)[:5] == [*book_keys, "config"]
+    assert set(raw) - {*book_keys, "config"} == {"mygpt_train_state", "mygpt_optimizer_state"}
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_corpus, tmp_path):
@@ -259,6 +266,44 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(small_corpus, tmp_path):
     assert "Traceback" not in stderr and "resume with --resume" in stdout + stderr
     step = load_checkpoint(out).train_state["step"]
     assert step > 0 and step % 100 != 0  # saved at the interrupt, not just at a scheduled step
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_interrupted_run_resumes_with_the_printed_command(suffix, small_corpus, tmp_path):
+    """Every checkpoint `mygpt train` writes resumes, the book's .ckpt format included, and the
+    hint it prints on Ctrl-C is a command that works."""
+    import re
+    import shlex
+
+    out = tmp_path / f"m{suffix}"
+    flags = _small_flags(small_corpus, out)
+    flags[flags.index("1000000")] = "400"
+    proc = subprocess.Popen(
+        _cli(*flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    _wait_metrics = out.with_name(out.stem + ".metrics.jsonl")
+    _wait_for(_wait_metrics, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    hint = re.search(r"resume with (--resume \S+)", stdout + stderr)
+    assert hint, stdout + stderr
+    stopped = load_checkpoint(out).train_state["step"]
+    assert 0 < stopped < 400
+    done = subprocess.run(
+        _cli("train", *shlex.split(hint.group(1))),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(out).train_state["step"] == 400
+    assert load_checkpoint(out).format == ("book" if suffix == ".ckpt" else "native")
 
 
 def test_sigkill_while_checkpointing_every_step_leaves_a_loadable_file(small_corpus, tmp_path):

@@ -26,7 +26,7 @@ def load_resumable(path: str | os.PathLike) -> Checkpoint:
     if ckpt.train_state is None:
         raise MygptError(
             f"{path} holds weights only (no optimizer state or step) — resume from a "
-            ".safetensors checkpoint written by `mygpt train`"
+            "checkpoint written by `mygpt train`, or start from these weights with a new run"
         )
     return ckpt
 
@@ -58,9 +58,6 @@ class Saver:
     def _write(self, step: int, params: dict, last_loss: float) -> None:
         ops, rd, state = self.run.ops, self.rd, self.state
         np_now = {k: ops.to_numpy(v) for k, v in params.items()}
-        if writes_book_format(self.output):
-            save_book_checkpoint(self.output, Checkpoint(state.cfg, np_now, rd.tokenizer.to_dict()))
-            return
         opt_steps, opt_tensors = state.opt.state_dict()
         train_state = {
             "step": step,
@@ -72,6 +69,10 @@ class Saver:
             "backend": ops.name,
             "world_size": self.run.dist.world_size,
         }
-        save_checkpoint(
-            self.output, state.cfg, np_now, rd.tokenizer.to_dict(), train_state, opt_tensors
-        )
+        tokenizer = rd.tokenizer.to_dict()
+        if writes_book_format(self.output):
+            # the book's layout, plus the training state under keys its loader ignores
+            ckpt = Checkpoint(state.cfg, np_now, tokenizer, train_state, opt_tensors)
+            save_book_checkpoint(self.output, ckpt, resumable=True)
+        else:
+            save_checkpoint(self.output, state.cfg, np_now, tokenizer, train_state, opt_tensors)
