@@ -30,7 +30,21 @@ from mygpt.config import ModelConfig
 from mygpt.errors import MygptError, UsageError
 from mygpt.model import count_params, flops_per_token, init_params
 from mygpt.precision import PRECISIONS, resolve_precision
-from mygpt.train import make_train_step
+from mygpt.train import TrainConfig, make_train_step
+from mygpt.train.config import click_options
+
+# the model shape and batch a benchmark takes from `mygpt train`'s settings
+SHAPE = [
+    "embed_dim",
+    "num_heads",
+    "num_kv_heads",
+    "num_layers",
+    "max_seq_len",
+    "seq_len",
+    "batch_size",
+    "norm",
+    "position",
+]
 
 # Dense (no sparsity) peak FLOP/s by GPU name fragment: (fp32, bf16). fp32 is plain FP32, not TF32.
 _PUBLISHED: list[tuple[str, float, float]] = [
@@ -316,20 +330,12 @@ def _shape_from(recipe: str | None, overrides: dict[str, Any]) -> tuple[ModelCon
     """Model config and run settings from the Ch.17 defaults < recipe < explicit flags."""
     from mygpt.recipes import get_recipe
 
+    defaults = TrainConfig()
+    # the step clips when the recipe's training does (max_grad_norm)
     settings: dict[str, Any] = {
-        "vocab_size": 65,  # Tiny Shakespeare's character set
-        "embed_dim": 64,
-        "num_heads": 4,
-        "num_kv_heads": None,
-        "num_layers": 4,
-        "max_seq_len": 64,
-        "seq_len": 64,
-        "batch_size": 16,
-        "norm": "layer",
-        "position": "learned",
-        "precision": "fp32",
-        "max_grad_norm": 0.0,  # the step clips when the recipe's training does
+        k: getattr(defaults, k) for k in (*SHAPE, "precision", "max_grad_norm")
     }
+    settings["vocab_size"] = 65  # Tiny Shakespeare's character set
     if recipe:
         r = get_recipe(recipe)
         # Shapes only: a recipe's precision (auto/bf16) is not applied, so numbers compare
@@ -431,15 +437,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 @click.command("bench")
 @click.option("--recipe", default=None, help="Start from a recipe's model shape (`mygpt recipes`).")
-@click.option("--embed-dim", type=int, default=None)
-@click.option("--num-heads", type=int, default=None)
-@click.option("--num-kv-heads", type=int, default=None)
-@click.option("--num-layers", type=int, default=None)
-@click.option("--max-seq-len", type=int, default=None)
-@click.option("--seq-len", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--norm", type=click.Choice(["layer", "rms"]), default=None)
-@click.option("--position", type=click.Choice(["learned", "rope"]), default=None)
+@click_options(SHAPE, defaults=False)  # default: the train command's (TrainConfig's) values
 @click.option("--vocab-size", type=int, default=None, help="Default 65 (Tiny Shakespeare chars).")
 @click.option(
     "--backend",

@@ -20,7 +20,7 @@ from backends import DEVICES
 from mygpt.errors import MygptError, UsageError
 from mygpt.precision import PRECISIONS
 from mygpt.recipes import apply_recipe
-from mygpt.schedule import SCHEDULES
+from mygpt.train.config import click_options
 
 
 def _report(e: MygptError) -> None:
@@ -64,82 +64,15 @@ _device = click.option("--device", type=click.Choice(DEVICES), default="auto", s
 @cli.command()
 @click.argument("file", required=False, type=click.Path(path_type=str))
 @click.option(
-    "--output",
-    default="model.safetensors",
-    show_default=True,
-    help="Checkpoint path; .safetensors (resumable) or .ckpt (the book's format).",
-)
-@click.option(
     "--recipe", default=None, help="A chapter preset (see `mygpt recipes`); explicit flags win."
 )
-@click.option("--steps", type=int, default=2000, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--seq-len", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--min-lr", type=float, default=0.0, show_default=True, help="Cosine floor.")
-@click.option("--embed-dim", type=int, default=64, show_default=True)
-@click.option("--num-heads", type=int, default=4, show_default=True)
 @click.option(
-    "--num-kv-heads", type=int, default=None, help="K/V heads (GQA); default = --num-heads."
+    "--resume", default=None, help="Continue a run from the checkpoint `mygpt train` wrote."
 )
-@click.option("--num-layers", type=int, default=4, show_default=True)
-@click.option("--max-seq-len", type=int, default=64, show_default=True)
-@click.option("--dropout", type=float, default=0.0, show_default=True)
-@click.option("--norm", type=click.Choice(["layer", "rms"]), default="layer", show_default=True)
-@click.option(
-    "--position", type=click.Choice(["learned", "rope"]), default="learned", show_default=True
-)
-@click.option(
-    "--tokenizer", type=click.Choice(["char", "bpe", "bytebpe"]), default="char", show_default=True
-)
-@click.option("--num-merges", type=int, default=1024, show_default=True)
-@click.option(
-    "--bpe-train-bytes", type=int, default=0, show_default=True, help="0 = the whole corpus."
-)
-@click.option(
-    "--tokenizer-file", default=None, help="Use a saved tokenizer instead of training one."
-)
-@click.option("--print-every", type=int, default=500, show_default=True)
-@click.option(
-    "--val-split", type=float, default=0.0, show_default=True, help="Tail fraction held out."
-)
-@click.option("--val-file", default=None, help="A separate validation text file.")
-@click.option("--val-every", type=int, default=0, show_default=True, help="0 = at the print steps.")
-@click.option("--eval-batches", type=int, default=10, show_default=True)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True)
-@click.option("--warmup", type=int, default=0, show_default=True)
-@click.option(
-    "--max-grad-norm", type=float, default=0.0, show_default=True, help="0 = no clipping."
-)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option("--checkpoint-every", type=int, default=0, show_default=True)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Weights: seed; batches: seed+42."
-)
-@_backend
-@_device
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option(
-    "--compile", "compile_", is_flag=True, help="mx.compile / torch.compile (slow start)."
-)
-@click.option("--cache-dir", default=None, help="Token cache directory (default ~/.cache/mygpt).")
-@click.option(
-    "--encoding-errors",
-    type=click.Choice(["strict", "replace", "ignore"]),
-    default="strict",
-    show_default=True,
-    help="What to do with bytes in FILE that are not UTF-8.",
-)
-@click.option("--resume", default=None, help="Continue a run from its .safetensors checkpoint.")
+@click_options()  # one option per TrainConfig field: its default and help live there
 @click.pass_context
 def train(
-    ctx: click.Context,
-    file: str | None,
-    recipe: str | None,
-    resume: str | None,
-    compile_: bool,
-    **flags,
+    ctx: click.Context, file: str | None, recipe: str | None, resume: str | None, **flags
 ) -> None:
     """Train a GPT on FILE (default: the bundled Tiny Shakespeare).
 
@@ -149,10 +82,7 @@ def train(
     from mygpt.train import TrainConfig
     from mygpt.train import train as run_training
 
-    flags["compile"] = compile_
     explicit = {k for k in flags if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    if ctx.get_parameter_source("compile_") == ParameterSource.COMMANDLINE:
-        explicit.add("compile")
     values = apply_recipe(recipe, {k: flags[k] for k in explicit}, flags)
     if file is not None:
         values["data"] = file

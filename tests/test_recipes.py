@@ -68,3 +68,32 @@ def test_recipes_command_lists_all_with_flags():
     assert "--norm rms --position rope --num-kv-heads 2" in result.output
     one = CliRunner().invoke(recipes, ["ch25"])
     assert one.exit_code == 0 and "ch25-rope" in one.output and "ch24" not in one.output
+
+
+def test_every_recipe_flag_is_a_run_setting():
+    """Recipes, the train command and bench share TrainConfig's fields: a recipe cannot name a
+    setting that does not exist (it would be dropped silently)."""
+    import dataclasses
+
+    from mygpt.recipes import RECIPES
+    from mygpt.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for recipe in RECIPES.values():
+        assert set(recipe.flags) <= fields, recipe.name
+
+
+def test_train_and_bench_options_come_from_train_config():
+    import dataclasses
+
+    from mygpt.bench import SHAPE, bench
+    from mygpt.cli import cli
+    from mygpt.train import TrainConfig
+
+    train_opts = {p.name: p for p in cli.commands["train"].params}
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("cli", True):
+            assert train_opts[f.name].default == f.default, f.name
+            assert train_opts[f.name].help == f.metadata["help"], f.name
+    bench_opts = {p.name: p for p in bench.params}
+    assert all(bench_opts[name].default is None for name in SHAPE)  # recipes can then apply

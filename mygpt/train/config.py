@@ -7,54 +7,85 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mygpt.config import ModelConfig
+from mygpt.config import NORM_TYPES, POSITION_TYPES, ModelConfig
+from mygpt.data.cache import TOKENIZER_KINDS
 from mygpt.errors import MygptError
-from mygpt.schedule import lr_at
+from mygpt.precision import PRECISIONS
+from mygpt.schedule import SCHEDULES, lr_at
+
+_MODEL = {f.name: f.default for f in dataclasses.fields(ModelConfig)}  # the book's Part-I values
+DEVICES = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def setting(default: Any, help: str, **option: Any) -> Any:
+    """A run setting: its default and its ``--flag``'s help (and click options such as
+    ``choices``, or ``type`` where the default is None). The CLI builds its options from these."""
+    return field(default=default, metadata={"help": help, **option})
 
 
 @dataclass
 class TrainConfig:
-    """One run's settings. Saved in every checkpoint, so ``--resume`` continues the same run."""
+    """One run's settings, the one home of their defaults and help texts (``mygpt train``'s
+    options, the recipes and ``mygpt bench`` read them here). Saved in every checkpoint, so
+    ``--resume`` continues the same run."""
 
-    data: str | None = None  # corpus path; None = the bundled Tiny Shakespeare
-    output: str = "model.safetensors"
-    steps: int = 2000
-    batch_size: int = 16
-    seq_len: int = 64
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    schedule: str = "constant"
-    warmup: int = 0
-    max_grad_norm: float = 0.0  # 0 = no clipping (the book's default)
-    weight_decay: float = 0.01
-    grad_accum: int = 1
-    val_split: float = 0.0
-    val_file: str | None = None
-    val_every: int = 0  # 0 = evaluate at the print steps when there is validation data
-    eval_batches: int = 10
-    print_every: int = 500
-    checkpoint_every: int = 0
-    seed: int = 0  # weights use seed, batches seed + 42 (the book's 0 and 42)
-    backend: str = "auto"
-    device: str = "auto"
-    precision: str = "fp32"
-    compile: bool = False
-    tokenizer: str = "char"
-    num_merges: int = 1024
-    bpe_train_bytes: int = 0
-    tokenizer_file: str | None = None
-    cache_dir: str | None = None
-    encoding_errors: str = "strict"  # for corpora that are not valid UTF-8: replace | ignore
-    # architecture (ignored on resume: the checkpoint's config wins)
-    embed_dim: int = 64
-    num_heads: int = 4
-    num_layers: int = 4
-    max_seq_len: int = 64
-    num_kv_heads: int | None = None
-    norm: str = "layer"
-    position: str = "learned"
-    dropout: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    data: str | None = setting(None, "Corpus path; None = the bundled Tiny Shakespeare.", cli=False)
+    output: str = setting(
+        "model.safetensors", "Checkpoint path; .safetensors, or .ckpt for the book's format."
+    )
+    steps: int = setting(2000, "Optimizer steps.")
+    batch_size: int = setting(16, "Global batch (split across data-parallel ranks).")
+    seq_len: int = setting(64, "Training window length.")
+    lr: float = setting(1e-3, "Peak learning rate.")
+    min_lr: float = setting(0.0, "Cosine floor.")
+    schedule: str = setting("constant", "LR schedule.", choices=SCHEDULES)
+    warmup: int = setting(0, "Linear warm-up steps (cosine).")
+    max_grad_norm: float = setting(0.0, "Clip the global gradient norm; 0 = no clipping.")
+    weight_decay: float = setting(0.01, "AdamW decoupled weight decay.")
+    grad_accum: int = setting(1, "Global batches averaged per optimizer step.")
+    val_split: float = setting(0.0, "Tail fraction of the corpus held out for validation.")
+    val_file: str | None = setting(None, "A separate validation text file.", type=str)
+    val_every: int = setting(0, "Validation interval; 0 = at the print steps.")
+    eval_batches: int = setting(10, "Validation batches per evaluation.")
+    print_every: int = setting(500, "Print a loss line every N steps.")
+    checkpoint_every: int = setting(0, "Save every N steps (and always at the end).")
+    seed: int = setting(0, "Weights: seed; batches: seed+42 (the book's 0 and 42).")
+    backend: str = setting(
+        "auto",
+        "auto: MLX on Apple Silicon, else torch if installed, else MLX.",
+        choices=("auto", "mlx", "torch"),
+    )
+    device: str = setting("auto", "Compute device.", choices=DEVICES)
+    precision: str = setting(
+        "fp32", "Compute dtype (master weights stay fp32).", choices=PRECISIONS
+    )
+    compile: bool = setting(False, "mx.compile / torch.compile the step (slow start).")
+    tokenizer: str = setting("char", "Tokenizer to train.", choices=TOKENIZER_KINDS)
+    num_merges: int = setting(1024, "BPE merges.")
+    bpe_train_bytes: int = setting(0, "BPE training text; 0 = the whole corpus.")
+    tokenizer_file: str | None = setting(
+        None, "Use a saved tokenizer instead of training one.", type=str
+    )
+    cache_dir: str | None = setting(
+        None, "Token cache directory (default ~/.cache/mygpt).", type=str
+    )
+    encoding_errors: str = setting(
+        "strict",
+        "What to do with bytes in FILE that are not UTF-8.",
+        choices=("strict", "replace", "ignore"),
+    )
+    # architecture (ignored on resume: the checkpoint's config wins); defaults are the book's
+    embed_dim: int = setting(_MODEL["embed_dim"], "Embedding width.")
+    num_heads: int = setting(_MODEL["num_heads"], "Attention heads.")
+    num_layers: int = setting(_MODEL["num_layers"], "Transformer blocks.")
+    max_seq_len: int = setting(_MODEL["max_seq_len"], "Context length of the model.")
+    num_kv_heads: int | None = setting(
+        _MODEL["num_kv_heads"], "K/V heads (GQA); default = --num-heads.", type=int
+    )
+    norm: str = setting(_MODEL["norm_type"], "Normalization.", choices=NORM_TYPES)
+    position: str = setting(_MODEL["position_type"], "Positions.", choices=POSITION_TYPES)
+    dropout: float = setting(_MODEL["dropout"], "On the attention probabilities (training).")
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig.from_flags(vocab_size, dataclasses.asdict(self))
@@ -105,6 +136,40 @@ class TrainResult:
     tokens_per_s: float
     output: Path
     interrupted: bool = False
+
+
+def click_options(names: list[str] | None = None, *, defaults: bool = True):
+    """A decorator adding one click option per TrainConfig field (``names``, or every field the
+    CLI shows), with its help, choices and (unless ``defaults`` is False) its default."""
+    import click
+
+    chosen = [
+        f
+        for f in dataclasses.fields(TrainConfig)
+        if f.metadata.get("cli", True) and (names is None or f.name in names)
+    ]
+
+    def decorate(fn):
+        for f in reversed(chosen):
+            meta = f.metadata
+            flag = "--" + f.name.replace("_", "-")
+            kw: dict[str, Any] = {"help": meta["help"]}
+            if isinstance(f.default, bool):
+                kw["is_flag"] = True
+            else:
+                kw["type"] = (
+                    click.Choice(meta["choices"])
+                    if "choices" in meta
+                    else (meta.get("type") or type(f.default))
+                )
+            if defaults and f.default is not None:
+                kw.update(default=f.default, show_default=True)
+            else:
+                kw["default"] = None
+            fn = click.option(flag, f.name, **kw)(fn)
+        return fn
+
+    return decorate
 
 
 def resume_config(saved: dict[str, Any], overrides: dict[str, Any], output: str) -> TrainConfig:
