@@ -421,3 +421,38 @@ def test_precision_auto_is_fp32_on_cpu():
     for name in ("torch", "mlx"):
         dtype, why = resolve_precision(get_backend(name, "cpu"), "auto")
         assert dtype == "float32" and why
+
+
+def test_python_api_and_cli_resume_identically(small_corpus, tmp_path):
+    """`mygpt train --resume X --steps N` and `train(..., resume=X)` continue the same run the
+    same way: the saved settings, the given overrides on top, into the same file."""
+    import shutil
+
+    from mygpt.cli import main
+
+    first = tmp_path / "first.safetensors"
+    tc = TrainConfig(
+        data=str(small_corpus),
+        output=str(first),
+        steps=6,
+        lr=3e-3,
+        schedule="cosine",
+        warmup=2,
+        backend="torch",
+        device="cpu",
+        **SMALL,
+    )
+    train(tc)
+    copies = [tmp_path / f"{name}.safetensors" for name in ("cli", "overrides", "config")]
+    for c in copies:
+        shutil.copy(first, c)
+    assert main(["train", "--resume", str(copies[0]), "--steps", "12"]) == 0
+    train(None, resume=str(copies[1]), overrides={"steps": 12})
+    train(TrainConfig(steps=12), resume=str(copies[2]))  # fields differing from the defaults
+    results = [load_checkpoint(c) for c in copies]
+    for r in results:
+        assert r.train_state["step"] == 12
+        assert r.train_state["args"]["lr"] == 3e-3 and r.train_state["args"]["schedule"] == "cosine"
+    for r in results[1:]:
+        for k in r.params:
+            np.testing.assert_array_equal(r.params[k], results[0].params[k])

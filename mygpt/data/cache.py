@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mygpt.console import console
 from mygpt.data.text import (
     ENCODING_ERRORS,
     check_utf8,
@@ -46,7 +46,7 @@ TOKENIZER_KINDS = ("char", "bpe", "bytebpe")
 
 def _log(msg: str, progress: bool) -> None:
     if progress:
-        print(msg, file=sys.stderr, flush=True)
+        console.status(msg)
 
 
 def default_cache_root() -> Path:

@@ -21,13 +21,13 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mygpt.console import console
 from mygpt.data.text import MANIFEST, check_utf8
 from mygpt.errors import MygptError, UsageError
 from mygpt.fileio import atomic_path, atomic_write_text
@@ -67,7 +67,7 @@ def is_heading(line: str) -> bool:
 
 def _log(msg: str, quiet: bool = False) -> None:
     if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+        console.status(msg)
 
 
 def _offline_env() -> bool:
