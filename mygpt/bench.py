@@ -463,47 +463,22 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per backend.")
 def bench(
     recipe: str | None,
-    embed_dim: int | None,
-    num_heads: int | None,
-    num_kv_heads: int | None,
-    num_layers: int | None,
-    max_seq_len: int | None,
-    seq_len: int | None,
-    batch_size: int | None,
-    norm: str | None,
-    position: str | None,
-    vocab_size: int | None,
     backends_: tuple[str, ...],
     device: str,
-    precision: str | None,
     steps: int,
     warmup: int,
     compile_: bool,
     gen_tokens: int,
     no_peak: bool,
     as_json: bool,
+    **shape: Any,
 ) -> None:
     """Training-step time, tokens/s, FLOPs/token, MFU and generation speed per backend."""
     import json
 
     from backends import available_backends
 
-    cfg, s = _shape_from(
-        recipe,
-        {
-            "embed_dim": embed_dim,
-            "num_heads": num_heads,
-            "num_kv_heads": num_kv_heads,
-            "num_layers": num_layers,
-            "max_seq_len": max_seq_len,
-            "seq_len": seq_len,
-            "batch_size": batch_size,
-            "norm": norm,
-            "position": position,
-            "vocab_size": vocab_size,
-            "precision": precision,
-        },
-    )
+    cfg, s = _shape_from(recipe, shape)  # SHAPE, --vocab-size and --precision
     installed = available_backends()
     names = installed if "all" in backends_ else list(dict.fromkeys(backends_))
     if not names:
@@ -538,14 +513,18 @@ def bench(
             click.echo(json.dumps(row))
     if not as_json:
         click.echo(format_table(rows))
-        for row in rows:
-            if row.get("blas") == "reference":
-                click.echo(
-                    "note: MLX runs on the reference BLAS bundled with mlx[cpu] (matmuls ~30x "
-                    f"slower than OpenBLAS) — {openblas_hint()}"
-                )
-            if row["dtype_reason"] != "requested":
-                click.echo(
-                    f"note: {row['backend']} precision auto -> {row['dtype']}: "
-                    f"{row['dtype_reason']}"
-                )
+        _print_notes(rows)
+
+
+def _print_notes(rows: list[dict[str, Any]]) -> None:
+    """What a reader of the table should know: a slow BLAS, why auto picked its precision."""
+    for row in rows:
+        if row.get("blas") == "reference":
+            click.echo(
+                "note: MLX runs on the reference BLAS bundled with mlx[cpu] (matmuls ~30x "
+                f"slower than OpenBLAS) — {openblas_hint()}"
+            )
+        if row["dtype_reason"] != "requested":
+            click.echo(
+                f"note: {row['backend']} precision auto -> {row['dtype']}: {row['dtype_reason']}"
+            )
