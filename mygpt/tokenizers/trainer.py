@@ -98,6 +98,126 @@ def _first_offset(toks: list[int], p: Pair, toklen: list[int]) -> int:
     raise AssertionError("pair not in word")  # pragma: no cover - `where` is kept exact
 
 
+class _PairIndex:
+    """Every adjacent pair's weighted count, the words it occurs in and its first occurrence
+    (word, offset), with a lazy max-heap over (count, first occurrence): the book's tie-break."""
+
+    def __init__(self, words: list[list[int]], freqs: Sequence[int], toklen: list[int]) -> None:
+        self.words, self.freqs, self.toklen = words, freqs, toklen
+        self.counts: dict[Pair, int] = defaultdict(int)
+        self.where: dict[Pair, set[int]] = defaultdict(set)
+        self.key: dict[Pair, tuple[int, int]] = {}
+        self.stale: set[Pair] = set()  # pairs whose first occurrence moved later
+        for w, toks in enumerate(words):
+            if len(toks) < 2:
+                continue
+            pairs = list(zip(toks, toks[1:]))
+            off = 0
+            for p in pairs:
+                if p not in self.key:
+                    self.key[p] = (w, off)
+                off += toklen[p[0]]
+            for p, k in Counter(pairs).items():
+                self.counts[p] += k * freqs[w]
+                self.where[p].add(w)
+        self.heap = [(-c, self.key[p], p) for p, c in self.counts.items()]
+        heapq.heapify(self.heap)
+
+    def pop_best(self) -> Pair | None:
+        """The most frequent pair (earliest first occurrence on ties), or None when none is left."""
+        heap = self.heap
+        while heap:
+            negc, k, p = heap[0]
+            if self.counts.get(p, 0) != -negc or self.key.get(p) != k:
+                heapq.heappop(heap)  # outdated entry: a newer one exists (or the pair is gone)
+                continue
+            if p in self.stale:
+                heapq.heappop(heap)
+                wmin = min(self.where[p])
+                self.key[p] = (wmin, _first_offset(self.words[wmin], p, self.toklen))
+                self.stale.discard(p)
+                heapq.heappush(heap, (negc, self.key[p], p))
+                continue
+            return heapq.heappop(heap)[2]
+        return None
+
+    def merge(self, best: Pair, c: int, new: bool) -> None:
+        """Rewrite every word holding ``best`` with symbol ``c`` and update the index."""
+        a, b = best
+        changed: set[Pair] = set()
+        for w in self.where.pop(best):
+            old = self.words[w]
+            cur = _merge_word(old, a, b, c)
+            self.words[w] = cur
+            old_pc: dict[Pair, int] = {}
+            _count_elements(old_pc, zip(old, old[1:]))
+            new_pc: dict[Pair, int] = {}
+            _count_elements(new_pc, zip(cur, cur[1:]))
+            if new:
+                self._update_new(w, cur, old_pc, new_pc, changed)
+            else:
+                self._update_existing(w, old, cur, old_pc, new_pc, changed)
+        self._requeue(changed)
+
+    def _update_new(self, w, cur, old_pc, new_pc, changed) -> None:
+        # Fast path: gained pairs all contain the brand-new symbol, lost pairs never do.
+        f, counts, where, key = self.freqs[w], self.counts, self.where, self.key
+        for q, k in old_pc.items():
+            nk = new_pc.get(q, 0)
+            if nk != k:
+                counts[q] += (nk - k) * f
+                changed.add(q)
+                if nk == 0:
+                    where[q].discard(w)
+                if key[q][0] == w:
+                    self.stale.add(q)
+        for q, nk in new_pc.items():
+            if q not in old_pc:
+                counts[q] += nk * f
+                where[q].add(w)
+                changed.add(q)
+                kq = (w, _first_offset(cur, q, self.toklen))
+                if q not in key or kq < key[q]:
+                    key[q] = kq
+                    self.stale.discard(q)
+
+    def _update_existing(self, w, old, cur, old_pc, new_pc, changed) -> None:
+        # The merged value already existed: pairs with it may move, so compare first offsets.
+        f, counts, where, key = self.freqs[w], self.counts, self.where, self.key
+        old_first = _first_offsets(old, self.toklen)
+        new_first = _first_offsets(cur, self.toklen)
+        for q in old_first.keys() | new_first.keys():
+            k, nk = old_pc.get(q, 0), new_pc.get(q, 0)
+            of, nf = old_first.get(q), new_first.get(q)
+            if k == nk and of == nf:
+                continue
+            counts[q] += (nk - k) * f
+            changed.add(q)
+            if nk == 0:
+                where[q].discard(w)
+                if key[q][0] == w:
+                    self.stale.add(q)
+                continue
+            where[q].add(w)
+            if of is not None and key[q][0] == w and nf > of:
+                self.stale.add(q)
+            kq = (w, nf)
+            if q not in key or kq < key[q]:
+                key[q] = kq
+                self.stale.discard(q)
+
+    def _requeue(self, changed: set[Pair]) -> None:
+        for q in changed:
+            cq = self.counts[q]
+            if cq > 0:
+                heapq.heappush(self.heap, (-cq, self.key[q], q))
+            else:
+                del self.counts[q]
+                self.key.pop(q, None)
+                self.where.pop(q, None)
+                self.stale.discard(q)
+
+
 def train_bpe(
     words: list[list[int]],
     freqs: Sequence[int],
@@ -117,45 +237,11 @@ def train_bpe(
     values = list(values)
     value_id = {v: i for i, v in enumerate(values)}
     toklen = [len(v) for v in values]
-
-    counts: dict[Pair, int] = defaultdict(int)
-    where: dict[Pair, set[int]] = defaultdict(set)
-    key: dict[Pair, tuple[int, int]] = {}
-    for w, toks in enumerate(words):
-        if len(toks) < 2:
-            continue
-        f = freqs[w]
-        pairs = list(zip(toks, toks[1:]))
-        off = 0
-        for p in pairs:
-            if p not in key:
-                key[p] = (w, off)
-            off += toklen[p[0]]
-        for p, k in Counter(pairs).items():
-            counts[p] += k * f
-            where[p].add(w)
-    stale: set[Pair] = set()
-    heap = [(-c, key[p], p) for p, c in counts.items()]
-    heapq.heapify(heap)
-
+    index = _PairIndex(words, freqs, toklen)
     merges: list[tuple[int, int, int, bool]] = []
     done = 0
     while done < num_merges:
-        best = None
-        while heap:
-            negc, k, p = heap[0]
-            if counts.get(p, 0) != -negc or key.get(p) != k:
-                heapq.heappop(heap)  # outdated entry: a newer one exists (or the pair is gone)
-                continue
-            if p in stale:
-                heapq.heappop(heap)
-                wmin = min(where[p])
-                key[p] = (wmin, _first_offset(words[wmin], p, toklen))
-                stale.discard(p)
-                heapq.heappush(heap, (negc, key[p], p))
-                continue
-            best = heapq.heappop(heap)[2]
-            break
+        best = index.pop_best()
         if best is None:
             break
         a, b = best
@@ -172,66 +258,5 @@ def train_bpe(
             done += 1
             if on_merge is not None:
                 on_merge()
-
-        changed: set[Pair] = set()
-        for w in where.pop(best):
-            old = words[w]
-            cur = _merge_word(old, a, b, c)
-            words[w] = cur
-            f = freqs[w]
-            old_pc: dict[Pair, int] = {}
-            _count_elements(old_pc, zip(old, old[1:]))
-            new_pc: dict[Pair, int] = {}
-            _count_elements(new_pc, zip(cur, cur[1:]))
-            if new:
-                # Fast path: gained pairs all contain the brand-new c, lost pairs never do.
-                for q, k in old_pc.items():
-                    nk = new_pc.get(q, 0)
-                    if nk != k:
-                        counts[q] += (nk - k) * f
-                        changed.add(q)
-                        if nk == 0:
-                            where[q].discard(w)
-                        if key[q][0] == w:
-                            stale.add(q)
-                for q, nk in new_pc.items():
-                    if q not in old_pc:
-                        counts[q] += nk * f
-                        where[q].add(w)
-                        changed.add(q)
-                        kq = (w, _first_offset(cur, q, toklen))
-                        if q not in key or kq < key[q]:
-                            key[q] = kq
-                            stale.discard(q)
-            else:
-                old_first = _first_offsets(old, toklen)
-                new_first = _first_offsets(cur, toklen)
-                for q in old_first.keys() | new_first.keys():
-                    k, nk = old_pc.get(q, 0), new_pc.get(q, 0)
-                    of, nf = old_first.get(q), new_first.get(q)
-                    if k == nk and of == nf:
-                        continue
-                    counts[q] += (nk - k) * f
-                    changed.add(q)
-                    if nk == 0:
-                        where[q].discard(w)
-                        if key[q][0] == w:
-                            stale.add(q)
-                        continue
-                    where[q].add(w)
-                    if of is not None and key[q][0] == w and nf > of:
-                        stale.add(q)
-                    kq = (w, nf)
-                    if q not in key or kq < key[q]:
-                        key[q] = kq
-                        stale.discard(q)
-        for q in changed:
-            cq = counts[q]
-            if cq > 0:
-                heapq.heappush(heap, (-cq, key[q], q))
-            else:
-                del counts[q]
-                key.pop(q, None)
-                where.pop(q, None)
-                stale.discard(q)
+        index.merge(best, c, new)
     return TrainResult(merges, values, num_merges, stopped_early=done < num_merges)
