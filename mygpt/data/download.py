@@ -364,6 +364,34 @@ def _manifest_matches(out: Path, want: dict) -> bool:
     )
 
 
+def _parquet_by_split(
+    repo_id: str, config: str | None, revision: str | None, offline: bool, cache_dir: str | None
+) -> dict[str, list[str]]:
+    """The dataset's parquet files (of ``config``), grouped by split, from the Hub or the cache."""
+    if offline:
+        listing = _cached_files(repo_id, revision, cache_dir)
+    else:
+        try:
+            listing = _hf_list_files(repo_id, revision)
+        except Exception as e:
+            raise _hub_error(
+                e, repo_id, f"the file list (revision {revision or 'main'})", offline
+            ) from None
+    prefix = f"{config}/" if config else ""
+    parquet = sorted(f for f in listing if f.endswith(".parquet") and f.startswith(prefix))
+    if not parquet:
+        where = "in the local Hugging Face cache" if offline else "on the Hub"
+        raise MygptError(
+            f"dataset {repo_id!r} has no parquet files{' for config ' + repr(config) if config else ''} "
+            f"{where} — check the name and config"
+            + (" or run without --offline / HF_HUB_OFFLINE=1 to download them" if offline else "")
+        )
+    files: dict[str, list[str]] = {}
+    for f in parquet:
+        files.setdefault(_split_of(f) or "train", []).append(f)
+    return files
+
+
 def download_hf(
     repo_id: str,
     config: str | None,
@@ -395,32 +423,7 @@ def download_hf(
         m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         return DownloadResult(out, {f: (out / f).stat().st_size for f in m["files"]}, m)
     if files is None:
-        if offline:
-            listing = _cached_files(repo_id, revision, cache_dir)
-        else:
-            try:
-                listing = _hf_list_files(repo_id, revision)
-            except Exception as e:
-                raise _hub_error(
-                    e, repo_id, f"the file list (revision {revision or 'main'})", offline
-                ) from None
-        prefix = f"{config}/" if config else ""
-        parquet = sorted(f for f in listing if f.endswith(".parquet") and f.startswith(prefix))
-        if not parquet:
-            where = "in the local Hugging Face cache" if offline else "on the Hub"
-            raise MygptError(
-                f"dataset {repo_id!r} has no parquet files{' for config ' + repr(config) if config else ''} "
-                f"{where} — check the name and config"
-                + (
-                    " or run without --offline / HF_HUB_OFFLINE=1 to download them"
-                    if offline
-                    else ""
-                )
-            )
-        files = {}
-        for f in parquet:
-            split = _split_of(f) or "train"
-            files.setdefault(split, []).append(f)
+        files = _parquet_by_split(repo_id, config, revision, offline, cache_dir)
     _log(
         f"dataset {repo_id}"
         + (f" ({config})" if config else "")
