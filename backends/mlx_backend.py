@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import mlx.core as mx
 import numpy as np
 
-from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
-from backends.cpu import cpu_has_native_bf16
+from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.cpu import cpu_has_native_bf16
 from mygpt.errors import MygptError
 
 _DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
-from backends.cpu import compute_threads, cpu_has_native_bf16
+from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.cpu import compute_threads, cpu_has_native_bf16
 from mygpt.errors import MygptError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

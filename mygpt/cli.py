@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from backends import DEVICES
+from mygpt.backends import DEVICES
 from mygpt.errors import MygptError, UsageError
 from mygpt.precision import PRECISIONS
 from mygpt.recipes import apply_recipe

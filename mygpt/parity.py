@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends import BACKENDS, available_backends, get_backend
-from backends.base import DTYPES, AdamWConfig, Ops
+from mygpt.backends import BACKENDS, available_backends, get_backend
+from mygpt.backends.base import DTYPES, AdamWConfig, Ops
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.model import KVCache, forward, init_params, loss_fn

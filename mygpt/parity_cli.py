@@ -7,8 +7,8 @@ import time
 
 import click
 
-from backends import BACKENDS
-from backends.base import DTYPES
+from mygpt.backends import BACKENDS
+from mygpt.backends.base import DTYPES
 
 
 @click.command("parity")

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from backends import AdamWConfig, get_backend, resolve_backend_name
 from mygpt import model
+from mygpt.backends import AdamWConfig, get_backend, resolve_backend_name
 from mygpt.checkpoint import Checkpoint, load_checkpoint, save_book_checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError

@@ -323,7 +323,7 @@ def test_corpus_that_is_not_utf8(tmp_path, capsys):
 
 
 def test_missing_backend_is_a_clear_error(monkeypatch):
-    import backends
+    from mygpt import backends
 
     monkeypatch.setattr(backends, "is_installed", lambda name: False)
     backends._cache.clear()
@@ -370,7 +370,7 @@ def test_bf16_mixed_precision_keeps_fp32_master_weights(backend, small_corpus, t
 
 
 def test_precision_auto_is_fp32_on_cpu():
-    from backends import get_backend
+    from mygpt.backends import get_backend
     from mygpt.precision import resolve_precision
 
     for name in ("torch", "mlx"):
