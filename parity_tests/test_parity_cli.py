@@ -86,7 +86,9 @@ def test_a_failing_check_exits_one_and_says_so(monkeypatch, run):
         return [Row("deliberately wrong", dtype, label(cand), 1.0, 1.0, "rtol 1e-05", False)]
 
     monkeypatch.setattr(
-        parity_mod, "checks", lambda quick=False, slow=False: [ParityCheck("bad", bad, ("float32",))]
+        parity_mod,
+        "checks",
+        lambda quick=False, slow=False: [ParityCheck("bad", bad, ("float32",))],
     )
     result = run(["--quick", "--dtype", "float32"])
     assert result.exit_code == 1
@@ -98,7 +100,9 @@ def test_a_crashing_check_is_a_failing_row_not_a_traceback(monkeypatch, run):
         raise RuntimeError("kernel exploded")
 
     monkeypatch.setattr(
-        parity_mod, "checks", lambda quick=False, slow=False: [ParityCheck("boom", crash, ("float32",))]
+        parity_mod,
+        "checks",
+        lambda quick=False, slow=False: [ParityCheck("boom", crash, ("float32",))],
     )
     result = run(["--dtype", "float32"])
     assert result.exit_code == 1
