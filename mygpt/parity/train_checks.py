@@ -89,8 +89,9 @@ class StepVariant:
     max_grad_norm: float = 0.0
     dropout: float = 0.0
     compile: bool = False
-    #: further keywords for ``make_train_step`` (e.g. ``grad_sync=``)
-    step_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: further keywords for ``make_train_step``, built for the backend under test
+    #: (e.g. ``lambda ops: {"grad_sync": ...}``)
+    step_kwargs: Callable[[Ops], Mapping[str, Any]] | None = None
     #: the numpy counterpart of ``step_kwargs``' effect, applied to the averaged gradients
     reference_sync: Callable[[dict], dict] | None = None
 
@@ -165,7 +166,7 @@ def run_step_variant(ops: Ops, variant: StepVariant) -> tuple[_Trace, _Trace, Mo
         dtype="float32",
         max_grad_norm=variant.max_grad_norm,
         compile=variant.compile,
-        **variant.step_kwargs,
+        **(variant.step_kwargs(ops) if variant.step_kwargs else {}),
     )
     eager = ops.value_and_grad(lambda p, x, y: loss_fn(ops, cfg, p, x, y, "float32", train=True))
     np_opt, got, want = NumpyAdamW(params0, AdamWConfig()), _Trace(), _Trace()
