@@ -140,3 +140,14 @@ def test_a_step_keyword_and_its_reference_plug_in(pair, monkeypatch, check_rows)
     unknown = StepVariant("unknown sync", grad_accum=2, step_kwargs=halve.step_kwargs)
     failed = _failed(run_check(step_check(unknown), None, cand, "float32"))
     assert "step unknown sync grads" in failed
+
+
+@pytest.mark.slow
+def test_the_compiled_step_matches_its_float64_composition(pair, check_rows):
+    """``--compile`` (mx.compile / torch.compile of the loss): 15-65 s of compiling per backend
+    here, so ``mygpt parity`` runs it only with ``--slow``."""
+    _, cand = pair
+    check = next(c for c in CHECKS if c.slow)
+    rows = run_check(check, None, cand, "float32")
+    check_rows(rows)
+    assert any(r.name.endswith("clip engaged") for r in rows)
