@@ -2,7 +2,7 @@
 ``backends/`` package (issue 15: a top-level ``backends`` in the wheel was shadowed by one in the
 working directory and could be overwritten by any other wheel shipping that name).
 
-Built and installed offline: ``uv build --wheel``, then ``uv pip install --no-deps`` into a fresh
+Built and installed offline: ``uv build`` (sdist, then the wheel from it), then ``uv pip install --no-deps`` into a fresh
 venv whose dependencies come from this checkout's venv through a ``.pth`` line (a ``.pth`` file's
 own path entries are not scanned for further ``.pth`` files, so the checkout's editable install
 does not leak in: the test asserts it).
@@ -50,7 +50,9 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def _build_wheel(uv: str, out: Path, env: dict[str, str]) -> Path:
-    _run([uv, "build", "--wheel", "--offline", "--out-dir", str(out), str(ROOT)], ROOT, env)
+    # sdist, then the wheel from the unpacked sdist: the route that once lost the symlinked
+    # mygpt/backends (hatchling's sdist drops directory symlinks)
+    _run([uv, "build", "--offline", "--out-dir", str(out), str(ROOT)], ROOT, env)
     (wheel,) = out.glob("mygpt-*.whl")
     return wheel
 
@@ -83,8 +85,10 @@ def test_the_wheel_holds_mygpt_only_and_works_beside_a_users_backends(tmp_path):
         pytest.skip("the book fixtures (../shared/fixtures/book) are not here")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     wheel = _build_wheel(uv, tmp_path / "dist", env)
-    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
     assert tops == {"mygpt", wheel.name.split("-py")[0] + ".dist-info"}, tops
+    assert {"mygpt/backends/base.py", "mygpt/backends/torch_backend.py"} <= set(names)
     python = _venv_with_wheel(uv, wheel, tmp_path / "venv", env)
 
     work = tmp_path / "work"
