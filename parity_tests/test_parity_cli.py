@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 import pytest
-from click.testing import CliRunner
 
 import mygpt.parity.runner as parity_mod
 from mygpt.parity import ParityCheck, Row, format_table, label
@@ -28,20 +27,23 @@ class Result:
 
 @pytest.fixture
 def run(capsys):
-    """``mygpt parity ARGS`` through the real entry point (``mygpt.cli.main``) once the command
-    is registered there; until then the command object itself through click's runner."""
-    from mygpt.cli import cli, main
+    """``mygpt parity ARGS`` through the real entry point (``mygpt.cli.main``)."""
+    from mygpt.cli import main
 
     def invoke(args: list[str]) -> Result:
-        if "parity" in cli.commands:
-            capsys.readouterr()
-            code = main(["parity", *args])
-            out, err = capsys.readouterr()
-            return Result(code, out, err)
-        r = CliRunner().invoke(parity, args)
-        return Result(r.exit_code, r.stdout, r.stderr if r.stderr_bytes is not None else "")
+        capsys.readouterr()
+        code = main(["parity", *args])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
 
     return invoke
+
+
+def test_parity_is_registered_once_from_its_package():
+    from mygpt.cli import cli
+
+    assert cli.commands["parity"] is parity
+    assert {"bench", "recipes", "data", "tokenizer"} <= set(cli.commands)
 
 
 def test_quick_prints_the_table_and_exits_zero(run):
