@@ -11,7 +11,7 @@ import importlib.util
 import platform
 import sys
 
-from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
 from mygpt.errors import MygptError
 
 BACKENDS = ("mlx", "torch")
@@ -83,11 +83,11 @@ def get_backend(name: str = "auto", device: str = "auto", threads: int | None = 
     if not is_installed(name):
         raise MygptError(f"the {name} backend is not installed — {_INSTALL_HINT[name]}")
     if name == "mlx":
-        from backends.mlx_backend import MLXOps
+        from mygpt.backends.mlx_backend import MLXOps
 
         ops: Ops = MLXOps(device)
     else:
-        from backends.torch_backend import TorchOps
+        from mygpt.backends.torch_backend import TorchOps
 
         ops = TorchOps(device, threads=threads)
     _cache[key] = ops

@@ -16,11 +16,12 @@ import abc
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.distributed import ProcessGroup
+from mygpt.backends.distributed import ProcessGroup
+from mygpt.errors import MygptError
 
 Array = Any  # mx.array or torch.Tensor
 Params = dict[str, Array]
@@ -56,29 +57,107 @@ class Optimizer(abc.ABC):
 
 
 class Ops(abc.ABC):
-    """One backend: a framework plus the device it computes on."""
+    """One backend: a framework plus the device it computes on (thinc style: a concrete base).
 
-    name: str  # "mlx" | "torch"
-    device: str  # "cpu" | "gpu" | "cuda" | "mps" (resolved, never "auto")
+    The base holds what both backends would otherwise repeat: the dtype-name map, ``asarray`` /
+    ``to_numpy`` / ``cast`` / ``dtype_of`` / ``reshape``, device resolution and the no-op
+    defaults of an eager framework. A subclass sets ``FRAMEWORK_DTYPES``, implements the few
+    framework primitives (``_from_numpy``, ``_astype``, ``_host_numpy``) and the ops, and
+    overrides anything it can do faster.
+    """
+
+    name: str = ""  # "mlx" | "torch"
+    device: str = "cpu"  # "cpu" | "gpu" | "cuda" | "mps" (resolved, never "auto")
+    device_reason: str = ""  # why this device ("requested", "CUDA is available", ...)
+    threads: int | None = None  # CPU compute threads, where the backend sets them
+    threads_reason: str = ""
+
+    #: the framework's dtype object for each dtype name (``DTYPES``)
+    FRAMEWORK_DTYPES: ClassVar[dict[str, Any]] = {}
+    _DTYPE_NAMES: ClassVar[dict[Any, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._DTYPE_NAMES = {v: k for k, v in cls.FRAMEWORK_DTYPES.items()}
+
+    # --- device ------------------------------------------------------------------------------
+    def _resolve_device(
+        self, requested: str, gpus: Sequence[tuple[str, bool, str]], hint: str
+    ) -> str:
+        """The device to compute on for ``--device requested``; sets ``device_reason``.
+
+        ``gpus`` are this backend's accelerators in preference order, as (device, available
+        here, what it is called): ``auto`` takes the first available one else the CPU, ``gpu``
+        the first available one, a named one must be available. ``hint`` ends the error.
+        """
+        found = [(dev, what) for dev, ok, what in gpus if ok]
+        kinds = " or ".join(what for _, _, what in gpus)
+        if requested == "auto":
+            if found:
+                self.device_reason = f"{found[0][1]} is available"
+                return found[0][0]
+            self.device_reason = f"{self.name} sees no {kinds} device here"
+            return "cpu"
+        self.device_reason = "requested"
+        if requested == "cpu":
+            return "cpu"
+        named = [(dev, what) for dev, _, what in gpus if dev == requested]
+        if requested == "gpu" or not named:
+            if found:
+                return found[0][0]
+            raise MygptError(f"--device {requested}: {self.name} sees no {kinds} device — {hint}")
+        if named[0][0] not in {dev for dev, _ in found}:
+            raise MygptError(
+                f"--device {requested}: {self.name} sees no {named[0][1]} device — {hint}"
+            )
+        return requested
+
+    def activate(self) -> None:
+        """Make this backend's device the one computation runs on (MLX keeps one process-wide
+        default device; entry points call this so two MLX devices in one process stay apart)."""
+        return None
 
     # --- moving data in and out -------------------------------------------------------------
+    def framework_dtype(self, dtype: str) -> Any:
+        """The framework's dtype object for ``dtype`` ("float32" or "bfloat16")."""
+        try:
+            return self.FRAMEWORK_DTYPES[dtype]
+        except KeyError:
+            raise MygptError(f"unknown dtype {dtype!r} — use one of: {', '.join(DTYPES)}") from None
+
     @abc.abstractmethod
+    def _from_numpy(self, x: np.ndarray) -> Array:
+        """A *copy* of ``x`` on this backend's device, in the matching framework dtype."""
+
+    @abc.abstractmethod
+    def _astype(self, x: Array, target: Any) -> Array:
+        """``x`` converted to the framework dtype ``target``."""
+
+    @abc.abstractmethod
+    def _host_numpy(self, x: Array) -> np.ndarray:
+        """A numpy copy of a float32 (or integer) array: a snapshot, never a view."""
+
     def asarray(self, x: np.ndarray | Sequence, dtype: str | None = None) -> Array:
         """A numpy array (or nested list) as a framework array on this backend's device."""
+        a = self._from_numpy(np.asarray(x))
+        return self.cast(a, dtype) if dtype else a
 
-    @abc.abstractmethod
     def to_numpy(self, x: Array) -> np.ndarray:
         """A framework array as numpy; bfloat16 comes back as float32 (numpy has no bf16)."""
+        if x.dtype == self.FRAMEWORK_DTYPES["bfloat16"]:  # widen on the device first
+            x = self._astype(x, self.FRAMEWORK_DTYPES["float32"])
+        return self._host_numpy(x)
 
-    @abc.abstractmethod
-    def cast(self, x: Array, dtype: str) -> Array: ...
+    def cast(self, x: Array, dtype: str) -> Array:
+        target = self.framework_dtype(dtype)
+        return x if x.dtype == target else self._astype(x, target)  # no dispatch when it is
 
-    @abc.abstractmethod
-    def dtype_of(self, x: Array) -> str: ...
+    def dtype_of(self, x: Array) -> str:
+        return self._DTYPE_NAMES.get(x.dtype, str(x.dtype))
 
     # --- shape -------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def reshape(self, x: Array, shape: Sequence[int]) -> Array: ...
+    def reshape(self, x: Array, shape: Sequence[int]) -> Array:
+        return x.reshape(shape)
 
     @abc.abstractmethod
     def transpose(self, x: Array, axes: Sequence[int]) -> Array: ...
@@ -181,11 +260,6 @@ class Ops(abc.ABC):
         self.dist = ProcessGroup(self)
         return self.dist
 
-    def activate(self) -> None:
-        """Make this backend's device the one computation runs on (MLX keeps one process-wide
-        default device; entry points call this so two MLX devices in one process stay apart)."""
-        return None
-
     def trainable(self, params: Params) -> Params:
         """Parameters ready for training (torch: leaf tensors that require grad)."""
         return params
@@ -200,24 +274,21 @@ class Ops(abc.ABC):
         """Whether this device computes bf16 natively, and why (for ``--precision auto``)."""
         return False, "unknown device"
 
-    @abc.abstractmethod
     def item(self, x: Array) -> float:
         """A scalar array as a Python float (this forces evaluation: a host sync)."""
+        return float(x.item())
 
-    @abc.abstractmethod
     def eval(self, *xs: Any) -> None:
         """Force pending computation (MLX is lazy); a no-op where execution is eager."""
+        return None
 
-    @abc.abstractmethod
     def synchronize(self) -> None:
-        """Wait for the device to finish (for timing)."""
+        """Wait for the device to finish (for timing); a no-op on the CPU."""
+        return None
 
     @abc.abstractmethod
     def seed(self, seed: int) -> None:
         """Seed the framework RNG (dropout only: weights and batches come from numpy)."""
-
-    threads: int | None = None  # CPU compute threads, where the backend sets them
-    threads_reason: str = ""
 
     def describe(self) -> str:
         if self.device == "cpu" and self.threads:

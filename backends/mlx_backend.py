@@ -8,12 +8,8 @@ from collections.abc import Callable, Sequence
 import mlx.core as mx
 import numpy as np
 
-from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
-from backends.cpu import cpu_has_native_bf16
-from mygpt.errors import MygptError
-
-_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
-_NAMES = {v: k for k, v in _DTYPES.items()}
+from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.cpu import cpu_has_native_bf16
 
 
 def _gpu_available() -> bool:
@@ -25,24 +21,17 @@ def _gpu_available() -> bool:
 
 class MLXOps(Ops):
     name = "mlx"
+    FRAMEWORK_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 
     def __init__(self, device: str = "auto") -> None:
-        gpu = _gpu_available()
-        if device == "auto":
-            device = "gpu" if gpu else "cpu"
-            self.device_reason = "a GPU is available to MLX" if gpu else "MLX sees no GPU here"
-        elif device in ("gpu", "cuda", "mps"):
-            if not gpu:
-                raise MygptError(
-                    f"--device {device}: MLX sees no GPU on this machine — use --device cpu "
-                    "(or install mlx with Metal on Apple Silicon / mlx[cuda] on Linux)"
-                )
-            device = "gpu"
-            self.device_reason = "requested"
-        else:
-            self.device_reason = "requested"
-        self.device = device
-        self._mx_device = mx.gpu if device == "gpu" else mx.cpu
+        # MLX has one GPU device: Metal on Apple Silicon, CUDA with mlx[cuda]; --device cuda or
+        # mps mean it too
+        self.device = self._resolve_device(
+            device,
+            [("gpu", _gpu_available(), "GPU")],
+            "use --device cpu (or install mlx with Metal on Apple Silicon / mlx[cuda] on Linux)",
+        )
+        self._mx_device = mx.gpu if self.device == "gpu" else mx.cpu
         self.activate()
 
     def activate(self) -> None:
@@ -50,7 +39,7 @@ class MLXOps(Ops):
 
     # --- precision policy ----------------------------------------------------------------------
     def init_distributed(self):
-        from backends import mlx_dist
+        from mygpt.backends import mlx_dist
 
         if not mlx_dist.launched():
             return super().init_distributed()
@@ -64,24 +53,14 @@ class MLXOps(Ops):
         return ok, why
 
     # --- data ------------------------------------------------------------------------------
-    def asarray(self, x, dtype: str | None = None) -> Array:
-        a = mx.array(np.asarray(x))
-        return a.astype(_DTYPES[dtype]) if dtype else a
+    def _from_numpy(self, x: np.ndarray) -> Array:
+        return mx.array(x)
 
-    def to_numpy(self, x: Array) -> np.ndarray:
-        if x.dtype == mx.bfloat16:  # numpy has no bf16: widen on the device first
-            x = x.astype(mx.float32)
+    def _astype(self, x: Array, target) -> Array:
+        return x.astype(target)
+
+    def _host_numpy(self, x: Array) -> np.ndarray:
         return np.array(x)
-
-    def cast(self, x: Array, dtype: str) -> Array:
-        target = _DTYPES[dtype]
-        return x if x.dtype == target else x.astype(target)
-
-    def dtype_of(self, x: Array) -> str:
-        return _NAMES.get(x.dtype, str(x.dtype))
-
-    def reshape(self, x: Array, shape: Sequence[int]) -> Array:
-        return x.reshape(shape)
 
     def transpose(self, x: Array, axes: Sequence[int]) -> Array:
         return x.transpose(axes)
@@ -90,7 +69,7 @@ class MLXOps(Ops):
         return mx.concatenate(list(xs), axis=axis)
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Array:
-        return mx.zeros(tuple(shape), dtype=_DTYPES[dtype])
+        return mx.zeros(tuple(shape), dtype=self.framework_dtype(dtype))
 
     def write(self, buf: Array, x: Array, axis: int, start: int) -> Array:
         index = (slice(None),) * axis + (slice(start, start + x.shape[axis]),)
@@ -175,9 +154,6 @@ class MLXOps(Ops):
 
     def adamw(self, params: Params, config: AdamWConfig) -> Optimizer:
         return MLXAdamW(params, config)
-
-    def item(self, x: Array) -> float:
-        return x.item()
 
     def eval(self, *xs) -> None:
         mx.eval(*xs)

@@ -13,7 +13,7 @@ import os
 import mlx.core as mx
 import numpy as np
 
-from backends.distributed import ProcessGroup
+from mygpt.backends.distributed import ProcessGroup
 from mygpt.errors import MygptError
 
 _LAUNCH_ENV = ("MLX_RANK", "MLX_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")

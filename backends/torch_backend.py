@@ -11,12 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends.base import AdamWConfig, Array, Ops, Optimizer, Params
-from backends.cpu import compute_threads, cpu_has_native_bf16, physical_cores
-from mygpt.errors import MygptError
+from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.cpu import compute_threads, cpu_has_native_bf16, physical_cores
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_NAMES = {v: k for k, v in _DTYPES.items()}
 # Up to this many keys, multi-threaded CPU training attention uses plain batched matmuls instead
 # of SDPA's flash kernel (faster at short lengths; at 256 they tie, beyond it flash wins and saves
 # memory).
@@ -29,33 +26,14 @@ def _mps_available() -> bool:
 
 class TorchOps(Ops):
     name = "torch"
+    FRAMEWORK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
     def __init__(self, device: str = "auto", threads: int | None = None) -> None:
-        cuda, mps = torch.cuda.is_available(), _mps_available()
-        if device == "auto":
-            device = "cuda" if cuda else "mps" if mps else "cpu"
-            self.device_reason = {
-                "cuda": "CUDA is available",
-                "mps": "Apple GPU (MPS) is available",
-                "cpu": "no CUDA or MPS device is visible",
-            }[device]
-        else:
-            if device == "gpu":
-                if not (cuda or mps):
-                    raise MygptError(
-                        "--device gpu: torch sees no CUDA or MPS device — use --device cpu"
-                    )
-                device = "cuda" if cuda else "mps"
-            elif device == "cuda" and not cuda:
-                raise MygptError(
-                    "--device cuda: torch sees no CUDA device (or this torch build has no CUDA) — "
-                    "use --device cpu or auto"
-                )
-            elif device == "mps" and not mps:
-                raise MygptError(
-                    "--device mps: MPS is not available here — use --device cpu or auto"
-                )
-            self.device_reason = "requested"
+        device = self._resolve_device(
+            device,
+            [("cuda", torch.cuda.is_available(), "CUDA"), ("mps", _mps_available(), "MPS")],
+            "use --device cpu or auto",
+        )
         self.device = device
         self._dev = torch.device(device)
         self._rope_cache: dict[tuple[int, float], Array] = {}
@@ -68,7 +46,7 @@ class TorchOps(Ops):
             torch.set_num_threads(self.threads)
 
     def init_distributed(self):
-        from backends import torch_dist
+        from mygpt.backends import torch_dist
 
         if not torch_dist.launched():
             return super().init_distributed()
@@ -95,26 +73,17 @@ class TorchOps(Ops):
         return cpu_has_native_bf16()
 
     # --- data ------------------------------------------------------------------------------
-    def asarray(self, x, dtype: str | None = None) -> Array:
+    def _from_numpy(self, x: np.ndarray) -> Array:
         # a copy, never a view: the in-place optimizer must not write into the caller's numpy arrays
-        t = torch.tensor(np.asarray(x), device=self._dev)
-        return t.to(_DTYPES[dtype]) if dtype else t
+        return torch.tensor(x, device=self._dev)
 
-    def to_numpy(self, x: Array) -> np.ndarray:
-        x = x.detach()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        return x.cpu().numpy().copy()  # a snapshot, not a view of a tensor that will change
+    def _astype(self, x: Array, target) -> Array:
+        return x.to(target)
 
-    def cast(self, x: Array, dtype: str) -> Array:
-        target = _DTYPES[dtype]
-        return x if x.dtype == target else x.to(target)  # skip the dispatch on the fp32 hot path
-
-    def dtype_of(self, x: Array) -> str:
-        return _NAMES.get(x.dtype, str(x.dtype))
-
-    def reshape(self, x: Array, shape: Sequence[int]) -> Array:
-        return x.reshape(shape)
+    def _host_numpy(self, x: Array) -> np.ndarray:
+        return (
+            x.detach().cpu().numpy().copy()
+        )  # a snapshot, not a view of a tensor that will change
 
     def transpose(self, x: Array, axes: Sequence[int]) -> Array:
         return x.permute(*axes)
@@ -123,7 +92,7 @@ class TorchOps(Ops):
         return torch.cat(list(xs), dim=axis)
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Array:
-        return torch.zeros(tuple(shape), dtype=_DTYPES[dtype], device=self._dev)
+        return torch.zeros(tuple(shape), dtype=self.framework_dtype(dtype), device=self._dev)
 
     def write(self, buf: Array, x: Array, axis: int, start: int) -> Array:
         buf.narrow(axis, start, x.shape[axis]).copy_(x)
@@ -321,12 +290,6 @@ class TorchOps(Ops):
                 yield
         finally:
             mkldnn.enabled = was_enabled
-
-    def item(self, x: Array) -> float:
-        return float(x.item())
-
-    def eval(self, *xs) -> None:
-        return None
 
     def synchronize(self) -> None:
         if self.device == "cuda":

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from backends.distributed import ProcessGroup, dist_timeout
+from mygpt.backends.distributed import ProcessGroup, dist_timeout
 from mygpt.errors import MygptError
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backends import Ops, get_backend
 from mygpt import model
+from mygpt.backends import Ops, get_backend
 from mygpt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
 from mygpt.generate import generate

@@ -170,7 +170,7 @@ def make_bench_step(
     The step ends with a host sync on the loss (what a training loop that logs does), which is
     also what makes MLX's lazy graph run, so wall time around it is the step's time.
     """
-    from backends.base import AdamWConfig
+    from mygpt.backends.base import AdamWConfig
 
     state: dict[str, Any] = {
         "params": ops.trainable({k: ops.asarray(v) for k, v in init_params(cfg, seed).items()})
@@ -366,7 +366,7 @@ def run_bench(
     max_grad_norm: float = 0.0,
 ) -> dict[str, Any]:
     """Every measurement for one backend, as a flat dict (what the table and --json print)."""
-    from backends import get_backend
+    from mygpt.backends import get_backend
 
     ops = get_backend(backend, device)
     dtype, why = resolve_precision(ops, precision)
@@ -476,7 +476,7 @@ def bench(
     """Training-step time, tokens/s, FLOPs/token, MFU and generation speed per backend."""
     import json
 
-    from backends import available_backends
+    from mygpt.backends import available_backends
 
     cfg, s = _shape_from(recipe, shape)  # SHAPE, --vocab-size and --precision
     installed = available_backends()

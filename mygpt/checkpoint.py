@@ -360,7 +360,7 @@ def _book_train_state(raw: dict, where: str) -> tuple[dict | None, dict[str, np.
 
 
 def _load_book(path: Path) -> Checkpoint:
-    from backends.torch_io import read_torch_checkpoint
+    from mygpt.backends.torch_io import read_torch_checkpoint
 
     raw = read_torch_checkpoint(path)
     if "model_state_dict" not in raw or "config" not in raw:
@@ -420,7 +420,7 @@ def _book_state_dict(config: ModelConfig, params: dict[str, np.ndarray]) -> coll
     mask = _causal_mask(config.max_seq_len)
     cos = sin = None
     if config.position_type == "rope":
-        from backends.torch_io import book_rope_tables
+        from mygpt.backends.torch_io import book_rope_tables
 
         cos, sin = book_rope_tables(config.max_seq_len, config.head_dim, config.rope_base)
     # The book registers the buffers in the attention module, which comes right after ln1 (weight,
@@ -532,7 +532,7 @@ def save_book_checkpoint(
         "config": book_config,
         **extra,
     }
-    from backends.torch_io import write_torch_checkpoint
+    from mygpt.backends.torch_io import write_torch_checkpoint
 
     write_torch_checkpoint(path, obj)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from backends import DEVICES
+from mygpt.backends import DEVICES
 from mygpt.errors import MygptError, UsageError
 from mygpt.precision import PRECISIONS
 from mygpt.recipes import apply_recipe
@@ -204,34 +204,22 @@ def plot(runs: tuple[str, ...], output: str, smooth: int, log_y: bool) -> None:
     click.echo(str(plot_runs(list(runs), Path(output), smooth=smooth, log_y=log_y)))
 
 
-# Sub-commands that live beside the code they drive.
+# Sub-commands that live beside the code they drive, each registered once, here.
+from mygpt.bench import bench  # noqa: E402
 from mygpt.data.cli import data  # noqa: E402
+from mygpt.eval_cli import eval_cmd  # noqa: E402
+from mygpt.parity.cli import parity  # noqa: E402
+from mygpt.recipes import recipes  # noqa: E402
+from mygpt.serve.cli import serve  # noqa: E402
 from mygpt.tokenizers.cli import tokenizer  # noqa: E402
 
 cli.add_command(tokenizer)
 cli.add_command(data)
-from mygpt.eval_cli import eval_cmd  # noqa: E402
-
 cli.add_command(eval_cmd)
-from mygpt.serve.cli import serve  # noqa: E402
-
 cli.add_command(serve)
-for _module, _name in (
-    ("mygpt.parity_cli", "parity"),
-    ("mygpt.parity", "parity"),
-    ("mygpt.bench", "bench"),
-    ("mygpt.recipes", "recipes"),
-):
-    try:
-        import importlib
-
-        _cmd = getattr(importlib.import_module(_module), _name, None)
-    except ModuleNotFoundError as _e:  # pragma: no cover - only while the module is being written
-        if not _e.name or not _module.startswith(_e.name):
-            raise
-        _cmd = None
-    if isinstance(_cmd, click.Command) and _name not in cli.commands:
-        cli.add_command(_cmd, _name)
+cli.add_command(parity)
+cli.add_command(bench)
+cli.add_command(recipes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from backends import DEVICES
+from mygpt.backends import DEVICES
 from mygpt.precision import PRECISIONS
 
 

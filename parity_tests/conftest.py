@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends import available_backends, get_backend
+from mygpt.backends import available_backends, get_backend
 from mygpt.parity import Row, format_table, reference_ops
 
 #: the backends every test is parametrised over (CPU: the device every machine has)

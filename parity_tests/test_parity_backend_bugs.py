@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends.base import AdamWConfig
+from mygpt.backends.base import AdamWConfig
 from mygpt.model import forward, init_params, loss_fn
 from mygpt.parity import tiny_config
 

@@ -6,11 +6,10 @@ import math
 from dataclasses import dataclass
 
 import pytest
-from click.testing import CliRunner
 
-import mygpt.parity as parity_mod
+import mygpt.parity.runner as parity_mod
 from mygpt.parity import ParityCheck, Row, format_table, label
-from mygpt.parity_cli import parity
+from mygpt.parity.cli import parity
 
 HEADER = ("op", "dtype", "device", "max abs err", "max rel err", "tolerance", "pass")
 
@@ -28,20 +27,23 @@ class Result:
 
 @pytest.fixture
 def run(capsys):
-    """``mygpt parity ARGS`` through the real entry point (``mygpt.cli.main``) once the command
-    is registered there; until then the command object itself through click's runner."""
-    from mygpt.cli import cli, main
+    """``mygpt parity ARGS`` through the real entry point (``mygpt.cli.main``)."""
+    from mygpt.cli import main
 
     def invoke(args: list[str]) -> Result:
-        if "parity" in cli.commands:
-            capsys.readouterr()
-            code = main(["parity", *args])
-            out, err = capsys.readouterr()
-            return Result(code, out, err)
-        r = CliRunner().invoke(parity, args)
-        return Result(r.exit_code, r.stdout, r.stderr if r.stderr_bytes is not None else "")
+        capsys.readouterr()
+        code = main(["parity", *args])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
 
     return invoke
+
+
+def test_parity_is_registered_once_from_its_package():
+    from mygpt.cli import cli
+
+    assert cli.commands["parity"] is parity
+    assert {"bench", "recipes", "data", "tokenizer"} <= set(cli.commands)
 
 
 def test_quick_prints_the_table_and_exits_zero(run):
@@ -62,6 +64,9 @@ def test_quick_prints_the_table_and_exits_zero(run):
         "adamw",
         "train 8 steps",
         "kv-cache",
+        "step grad-accum 2",
+        "step clip 0.5 clip engaged",
+        "step dropout 0.1 grad-accum 2 dropout engaged",
     ):
         assert must in out
     assert "float32" in out and "bfloat16" in out
@@ -83,7 +88,9 @@ def test_a_failing_check_exits_one_and_says_so(monkeypatch, run):
         return [Row("deliberately wrong", dtype, label(cand), 1.0, 1.0, "rtol 1e-05", False)]
 
     monkeypatch.setattr(
-        parity_mod, "checks", lambda quick=False: [ParityCheck("bad", bad, ("float32",))]
+        parity_mod,
+        "checks",
+        lambda quick=False, slow=False: [ParityCheck("bad", bad, ("float32",))],
     )
     result = run(["--quick", "--dtype", "float32"])
     assert result.exit_code == 1
@@ -95,7 +102,9 @@ def test_a_crashing_check_is_a_failing_row_not_a_traceback(monkeypatch, run):
         raise RuntimeError("kernel exploded")
 
     monkeypatch.setattr(
-        parity_mod, "checks", lambda quick=False: [ParityCheck("boom", crash, ("float32",))]
+        parity_mod,
+        "checks",
+        lambda quick=False, slow=False: [ParityCheck("boom", crash, ("float32",))],
     )
     result = run(["--dtype", "float32"])
     assert result.exit_code == 1
@@ -112,7 +121,8 @@ def test_format_table_marks_failures_and_counts():
 
 
 def test_one_backend_is_checked_against_numpy_only(monkeypatch, run):
-    """Without torch, MLX is the reference and meets numpy (and its own full forward) only."""
+    """Without torch, MLX is the reference and meets numpy (its own full forward, and its own
+    gradients composed in numpy for the training step) only."""
     if "mlx" not in parity_mod.available_backends():
         pytest.skip("mlx is not installed")
     monkeypatch.setattr(parity_mod, "available_backends", lambda: ["mlx"])
@@ -120,7 +130,8 @@ def test_one_backend_is_checked_against_numpy_only(monkeypatch, run):
     assert result.exit_code == 0, result.output
     body = [line for line in result.stdout.splitlines() if line.rstrip().endswith(" ok")]
     assert body and all("mlx:" in line for line in body)
-    assert all(("numpy-f64" in line) or ("full forward" in line) for line in body)
+    assert all(any(vs in line for vs in ("numpy-f64", "full forward", "itself")) for line in body)
+    assert any("step grad-accum 2" in line for line in body)
     assert "torch:cpu" not in result.stdout
 
 

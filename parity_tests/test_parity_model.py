@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.base import DTYPES
+from mygpt.backends.base import DTYPES
 from mygpt.parity import CHECKS, run_check
 
 MODEL_CHECKS = [c for c in CHECKS if c.kind == "model"]

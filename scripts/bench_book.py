@@ -225,7 +225,7 @@ def build_torch_reference(shape: dict, attention: str, batch: int, seq: int):
 
 
 def build_mygpt(shape: dict, backend: str, batch: int, seq: int):
-    from backends import get_backend
+    from mygpt.backends import get_backend
     from mygpt.bench import make_bench_step, mlx_blas
     from mygpt.config import ModelConfig
 

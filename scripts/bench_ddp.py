@@ -34,8 +34,8 @@ CONFIGS = {"ch17": "ch17-baseline", "ch28": "ch28-wikipedia"}
 
 
 def worker(args: argparse.Namespace) -> None:
-    from backends import AdamWConfig, get_backend
     from mygpt import model
+    from mygpt.backends import AdamWConfig, get_backend
     from mygpt.recipes import get_recipe
     from mygpt.train import TrainConfig, make_train_step
 

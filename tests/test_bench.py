@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from backends import available_backends, get_backend
+from mygpt.backends import available_backends, get_backend
 from mygpt.bench import (
     _shape_from,
     bench,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import available_backends
+from mygpt.backends import available_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_book.py"

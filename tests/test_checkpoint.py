@@ -148,7 +148,7 @@ def test_modern_fixtures_configs_and_tokenizers():
 
 
 def test_rope_and_mask_buffers_regenerate_bit_exactly():
-    from backends.torch_io import book_rope_tables
+    from mygpt.backends.torch_io import book_rope_tables
 
     for name in ("ch27_modern", "ch28_bpe"):
         sd = torch_raw(fixture_path(name))["model_state_dict"]
@@ -468,7 +468,7 @@ def test_unexpected_parameter(tmp_path, native_file):
 
 
 def test_missing_torch_gives_install_hint(monkeypatch):
-    from backends import torch_io
+    from mygpt.backends import torch_io
 
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(MygptError) as e:
@@ -560,7 +560,7 @@ def test_sigkill_during_save_leaves_old_or_new_file(tmp_path):
 @pytest.mark.parametrize("name", FIXTURES)
 def test_converted_fixture_reproduces_book_logits(tmp_path, name):
     """Book file -> native file -> model forward gives the book's own logits (end to end)."""
-    from backends import get_backend
+    from mygpt.backends import get_backend
     from mygpt.model import forward
 
     ref = np.load(BOOK / f"{name}.npz")

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from backends import available_backends, get_backend
+from mygpt.backends import available_backends, get_backend
 from mygpt.config import ModelConfig
 from mygpt.model import forward, init_params
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import mygpt
-from backends import get_backend
 from mygpt import model
+from mygpt.backends import get_backend
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.generate import generate, sample_next

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends import available_backends, get_backend
+from mygpt.backends import available_backends, get_backend
 from mygpt.model import KVCache
 
 BACKENDS = available_backends()

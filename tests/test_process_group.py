@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from backends import get_backend
-from backends.distributed import BUCKET_BYTES, PeerLost, ProcessGroup
+from mygpt.backends import get_backend
+from mygpt.backends.distributed import BUCKET_BYTES, PeerLost, ProcessGroup
 from mygpt.errors import MygptError
 
 
@@ -79,7 +79,7 @@ def test_a_hung_peer_ends_the_process_after_the_timeout():
     code = textwrap.dedent(
         """
         import time
-        from backends.distributed import ProcessGroup
+        from mygpt.backends.distributed import ProcessGroup
         class Hung(ProcessGroup):
             world_size, rank = 3, 1
             def _all_sum_host(self, x):

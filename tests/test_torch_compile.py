@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends import available_backends, get_backend
+from mygpt.backends import available_backends, get_backend
 from mygpt.config import ModelConfig
 from mygpt.model import init_params, loss_fn
 

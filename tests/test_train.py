@@ -153,7 +153,7 @@ def test_grad_accum_and_book_format_output(small_corpus, tmp_path):
     ckpt = load_checkpoint(out)
     assert ckpt.format == "book" and ckpt.train_state["step"] == 5
     # the book's own loader reads only its keys: they are all there, as it wrote them
-    from backends.torch_io import read_torch_checkpoint
+    from mygpt.backends.torch_io import read_torch_checkpoint
 
     raw = read_torch_checkpoint(out)
     book_keys = ["model_state_dict", "tokenizer_chars", "tokenizer_kind", "tokenizer_state"]
@@ -368,7 +368,7 @@ def test_corpus_that_is_not_utf8(tmp_path, capsys):
 
 
 def test_missing_backend_is_a_clear_error(monkeypatch):
-    import backends
+    from mygpt import backends
 
     monkeypatch.setattr(backends, "is_installed", lambda name: False)
     backends._cache.clear()
@@ -415,7 +415,7 @@ def test_bf16_mixed_precision_keeps_fp32_master_weights(backend, small_corpus, t
 
 
 def test_precision_auto_is_fp32_on_cpu():
-    from backends import get_backend
+    from mygpt.backends import get_backend
     from mygpt.precision import resolve_precision
 
     for name in ("torch", "mlx"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from backends import DEVICES
+from mygpt.backends import DEVICES
 from mygpt.errors import MygptError, UsageError
 from mygpt.precision import PRECISIONS
 

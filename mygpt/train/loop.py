@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.distributed import PeerLost
 from mygpt import model
+from mygpt.backends.distributed import PeerLost
 from mygpt.checkpoint import Checkpoint
 from mygpt.console import console
 from mygpt.errors import MygptError

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from backends import get_backend, resolve_backend_name
-from backends.distributed import ProcessGroup
+from mygpt.backends import get_backend, resolve_backend_name
+from mygpt.backends.distributed import ProcessGroup
 from mygpt.console import console
 from mygpt.errors import MygptError
 from mygpt.precision import resolve_precision

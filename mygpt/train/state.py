@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from backends import AdamWConfig
 from mygpt import model
+from mygpt.backends import AdamWConfig
 from mygpt.checkpoint import Checkpoint
 from mygpt.config import ModelConfig
 from mygpt.console import console

@@ -7,8 +7,8 @@ import time
 
 import click
 
-from backends import BACKENDS
-from backends.base import DTYPES
+from mygpt.backends import BACKENDS
+from mygpt.backends.base import DTYPES
 
 
 @click.command("parity")
@@ -38,17 +38,29 @@ from backends.base import DTYPES
     is_flag=True,
     help="A covering subset: every op, 3 of the 12 model variants, an 8-step training run.",
 )
+@click.option(
+    "--slow",
+    is_flag=True,
+    help="Also check the training step under --compile (25-50 s of compiling per backend on a "
+    "small CPU).",
+)
 def parity(
-    backends: tuple[str, ...], devices: tuple[str, ...], dtypes: tuple[str, ...], quick: bool
+    backends: tuple[str, ...],
+    devices: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    quick: bool,
+    slow: bool,
 ) -> None:
     """Check that every installed backend/device computes what the reference does.
 
     The reference is PyTorch on the CPU (MLX on the CPU if torch is absent); ops are also checked
-    against an independent float64 numpy implementation. Prints one row per comparison and exits
-    with status 1 if any fails.
+    against an independent float64 numpy implementation, and each backend's real training step
+    (gradient accumulation, clipping, dropout) against a float64 composition of its own
+    gradients. Prints one row per comparison and exits with status 1 if any fails.
     """
     # Imported here so `mygpt --help` doesn't pay for numpy/model imports.
-    from mygpt.parity import format_table, run_parity
+    from mygpt.parity.runner import run_parity
+    from mygpt.parity.table import format_table
 
     start = time.perf_counter()
     rows = run_parity(
@@ -56,6 +68,7 @@ def parity(
         devices=devices or None,
         dtypes=dtypes or DTYPES,
         quick=quick,
+        slow=slow,
         progress=lambda msg: click.echo(f"parity: {msg}", err=True),
     )
     click.echo(format_table(rows))

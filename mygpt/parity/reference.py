@@ -1,0 +1,120 @@
+"""Independent float64 numpy references: what each op, the optimizer and a training step compute.
+
+Written from the definitions (the book's, torch's documented formulas), not from either backend,
+so a mistake both frameworks happen to share (a rope pair layout, a GQA head mapping, a causal mask
+aligned the wrong way, a gradient summed where it should be averaged) still fails.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mygpt.backends.base import AdamWConfig
+from mygpt.parity.compare import f64
+
+
+def np_layer_norm(x, w, b, eps: float) -> np.ndarray:
+    x = f64(x)
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)  # biased variance, as torch and the book
+    return (x - mu) / np.sqrt(var + eps) * f64(w) + f64(b)
+
+
+def np_rms_norm(x, w, eps: float) -> np.ndarray:
+    x = f64(x)
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * f64(w)
+
+
+def np_rope(x, offset: int, base: float) -> np.ndarray:
+    """Rotate interleaved pairs (2i, 2i+1) by ``pos * base**(-2i/D)``, pos = offset + t."""
+    x = f64(x)
+    T, D = x.shape[-2], x.shape[-1]
+    theta = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)
+    ang = (offset + np.arange(T, dtype=np.float64))[:, None] * theta[None, :]
+    cos, sin = np.cos(ang), np.sin(ang)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * cos - x1 * sin
+    out[..., 1::2] = x0 * sin + x1 * cos
+    return out
+
+
+def np_attention(q, k, v, scale: float) -> np.ndarray:
+    """Causal GQA attention, head h reading K/V head h // (H / Hkv), mask aligned to the last key."""
+    q, k, v = f64(q), f64(k), f64(v)
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    group = H // Hkv
+    out = np.empty((B, H, Tq, v.shape[-1]))
+    # query i sits at absolute position (Tk - Tq) + i and sees keys 0 .. that position
+    allowed = np.arange(Tk)[None, :] <= (Tk - Tq + np.arange(Tq))[:, None]
+    for h in range(H):
+        kh, vh = k[:, h // group], v[:, h // group]
+        s = np.einsum("btd,bsd->bts", q[:, h], kh) * scale
+        s = np.where(allowed[None], s, -np.inf)
+        out[:, h] = np.einsum("bts,bsd->btd", np_softmax(s, -1), vh)
+    return out
+
+
+def np_softmax(x, axis: int = -1) -> np.ndarray:
+    x = f64(x)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def np_gelu(x) -> np.ndarray:
+    """The exact GELU, ``x * Phi(x)`` with the error function (not the tanh approximation)."""
+    x = f64(x)
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def np_cross_entropy(logits, targets) -> float:
+    z = f64(logits).reshape(-1, np.shape(logits)[-1])
+    t = np.asarray(targets).reshape(-1)
+    m = z.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[:, 0]
+    return float((lse - z[np.arange(len(t)), t]).mean())
+
+
+def np_clip_grad_norm(grads: dict, max_norm: float) -> tuple[dict, float]:
+    total = math.sqrt(sum(float((f64(g) ** 2).sum()) for g in grads.values()))
+    scale = min(1.0, max_norm / (total + 1e-6))
+    return {k: f64(g) * scale for k, g in grads.items()}, total
+
+
+def np_mean_grads(micro_grads: list[dict]) -> dict:
+    """Gradient accumulation as the book's loss means it: the mean over micro-batches."""
+    return {k: sum(f64(g[k]) for g in micro_grads) / len(micro_grads) for k in micro_grads[0]}
+
+
+class NumpyAdamW:
+    """torch's AdamW in float64: decoupled decay ``p *= 1 - lr*wd``, then the bias-corrected step."""
+
+    def __init__(self, params: dict, config: AdamWConfig) -> None:
+        self.c = config
+        self.t = 0
+        self.m = {k: np.zeros_like(f64(v)) for k, v in params.items()}
+        self.v = {k: np.zeros_like(f64(v)) for k, v in params.items()}
+
+    def step(self, params: dict, grads: dict, lr: float) -> dict:
+        b1, b2 = self.c.betas
+        self.t += 1
+        out = {}
+        for k, p in params.items():
+            g = f64(grads[k])
+            self.m[k] = b1 * self.m[k] + (1 - b1) * g
+            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
+            m_hat = self.m[k] / (1 - b1**self.t)
+            v_hat = self.v[k] / (1 - b2**self.t)
+            p = f64(p) * (1 - lr * self.c.weight_decay)
+            out[k] = p - lr * m_hat / (np.sqrt(v_hat) + self.c.eps)
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The moments under the names ``Optimizer.state_dict`` uses."""
+        return {f"m.{k}": v for k, v in self.m.items()} | {f"v.{k}": v for k, v in self.v.items()}

@@ -1,0 +1,44 @@
+"""The check registry: every parity check in table order, and the subsets ``--quick`` and
+``--slow`` select."""
+
+from __future__ import annotations
+
+from mygpt.parity.core import ParityCheck
+from mygpt.parity.model_checks import adamw_check, kv_cache_check, model_check
+from mygpt.parity.op_checks import op_checks
+from mygpt.parity.train_checks import step_checks, train_check
+
+
+def _all_checks() -> list[ParityCheck]:
+    return [
+        *op_checks(),
+        *[
+            model_check(n, p, k)
+            for n in ("layer", "rms")
+            for p in ("learned", "rope")
+            for k in ("mha", "gqa", "mqa")
+        ],
+        ParityCheck("adamw+clip", adamw_check, dtypes=("float32",), kind="optimizer"),
+        kv_cache_check("learned", "mha"),
+        kv_cache_check("rope", "gqa"),
+        kv_cache_check("rope", "mqa"),
+        train_check(30, quick=False),
+        train_check(8, quick=True),
+        *step_checks(),
+    ]
+
+
+def checks(quick: bool = False, slow: bool = False) -> list[ParityCheck]:
+    """The checks to run, in table order.
+
+    ``quick``: the covering subset ``--quick`` runs (8 training steps instead of 30); ``slow``
+    adds the checks that compile a graph (25-50 s each on a small CPU).
+    """
+    full = [c for c in _all_checks() if slow or not c.slow]
+    if quick:
+        return [c for c in full if c.quick or c.slow]
+    return [c for c in full if c.name != "train 8 steps"]
+
+
+#: every check of a full run, the slow ones included (the tests look checks up here by name)
+CHECKS: list[ParityCheck] = checks(slow=True)
