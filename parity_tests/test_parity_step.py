@@ -39,10 +39,16 @@ def test_step_rows_are_in_the_quick_gate_and_compile_only_with_slow():
     assert any(c.slow and "compile" in c.name for c in checks(slow=True))
 
 
-def _broken_step(*, summed: bool = False, no_clip: bool = False, no_dropout: bool = False):
+def _broken_step(
+    *,
+    summed: bool = False,
+    no_clip: bool = False,
+    no_dropout: bool = False,
+    sync_after_clip: bool = False,
+):
     """``make_train_step`` with one classic mistake (same signature, same everything else)."""
 
-    def make(ops, cfg, opt, *, dtype="float32", max_grad_norm=0.0, compile=False):
+    def make(ops, cfg, opt, *, dtype="float32", max_grad_norm=0.0, compile=False, grad_sync=None):
         def loss_of(p, x, y):
             return loss_fn(ops, cfg, p, x, y, dtype=dtype, train=not no_dropout)
 
@@ -58,8 +64,12 @@ def _broken_step(*, summed: bool = False, no_clip: bool = False, no_dropout: boo
             loss = loss / n  # the logged loss is right: only the gradients are wrong
             if not summed:
                 grads = {k: g / n for k, g in grads.items()}
+            if grad_sync is not None and not sync_after_clip:
+                grads = grad_sync(grads)
             if max_grad_norm > 0 and not no_clip:
                 grads, _ = ops.clip_grad_norm(grads, max_grad_norm)
+            if grad_sync is not None and sync_after_clip:
+                grads = grad_sync(grads)  # each rank clipped by its own norm: ranks diverge
             params = opt.step(params, grads, lr)
             ops.eval(loss, params, opt.arrays())
             return params, loss
@@ -67,6 +77,9 @@ def _broken_step(*, summed: bool = False, no_clip: bool = False, no_dropout: boo
         return step
 
     return make
+
+
+SYNC_ROW = "step data-parallel sync grad-accum 2 clip 0.5"
 
 
 def _step(name: str):
@@ -80,8 +93,15 @@ def _step(name: str):
         (dict(summed=True), "step dropout 0.1 grad-accum 2", {"grads", "params"}),
         (dict(no_clip=True), "step clip 0.5", {"grads", "params"}),
         (dict(no_dropout=True), "step dropout 0.1 grad-accum 2", {"loss", "grads", "params"}),
+        (dict(sync_after_clip=True), SYNC_ROW, {"grads", "params"}),
     ],
-    ids=["summed-accumulation", "summed-with-dropout", "clip-skipped", "dropout-off"],
+    ids=[
+        "summed-accumulation",
+        "summed-with-dropout",
+        "clip-skipped",
+        "dropout-off",
+        "sync-after-clip",
+    ],
 )
 def test_a_broken_step_fails_the_gate(bug, check_name, must_fail, pair, monkeypatch):
     _, cand = pair
@@ -110,36 +130,17 @@ def test_summed_accumulation_fails_mygpt_parity(monkeypatch, capsys):
     assert not any(name.startswith("train ") for name in failing)
 
 
-def test_a_step_keyword_and_its_reference_plug_in(pair, monkeypatch, check_rows):
-    """The hook the data-parallel gradient sync uses: ``step_kwargs`` reach make_train_step and
-    ``reference_sync`` is applied to the reference's averaged gradients; a sync the reference
-    doesn't know about fails."""
+def test_a_gradient_sync_the_reference_does_not_know_fails(pair):
+    """The data-parallel row's reference applies the mean over ranks; a variant that syncs
+    without telling the reference (so the optimizer sees 2x the gradients) fails."""
+    from mygpt.parity.train_checks import STEP_VARIANTS
+
     _, cand = pair
-    real = train_mod.make_train_step
-
-    def with_sync(ops, cfg, opt, *, grad_sync=None, **kw):
-        # stands in for the lead's grad_sync= until it lands (no clipping here, so applying it
-        # to what reaches the optimizer is the same as applying it before the clip)
-        class Synced:
-            def step(self, params, grads, lr):
-                return opt.step(params, grad_sync(grads), lr)
-
-            def arrays(self):
-                return opt.arrays()
-
-        return real(ops, cfg, Synced(), **kw)
-
-    monkeypatch.setattr(train_mod, "make_train_step", with_sync)
-    halve = StepVariant(
-        "halved sync",
-        grad_accum=2,
-        step_kwargs=lambda ops: {"grad_sync": lambda g: {k: v * 0.5 for k, v in g.items()}},
-        reference_sync=lambda g: {k: v * 0.5 for k, v in g.items()},
+    synced = next(v for v in STEP_VARIANTS if v.step_kwargs is not None)
+    unknown = StepVariant("unknown sync", grad_accum=2, step_kwargs=synced.step_kwargs)
+    assert "step unknown sync grads" in _failed(
+        run_check(step_check(unknown), None, cand, "float32")
     )
-    check_rows(run_check(step_check(halve), None, cand, "float32"))
-    unknown = StepVariant("unknown sync", grad_accum=2, step_kwargs=halve.step_kwargs)
-    failed = _failed(run_check(step_check(unknown), None, cand, "float32"))
-    assert "step unknown sync grads" in failed
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ import numpy as np
 
 import mygpt.train as train_mod  # looked up at call time: the negative tests patch the step
 from mygpt.backends.base import AdamWConfig, Ops
+from mygpt.backends.distributed import ProcessGroup
 from mygpt.config import ModelConfig
 from mygpt.model import init_params, loss_fn
 from mygpt.parity.compare import compare_close, compare_loss, compare_rel_max, flat
@@ -246,11 +247,36 @@ def step_check(variant: StepVariant, quick: bool = True, slow: bool = False) -> 
     return ParityCheck(name, check, dtypes=("float32",), quick=quick, kind="step", slow=slow)
 
 
-#: the step variants the gate runs (the data-parallel gradient sync adds one line here)
+class _SimulatedRanks(ProcessGroup):
+    """Rank 0 of a 2-rank world whose peer computed 3x this rank's gradients: the data-parallel
+    all-reduce (buckets, flattening, the collective's sum, the division by the world size,
+    splitting back) must hand the optimizer exactly their mean, 2x, before the clip."""
+
+    world_size = 2
+
+    def _all_sum(self, x):
+        return x * 4.0  # mine + the peer's 3x
+
+    def _all_sum_host(self, x):
+        return x * 4.0
+
+
+def _simulated_sync(ops: Ops) -> Mapping[str, Any]:
+    return {"grad_sync": _SimulatedRanks(ops).all_reduce_grads}
+
+
+#: the step variants the gate runs
 STEP_VARIANTS = (
     StepVariant("grad-accum 2", grad_accum=2),
     StepVariant("clip 0.5", max_grad_norm=0.5),
     StepVariant("dropout 0.1 grad-accum 2", grad_accum=2, dropout=0.1),
+    StepVariant(
+        "data-parallel sync grad-accum 2 clip 0.5",
+        grad_accum=2,
+        max_grad_norm=0.5,
+        step_kwargs=_simulated_sync,
+        reference_sync=lambda g: {k: 2.0 * v for k, v in g.items()},
+    ),
 )
 COMPILE_VARIANT = StepVariant(
     "compile grad-accum 2 clip 0.5", grad_accum=2, max_grad_norm=0.5, compile=True
