@@ -87,8 +87,9 @@ class Ops(abc.ABC):
         """The device to compute on for ``--device requested``; sets ``device_reason``.
 
         ``gpus`` are this backend's accelerators in preference order, as (device, available
-        here, what it is called): ``auto`` takes the first available one else the CPU, ``gpu``
-        the first available one, a named one must be available. ``hint`` ends the error.
+        here, what it is called): ``auto`` takes the first available one else the CPU; ``gpu``,
+        or a GPU name the backend does not list (MLX's one GPU answers ``cuda`` and ``mps``),
+        the first available one; a listed name must be available. ``hint`` ends the error.
         """
         found = [(dev, what) for dev, ok, what in gpus if ok]
         kinds = " or ".join(what for _, _, what in gpus)
