@@ -82,6 +82,16 @@ _device = click.option("--device", type=click.Choice(DEVICES), default="auto", s
     "--position", type=click.Choice(["learned", "rope"]), default="learned", show_default=True
 )
 @click.option(
+    "--mlp",
+    type=click.Choice(["gelu", "swiglu"]),
+    default="gelu",
+    show_default=True,
+    help="gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases).",
+)
+@click.option(
+    "--mlp-hidden", type=int, default=None, help="swiglu hidden width (default 8/3 C, rounded up to 8)."
+)
+@click.option(
     "--tokenizer", type=click.Choice(["char", "bpe", "bytebpe"]), default="char", show_default=True
 )
 @click.option("--num-merges", type=int, default=1024, show_default=True)
@@ -124,6 +134,11 @@ _device = click.option("--device", type=click.Choice(DEVICES), default="auto", s
     help="What to do with bytes in FILE that are not UTF-8.",
 )
 @click.option("--resume", default=None, help="Continue a run from its .safetensors checkpoint.")
+@click.option(
+    "--init-from",
+    default=None,
+    help="Start from this checkpoint's weights, architecture and tokenizer (fresh optimizer).",
+)
 @click.pass_context
 def train(
     ctx: click.Context,

@@ -29,6 +29,7 @@ from mygpt import model
 from mygpt.checkpoint import Checkpoint, load_checkpoint, save_book_checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
+from mygpt.init_from import init_checkpoint
 from mygpt.precision import resolve_precision
 from mygpt.progress import Progress
 from mygpt.schedule import lr_at
@@ -76,6 +77,9 @@ class TrainConfig:
     norm: str = "layer"
     position: str = "learned"
     dropout: float = 0.0
+    mlp: str = "gelu"
+    mlp_hidden: int | None = None  # swiglu only; None = 8/3 C rounded (config.default_mlp_hidden)
+    init_from: str | None = None  # start from this checkpoint's weights (mygpt.init_from)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -250,8 +254,10 @@ def train(
 
     ckpt = resume if isinstance(resume, Checkpoint) or resume is None else load_resumable(resume)
     tc.validate()
+    # --init-from: weights, architecture and tokenizer of a checkpoint, a fresh optimizer
+    init = init_checkpoint(tc) if ckpt is None else None
     # the architecture flags too, before minutes of corpus encoding (the vocab size comes later)
-    if ckpt is None:
+    if ckpt is None and init is None:
         tc.model_config(vocab_size=1)
 
     backend_name, backend_why = resolve_backend_name(tc.backend)
@@ -265,8 +271,9 @@ def train(
     )
 
     # --- data ---------------------------------------------------------------------------------
+    source = ckpt or init
     tokenizer, token_file = _load_corpus(
-        tc, tokenizer_from_dict(ckpt.tokenizer) if ckpt is not None else None
+        tc, tokenizer_from_dict(source.tokenizer) if source is not None else None
     )
     tokens = token_file.open()
     if tc.val_file:
@@ -287,13 +294,13 @@ def train(
     )
 
     # --- model and optimizer --------------------------------------------------------------------
-    if ckpt is not None:
-        cfg = ckpt.config
+    if source is not None:
+        cfg = source.config
         if cfg.vocab_size != tokenizer.vocab_size:
             raise MygptError(
                 "checkpoint's vocab size does not match its tokenizer — the file is inconsistent"
             )
-        np_params = ckpt.params
+        np_params = source.params
     else:
         cfg = tc.model_config(tokenizer.vocab_size)
         np_params = model.init_params(cfg, seed=tc.seed)
