@@ -284,10 +284,14 @@ def plot(runs: tuple[str, ...], output: str, smooth: int, log_y: bool) -> None:
 
 # Sub-commands that live beside the code they drive.
 from mygpt.data.cli import data  # noqa: E402
+from mygpt.interop.export import export  # noqa: E402
+from mygpt.interop.import_ import import_cmd  # noqa: E402
 from mygpt.tokenizers.cli import tokenizer  # noqa: E402
 
 cli.add_command(tokenizer)
 cli.add_command(data)
+cli.add_command(export)
+cli.add_command(import_cmd, "import")
 for _module, _name in (
     ("mygpt.parity_cli", "parity"),
     ("mygpt.parity", "parity"),
