@@ -89,11 +89,12 @@ def unrepeat_kv(w: np.ndarray, cfg: ModelConfig, what: str) -> np.ndarray:
 
 
 def _gpt2_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
+    # unprefixed names, as the original GPT-2 files have them (transformers and mlx-lm read these)
     C = cfg.embed_dim
-    out = {"transformer.wte.weight": p["token_embedding.embedding.weight"]}
-    out["transformer.wpe.weight"] = p["position_embedding.weight"]
+    out = {"wte.weight": p["token_embedding.embedding.weight"]}
+    out["wpe.weight"] = p["position_embedding.weight"]
     for i in range(cfg.num_layers):
-        b, h = f"blocks.{i}", f"transformer.h.{i}"
+        b, h = f"blocks.{i}", f"h.{i}"
         qkv = [p[f"{b}.mha.W_Q.weight"]]
         qkv += [repeat_kv(p[f"{b}.mha.W_{n}.weight"], cfg) for n in "KV"]
         # Conv1D keeps weights as [in, out]; c_attn's output columns are [Q | K | V]
@@ -107,16 +108,16 @@ def _gpt2_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
         for fc, conv in (("fc1", "c_fc"), ("fc2", "c_proj")):
             out[f"{h}.mlp.{conv}.weight"] = p[f"{b}.mlp.{fc}.weight"].T
             out[f"{h}.mlp.{conv}.bias"] = p[f"{b}.mlp.{fc}.bias"]
-    out["transformer.ln_f.weight"] = p["ln_f.weight"]
-    out["transformer.ln_f.bias"] = p["ln_f.bias"]
+    out["ln_f.weight"] = p["ln_f.weight"]
+    out["ln_f.bias"] = p["ln_f.bias"]
     return out
 
 
 def _gpt2_from_hf(cfg: ModelConfig, t: Tensors) -> Tensors:
-    p = {"token_embedding.embedding.weight": t["transformer.wte.weight"]}
-    p["position_embedding.weight"] = t["transformer.wpe.weight"]
+    p = {"token_embedding.embedding.weight": t["wte.weight"]}
+    p["position_embedding.weight"] = t["wpe.weight"]
     for i in range(cfg.num_layers):
-        b, h = f"blocks.{i}", f"transformer.h.{i}"
+        b, h = f"blocks.{i}", f"h.{i}"
         for name in (f"{h}.attn.c_attn.bias", f"{h}.attn.c_proj.bias"):
             require_zero(t[name], name, "non-zero attention biases")
         q, k, v = np.split(t[f"{h}.attn.c_attn.weight"].T, 3, axis=0)
@@ -130,8 +131,8 @@ def _gpt2_from_hf(cfg: ModelConfig, t: Tensors) -> Tensors:
         for fc, conv in (("fc1", "c_fc"), ("fc2", "c_proj")):
             p[f"{b}.mlp.{fc}.weight"] = t[f"{h}.mlp.{conv}.weight"].T
             p[f"{b}.mlp.{fc}.bias"] = t[f"{h}.mlp.{conv}.bias"]
-    p["ln_f.weight"] = t["transformer.ln_f.weight"]
-    p["ln_f.bias"] = t["transformer.ln_f.bias"]
+    p["ln_f.weight"] = t["ln_f.weight"]
+    p["ln_f.bias"] = t["ln_f.bias"]
     return p
 
 
@@ -275,6 +276,7 @@ def hf_config(cfg: ModelConfig, arch: Architecture, special: dict[str, Any]) -> 
             "n_head": cfg.num_heads,
             "n_layer": cfg.num_layers,
             "n_positions": cfg.max_seq_len,
+            "n_ctx": cfg.max_seq_len,  # mlx-lm's gpt2 reads this name
             "n_inner": cfg.mlp_hidden,
             "activation_function": "gelu",  # erf GELU; "gelu_new" would be the tanh one
             "layer_norm_epsilon": cfg.norm_eps,

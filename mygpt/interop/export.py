@@ -87,7 +87,7 @@ def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bo
     with atomic_path(outdir / "model.safetensors") as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})  # transformers checks "format"
     atomic_write_text(outdir / "tokenizer.json", tokenizer.to_str(pretty=True))
-    tok_cfg = hf_tokenizer.tokenizer_config(ckpt.tokenizer, cfg.max_seq_len)
+    tok_cfg = hf_tokenizer.tokenizer_config(ckpt.tokenizer)
     atomic_write_text(outdir / "tokenizer_config.json", _json(tok_cfg))
     atomic_write_text(outdir / "README.md", model_card(ckpt, arch, source))
     return outdir

@@ -138,12 +138,15 @@ def _byte_bpe(tok: ByteBPETokenizer) -> Any:
     return hf
 
 
-def tokenizer_config(tok_dict: dict, max_seq_len: int) -> dict[str, Any]:
-    """tokenizer_config.json: the plain fast tokenizer, nothing added to or stripped from text."""
+def tokenizer_config(tok_dict: dict) -> dict[str, Any]:
+    """tokenizer_config.json: the plain fast tokenizer, nothing added to or stripped from text.
+
+    No ``model_max_length``: rotary models run past max_seq_len (transformers would warn of
+    "indexing errors" that do not happen), and a text is not a model input.
+    """
     out: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,
-        "model_max_length": max_seq_len,
         "add_bos_token": False,
         "add_eos_token": False,
     }

@@ -154,8 +154,8 @@ def _normalise_names(tensors: dict[str, np.ndarray], arch: Architecture) -> dict
     for k, v in tensors.items():
         if k.endswith(_IGNORED_SUFFIXES):
             continue
-        if arch.model_type == "gpt2" and not k.startswith(("transformer.", "lm_head.")):
-            k = "transformer." + k  # the original GPT-2 files have no prefix
+        if arch.model_type == "gpt2" and k.startswith("transformer."):
+            k = k.removeprefix("transformer.")  # transformers' own save_pretrained adds it
         out[k] = v
     return out
 
@@ -169,7 +169,7 @@ def _expected(arch: Architecture, cfg: ModelConfig) -> dict[str, tuple[int, ...]
 
 def params_from_hf(arch: Architecture, cfg: ModelConfig, tensors: dict, where: Path) -> dict:
     t = _normalise_names(tensors, arch)
-    embed = "transformer.wte.weight" if arch.model_type == "gpt2" else "model.embed_tokens.weight"
+    embed = "wte.weight" if arch.model_type == "gpt2" else "model.embed_tokens.weight"
     head = t.pop("lm_head.weight", None)
     if head is not None and not (embed in t and np.array_equal(head, t[embed])):
         raise _fail(where, "its output head (lm_head.weight) differs from the token embedding")
@@ -189,7 +189,11 @@ def params_from_hf(arch: Architecture, cfg: ModelConfig, tensors: dict, where: P
                 f"{where}: tensor {name!r} has shape {tuple(t[name].shape)}, config.json implies "
                 f"{tuple(shape)} — the files do not belong together"
             )
-    return arch.from_hf(cfg, t)
+    params = arch.from_hf(cfg, t)
+    from mygpt.model import param_shapes
+
+    # the canonical (book state-dict) order, contiguous: what a checkpoint load gives
+    return {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in param_shapes(cfg)}
 
 
 def import_hf(hfdir: str | os.PathLike) -> Checkpoint:
