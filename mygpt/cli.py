@@ -89,7 +89,10 @@ _device = click.option("--device", type=click.Choice(DEVICES), default="auto", s
     help="gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases).",
 )
 @click.option(
-    "--mlp-hidden", type=int, default=None, help="swiglu hidden width (default 8/3 C, rounded up to 8)."
+    "--mlp-hidden",
+    type=int,
+    default=None,
+    help="swiglu hidden width (default 8/3 C, rounded up to 8).",
 )
 @click.option(
     "--tokenizer", type=click.Choice(["char", "bpe", "bytebpe"]), default="char", show_default=True

@@ -251,6 +251,11 @@ def np_gelu(x) -> np.ndarray:
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
+def np_silu(x) -> np.ndarray:
+    x = _f64(x)
+    return x / (1.0 + np.exp(-x))
+
+
 def np_cross_entropy(logits, targets) -> float:
     z = _f64(logits).reshape(-1, np.shape(logits)[-1])
     t = np.asarray(targets).reshape(-1)
@@ -428,6 +433,15 @@ def _op_checks() -> list[ParityCheck]:
             ),
         ),
         (
+            "silu",  # SwiGLU's gate (--mlp swiglu)
+            _op_check(
+                "silu",
+                lambda r: {"x": r.uniform(-8.0, 8.0, (4, 257))},
+                lambda ops, a: ops.silu(a["x"]),
+                lambda i: np_silu(i["x"]),
+            ),
+        ),
+        (
             "cross_entropy",
             _op_check(
                 "cross_entropy",
@@ -510,13 +524,13 @@ def _forward_and_grads(ops: Ops, cfg: ModelConfig, params, x, y, dtype: str):
     )
 
 
-def _model_check(norm: str, position: str, kv: str) -> ParityCheck:
-    name = f"model {norm}/{position}/{kv}"
+def _model_check(norm: str, position: str, kv: str, mlp: str = "gelu") -> ParityCheck:
+    name = f"model {norm}/{position}/{kv}" + ("" if mlp == "gelu" else f"/{mlp}")
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         if ref is None:
             return []
-        cfg = tiny_config(norm, position, kv)
+        cfg = tiny_config(norm, position, kv, mlp_type=mlp)
         params = init_params(cfg, seed=1)
         x, y = _batch(cfg, seed=2, B=2, T=8 if dtype == "float32" else 6)
         lc, fc, gc = _forward_and_grads(cand, cfg, params, x, y, dtype)
@@ -529,10 +543,11 @@ def _model_check(norm: str, position: str, kv: str) -> ParityCheck:
         ]
 
     # --quick keeps a covering subset: every norm, position and kv-head option at least once
-    quick = (norm, position, kv) in {
-        ("layer", "learned", "mha"),
-        ("rms", "rope", "gqa"),
-        ("layer", "rope", "mqa"),
+    quick = (norm, position, kv, mlp) in {
+        ("layer", "learned", "mha", "gelu"),
+        ("rms", "rope", "gqa", "gelu"),
+        ("layer", "rope", "mqa", "gelu"),
+        ("rms", "rope", "gqa", "swiglu"),
     }
     return ParityCheck(name, check, quick=quick, kind="model")
 
@@ -656,12 +671,13 @@ def _train_check(steps: int) -> Check:
     return check
 
 
-def _kv_cache_check(position: str, kv: str) -> ParityCheck:
+def _kv_cache_check(position: str, kv: str, mlp: str = "gelu") -> ParityCheck:
     """Prefix with a cache, then a 3-token chunk, then token by token == one full forward."""
-    name = f"kv-cache decode {position}/{kv}"
+    name = f"kv-cache decode {position}/{kv}" + ("" if mlp == "gelu" else f"/{mlp}")
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
-        cfg = tiny_config("rms" if position == "rope" else "layer", position, kv)
+        norm = "rms" if position == "rope" else "layer"
+        cfg = tiny_config(norm, position, kv, mlp_type=mlp)
         params = init_params(cfg, seed=6)
         x, _ = _batch(cfg, seed=7, B=2, T=12)
         P = {k: cand.asarray(v) for k, v in params.items()}
@@ -690,10 +706,15 @@ def checks(quick: bool = False) -> list[ParityCheck]:
             for p in ("learned", "rope")
             for k in ("mha", "gqa", "mqa")
         ],
+        # --mlp swiglu: the Llama combination with every K/V layout, and once with the book's
+        # norm and positions (the MLP is independent of them)
+        *[_model_check("rms", "rope", k, "swiglu") for k in ("mha", "gqa", "mqa")],
+        _model_check("layer", "learned", "mha", "swiglu"),
         ParityCheck("adamw+clip", _adamw_check, dtypes=("float32",), kind="optimizer"),
         _kv_cache_check("learned", "mha"),
         _kv_cache_check("rope", "gqa"),
         _kv_cache_check("rope", "mqa"),
+        _kv_cache_check("rope", "gqa", "swiglu"),
         ParityCheck("train 30 steps", _train_check(30), quick=False, kind="train"),
         ParityCheck("train 8 steps", _train_check(8), quick=True, kind="train"),
     ]

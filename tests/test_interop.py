@@ -117,14 +117,20 @@ def test_transformers_logits_match_mygpt(name, checkpoints, hf_models, torch_ops
 @pytest.mark.parametrize("name", MODELS)
 def test_transformers_greedy_tokens_are_mygpts(name, checkpoints, hf_models, torch_ops):
     ckpt = load_checkpoint(checkpoints[name])
-    assert PROMPT + GREEDY <= ckpt.config.max_seq_len  # past it mygpt crops, HF does not
+    assert ckpt.config.max_seq_len >= PROMPT + GREEDY  # past it mygpt crops, HF does not
     prompt = _ids(name, ckpt)[0, :PROMPT].tolist()
     want = _mygpt_greedy(torch_ops, ckpt, prompt)
     with torch.no_grad():
         out = hf_models[name].generate(
-            torch.tensor([prompt]), attention_mask=torch.ones(1, PROMPT, dtype=torch.long),
-            max_new_tokens=GREEDY, do_sample=False, top_k=None, top_p=None, temperature=None,
-            eos_token_id=None, pad_token_id=0,
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, PROMPT, dtype=torch.long),
+            max_new_tokens=GREEDY,
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+            eos_token_id=None,
+            pad_token_id=0,
         )  # fmt: skip (an explicit mask: id 0 is a real token here, not padding)
     assert out[0, PROMPT:].tolist() == want
     assert len(set(want)) > 1 or name in FIXTURES  # a trained model's greedy text is not one token
@@ -191,10 +197,7 @@ def test_mlx_lm_greedy_tokens_are_mygpts(name, mlx_lm, checkpoints, exported, to
     assert architecture_for(ckpt.config).mlx_lm_exact
     model, tokenizer = mlx_lm.load(exported[name])
     prompt = _ids(name, ckpt)[0, :PROMPT].tolist()
-    got = [
-        r.token
-        for r in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=GREEDY)
-    ]
+    got = [r.token for r in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=GREEDY)]
     assert got == _mygpt_greedy(torch_ops, ckpt, prompt)
 
 
@@ -248,4 +251,3 @@ def test_hf_directory_can_be_init_from_directly(exported, tmp_path):
 
     ckpt = load_init_source(exported["bytebpe"])
     assert ckpt.tokenizer["kind"] == "bytebpe"
-

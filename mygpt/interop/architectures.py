@@ -169,7 +169,9 @@ def _mlp_names(cfg: ModelConfig) -> list[tuple[str, str]]:
     if cfg.mlp_type == "swiglu":
         return [(f"{n}.weight", f"{n}_proj.weight") for n in ("gate", "up", "down")]
     fc1, fc2 = ("c_fc", "c_proj") if cfg.norm_type == "layer" else ("up_proj", "down_proj")
-    return [(f"fc{j}.{w}", f"{hf}.{w}") for j, hf in ((1, fc1), (2, fc2)) for w in ("weight", "bias")]
+    return [
+        (f"fc{j}.{w}", f"{hf}.{w}") for j, hf in ((1, fc1), (2, fc2)) for w in ("weight", "bias")
+    ]
 
 
 def _mlp_to_hf(cfg: ModelConfig, p: Tensors, b: str, h: str) -> Tensors:
@@ -185,7 +187,9 @@ def _llama_family_from_hf(cfg: ModelConfig, t: Tensors) -> Tensors:
         a = f"{h}.self_attn"
         for n in "qkvo":
             if f"{a}.{n}_proj.bias" in t:
-                require_zero(t[f"{a}.{n}_proj.bias"], f"{a}.{n}_proj.bias", "non-zero attention biases")
+                require_zero(
+                    t[f"{a}.{n}_proj.bias"], f"{a}.{n}_proj.bias", "non-zero attention biases"
+                )
         p[f"{b}.mha.W_Q.weight"] = _rope_rows_back(t[f"{a}.q_proj.weight"], H, D)
         p[f"{b}.mha.W_K.weight"] = _rope_rows_back(t[f"{a}.k_proj.weight"], Hkv, D)
         p[f"{b}.mha.W_V.weight"] = t[f"{a}.v_proj.weight"]

@@ -36,7 +36,9 @@ FILES = (
 
 def _check_outdir(outdir: Path, force: bool) -> None:
     if outdir.exists() and not outdir.is_dir():
-        raise MygptError(f"{outdir} is a file, not a directory — pass a directory path to export into")
+        raise MygptError(
+            f"{outdir} is a file, not a directory — pass a directory path to export into"
+        )
     if outdir.is_dir() and any(outdir.iterdir()) and not force:
         raise MygptError(
             f"{outdir} is not empty — choose an empty or new directory, or pass --force to "
@@ -96,7 +98,9 @@ def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bo
 @click.command("export")
 @click.argument("ckpt", type=click.Path(path_type=str))
 @click.argument("outdir", type=click.Path(path_type=str))
-@click.option("--force", is_flag=True, help="Write into a non-empty OUTDIR (replaces its model files).")
+@click.option(
+    "--force", is_flag=True, help="Write into a non-empty OUTDIR (replaces its model files)."
+)
 @click.option(
     "--push-to-hub", "repo", default=None, metavar="USER/REPO", help="Then upload OUTDIR there."
 )

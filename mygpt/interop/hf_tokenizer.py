@@ -56,7 +56,9 @@ def to_hf(tok_dict: dict) -> Any:
         return _book_bpe(tok_dict)
     if kind == "bytebpe":
         return _byte_bpe(tokenizer_from_dict(tok_dict))
-    raise MygptError(f"tokenizer kind {kind!r} has no Hugging Face export — use char, bpe or bytebpe")
+    raise MygptError(
+        f"tokenizer kind {kind!r} has no Hugging Face export — use char, bpe or bytebpe"
+    )
 
 
 def _char(d: dict) -> Any:

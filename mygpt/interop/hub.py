@@ -48,7 +48,9 @@ def push(outdir: Path, repo: str, private: bool = False) -> str:
 def _push_error(e: BaseException, repo: str, outdir: Path) -> MygptError:
     later = f"the export in {outdir} is complete; upload it later with `hf upload {repo} {outdir}`"
     if _network_error(e):
-        return MygptError(f"can't reach the Hugging Face Hub to push {repo} (no network?) — {later}")
+        return MygptError(
+            f"can't reach the Hugging Face Hub to push {repo} (no network?) — {later}"
+        )
     name = type(e).__name__
     if name in {"HfHubHTTPError", "HTTPError"} or "401" in str(e) or "403" in str(e):
         first = str(e).strip().splitlines()[0] if str(e).strip() else name

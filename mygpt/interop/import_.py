@@ -52,7 +52,9 @@ def _read_config(hfdir: Path) -> dict[str, Any]:
 
 def _rope_base(hf: dict, where: Path) -> float:
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "?"
+    kind = (
+        params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "?"
+    )
     if kind != "default":
         raise _fail(where, f"it uses rope scaling ({kind!r})")
     if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
@@ -67,7 +69,9 @@ def _check_act(hf: dict, key: str, want: str, where: Path) -> None:
     if act == want:
         return
     if isinstance(act, str) and ("tanh" in act or act in ("gelu_new", "gelu_fast", "quick_gelu")):
-        raise _fail(where, f"its activation is {act!r}, an approximate (tanh) GELU, not exact erf GELU")
+        raise _fail(
+            where, f"its activation is {act!r}, an approximate (tanh) GELU, not exact erf GELU"
+        )
     if want == "gelu" and act == "silu":
         raise _fail(where, "its MLP is gated (SiLU) where its config asks for a plain GELU MLP")
     raise _fail(where, f"its activation is {act!r} (mygpt computes {want!r} here)")
@@ -95,9 +99,9 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
         C, H = hf["hidden_size"], hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, C // H):
             raise _fail(where, f"its head_dim {hf['head_dim']} is not hidden_size / heads")
-        if kind == "starcoder2" and hf.get("sliding_window") not in (None, 0):
-            if hf["sliding_window"] < hf.get("max_position_embeddings", math.inf):
-                raise _fail(where, "it uses sliding-window attention")
+        window = hf.get("sliding_window") if kind == "starcoder2" else None
+        if window and window < hf.get("max_position_embeddings", math.inf):
+            raise _fail(where, "it uses sliding-window attention")
         want = "silu" if kind == "llama" else "gelu"
         _check_act(hf, "hidden_act", want, where)
         eps = hf.get("norm_epsilon" if kind == "starcoder2" else "rms_norm_eps", 1e-5)
@@ -113,7 +117,9 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
             mlp_type=arch.mlp, **fields,
         )  # fmt: skip
     except MygptError as e:
-        raise _fail(where, f"its shape has no mygpt equivalent ({str(e).split(' — ')[0]})") from None
+        raise _fail(
+            where, f"its shape has no mygpt equivalent ({str(e).split(' — ')[0]})"
+        ) from None
     return arch, cfg
 
 
@@ -183,7 +189,9 @@ def params_from_hf(arch: Architecture, cfg: ModelConfig, tensors: dict, where: P
             raise _fail(where, f"it has {feature} ({name!r})")
     for name, shape in expected.items():
         if name not in t:
-            raise MygptError(f"{where}: tensor {name!r} is missing — the model files are incomplete")
+            raise MygptError(
+                f"{where}: tensor {name!r} is missing — the model files are incomplete"
+            )
         if tuple(t[name].shape) != tuple(shape):
             raise MygptError(
                 f"{where}: tensor {name!r} has shape {tuple(t[name].shape)}, config.json implies "
@@ -203,11 +211,15 @@ def import_hf(hfdir: str | os.PathLike) -> Checkpoint:
     try:
         arch, cfg = config_from_hf(hf, hfdir)
     except (KeyError, TypeError, ValueError) as e:
-        raise MygptError(f"{hfdir}/config.json lacks or garbles {e} — the file is damaged") from None
+        raise MygptError(
+            f"{hfdir}/config.json lacks or garbles {e} — the file is damaged"
+        ) from None
     tok_path = hfdir / "tokenizer.json"
     if not tok_path.is_file():
         raise MygptError(f"{hfdir} has no tokenizer.json — mygpt needs the model's tokenizer too")
-    tokenizer = hf_tokenizer.from_hf(tok_path.read_text(encoding="utf-8"), cfg.vocab_size, str(tok_path))
+    tokenizer = hf_tokenizer.from_hf(
+        tok_path.read_text(encoding="utf-8"), cfg.vocab_size, str(tok_path)
+    )
     tensors = read_safetensors(hfdir / "model.safetensors")
     params = params_from_hf(arch, cfg, tensors, hfdir)
     return Checkpoint(cfg, params, tokenizer, format="native", path=hfdir)
