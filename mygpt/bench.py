@@ -327,6 +327,8 @@ def _shape_from(recipe: str | None, overrides: dict[str, Any]) -> tuple[ModelCon
         "batch_size": 16,
         "norm": "layer",
         "position": "learned",
+        "mlp": "gelu",
+        "mlp_hidden": None,
         "precision": "fp32",
         "max_grad_norm": 0.0,  # the step clips when the recipe's training does
     }
@@ -440,6 +442,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--norm", type=click.Choice(["layer", "rms"]), default=None)
 @click.option("--position", type=click.Choice(["learned", "rope"]), default=None)
+@click.option("--mlp", type=click.Choice(["gelu", "swiglu"]), default=None)
+@click.option("--mlp-hidden", type=int, default=None, help="swiglu hidden width.")
 @click.option("--vocab-size", type=int, default=None, help="Default 65 (Tiny Shakespeare chars).")
 @click.option(
     "--backend",
@@ -474,6 +478,8 @@ def bench(
     batch_size: int | None,
     norm: str | None,
     position: str | None,
+    mlp: str | None,
+    mlp_hidden: int | None,
     vocab_size: int | None,
     backends_: tuple[str, ...],
     device: str,
@@ -502,6 +508,8 @@ def bench(
             "batch_size": batch_size,
             "norm": norm,
             "position": position,
+            "mlp": mlp,
+            "mlp_hidden": mlp_hidden,
             "vocab_size": vocab_size,
             "precision": precision,
         },
