@@ -246,6 +246,21 @@ def test_init_from_an_imported_model_trains_on(exported, checkpoints, tmp_path):
     assert main([*args, "--embed-dim", "48"]) == 1
 
 
+def test_an_imported_model_generates_the_same_on_both_backends(exported, tmp_path, capsys):
+    from mygpt.cli import main
+
+    imported = tmp_path / "imported.safetensors"
+    assert main(["import", exported["bytebpe"], str(imported)]) == 0
+    capsys.readouterr()
+    outs = []
+    for backend in ("torch", "mlx"):
+        args = ["generate", "--checkpoint", str(imported), "--prompt", "ROMEO:", "--temperature",
+                "0", "--max-new-tokens", "20", "--backend", backend, "--device", "cpu"]  # fmt: skip
+        assert main(args) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and len(outs[0]) > len("ROMEO:\n")
+
+
 def test_hf_directory_can_be_init_from_directly(exported, tmp_path):
     from mygpt.init_from import load_init_source
 

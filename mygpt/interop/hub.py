@@ -52,10 +52,10 @@ def _push_error(e: BaseException, repo: str, outdir: Path) -> MygptError:
             f"can't reach the Hugging Face Hub to push {repo} (no network?) — {later}"
         )
     name = type(e).__name__
-    if name in {"HfHubHTTPError", "HTTPError"} or "401" in str(e) or "403" in str(e):
-        first = str(e).strip().splitlines()[0] if str(e).strip() else name
+    first = str(e).strip().splitlines()[0] if str(e).strip() else name
+    if name in {"HfHubHTTPError", "HTTPError"} or "401" in first or "403" in first:
         return MygptError(
             f"the Hub refused the push to {repo} ({first}) — log in with `hf auth login` "
             f"(a token with write access); {later}"
         )
-    return MygptError(f"pushing to {repo} failed ({name}: {e}) — {later}")
+    return MygptError(f"pushing to {repo} failed ({name}: {first}) — {later}")
