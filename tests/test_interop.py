@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +267,11 @@ def test_hf_directory_can_be_init_from_directly(exported, tmp_path):
 
     ckpt = load_init_source(exported["bytebpe"])
     assert ckpt.tokenizer["kind"] == "bytebpe"
+
+
+def test_model_card_names_architecture_settings_and_losses(exported, checkpoints):
+    text = (Path(exported["swiglu"]) / "README.md").read_text(encoding="utf-8")
+    loss = load_checkpoint(checkpoints["swiglu"]).train_state["loss"]
+    assert "`LlamaForCausalLM`" in text and "swiglu, hidden 88" in text
+    assert "| steps | 80 |" in text and f"train loss: {loss:.4f}" in text
+    assert "## Final losses" in text and "trained steps | 80" in text
