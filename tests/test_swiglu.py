@@ -100,3 +100,18 @@ def test_trains_saves_resumes_and_refuses_the_book_format(backend, small_corpus,
     with pytest.raises(MygptError, match="only its GELU MLP"):
         save_book_checkpoint(tmp_path / "x.ckpt", ckpt)
     assert not (tmp_path / "m.ckpt").exists()
+
+
+def test_init_from_a_book_checkpoint_keeps_its_model_and_tokenizer(small_corpus, tmp_path):
+    """A book .ckpt (Part-I format) trains further as a new run: same architecture and alphabet."""
+    from tests.conftest import BOOK_FIXTURES
+
+    book = BOOK_FIXTURES / "part1_ch18.ckpt"
+    out = tmp_path / "more.safetensors"
+    args = ["train", str(small_corpus), "--init-from", str(book), "--steps", "2", "--output",
+            str(out), "--batch-size", "4", "--backend", "torch", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    src, more = load_checkpoint(book), load_checkpoint(out)
+    assert more.config.to_dict() == src.config.to_dict() and more.tokenizer == src.tokenizer
+    assert more.train_state["step"] == 2
+    assert main([*args, "--tokenizer", "bpe"]) == 1  # its tokenizer comes with the weights
