@@ -24,7 +24,6 @@ from mygpt.tokenizers import tokenizer_from_dict
 from mygpt.train import TrainConfig, train
 from tests.conftest import BOOK_FIXTURES, TINY_SHAKESPEARE
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # no test reaches the network
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
@@ -44,6 +43,18 @@ TRAINED = {
 MODELS = (*FIXTURES, *TRAINED)
 GREEDY = 50
 PROMPT = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _offline():
+    """No test reaches the network; restored afterwards (other modules test the online paths)."""
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    if saved is None:
+        del os.environ["HF_HUB_OFFLINE"]
+    else:
+        os.environ["HF_HUB_OFFLINE"] = saved
 
 
 @pytest.fixture(scope="module")
