@@ -44,6 +44,8 @@ SHAPE = [
     "batch_size",
     "norm",
     "position",
+    "mlp",
+    "mlp_hidden",
 ]
 
 # Dense (no sparsity) peak FLOP/s by GPU name fragment: (fp32, bf16). fp32 is plain FP32, not TF32.

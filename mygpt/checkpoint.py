@@ -510,6 +510,11 @@ def save_book_checkpoint(
                 f"{getattr(defaults, name)}; this model uses {getattr(config, name)} — keep the "
                 "native .safetensors checkpoint"
             )
+    if config.mlp_type != "gelu":
+        raise MygptError(
+            f"{where}: the book's format has only its GELU MLP; this model uses --mlp "
+            f"{config.mlp_type} — keep the native .safetensors checkpoint"
+        )
     checked = _check_params(params, config, where)
     _check_tokenizer(tokenizer, where)
     chars, kind, state = _book_tokenizer_fields(tokenizer, where)

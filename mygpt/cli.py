@@ -208,6 +208,8 @@ def plot(runs: tuple[str, ...], output: str, smooth: int, log_y: bool) -> None:
 from mygpt.bench import bench  # noqa: E402
 from mygpt.data.cli import data  # noqa: E402
 from mygpt.eval_cli import eval_cmd  # noqa: E402
+from mygpt.interop.export import export  # noqa: E402
+from mygpt.interop.import_ import import_cmd  # noqa: E402
 from mygpt.parity.cli import parity  # noqa: E402
 from mygpt.recipes import recipes  # noqa: E402
 from mygpt.serve.cli import serve  # noqa: E402
@@ -220,6 +222,8 @@ cli.add_command(serve)
 cli.add_command(parity)
 cli.add_command(bench)
 cli.add_command(recipes)
+cli.add_command(export)
+cli.add_command(import_cmd, "import")
 
 
 def main(argv: list[str] | None = None) -> int:

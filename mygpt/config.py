@@ -16,6 +16,17 @@ from mygpt.errors import MygptError
 
 NORM_TYPES = ("layer", "rms")
 POSITION_TYPES = ("learned", "rope")
+MLP_TYPES = ("gelu", "swiglu")
+#: swiglu's default hidden width is 8/3 * C rounded up to a multiple of this (Llama's convention
+#: with a small multiple, so tiny models keep ~the parameter count of the book's 4C GELU MLP)
+SWIGLU_MULTIPLE = 8
+
+
+def default_mlp_hidden(mlp_type: str, embed_dim: int) -> int:
+    """The MLP's hidden width when none is given: 4C for the book's GELU MLP, ~8/3 C for SwiGLU."""
+    if mlp_type == "swiglu":
+        return -(-8 * embed_dim // (3 * SWIGLU_MULTIPLE)) * SWIGLU_MULTIPLE
+    return 4 * embed_dim
 
 
 @dataclass(frozen=True)
@@ -31,11 +42,18 @@ class ModelConfig:
     dropout: float = 0.0  # on the attention probabilities, training only (as the book)
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    # "gelu": the book's C -> 4C -> C MLP with biases; "swiglu": Llama's gated MLP, no biases
+    mlp_type: str = "gelu"
+    mlp_hidden: int | None = None  # None: default_mlp_hidden(mlp_type, embed_dim)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.mlp_hidden is None and isinstance(self.embed_dim, int):
+            object.__setattr__(
+                self, "mlp_hidden", default_mlp_hidden(self.mlp_type, self.embed_dim)
+            )
         self.validate()
 
     @property
@@ -55,6 +73,7 @@ class ModelConfig:
             "num_layers",
             "max_seq_len",
             "num_kv_heads",
+            "mlp_hidden",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -68,6 +87,15 @@ class ModelConfig:
         if self.position_type not in POSITION_TYPES:
             raise MygptError(
                 f"unknown position type {self.position_type!r} — use one of: {', '.join(POSITION_TYPES)}"
+            )
+        if self.mlp_type not in MLP_TYPES:
+            raise MygptError(
+                f"unknown MLP type {self.mlp_type!r} — use one of: {', '.join(MLP_TYPES)}"
+            )
+        if self.mlp_type == "gelu" and self.mlp_hidden != 4 * self.embed_dim:
+            raise MygptError(
+                f"--mlp-hidden {self.mlp_hidden} with --mlp gelu: the book's GELU MLP is always "
+                f"4 x embed_dim = {4 * self.embed_dim} wide — drop --mlp-hidden or use --mlp swiglu"
             )
         if self.embed_dim % self.num_heads:
             raise MygptError(
@@ -105,6 +133,8 @@ class ModelConfig:
             norm_type=flags["norm"],
             position_type=flags["position"],
             dropout=flags.get("dropout", 0.0),
+            mlp_type=flags.get("mlp", "gelu"),
+            mlp_hidden=flags.get("mlp_hidden"),
         )
 
     @classmethod

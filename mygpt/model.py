@@ -49,12 +49,25 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"{b}.mha.W_V.weight"] = (kv, C)
         shapes[f"{b}.mha.W_O.weight"] = (C, C)
         norm(f"{b}.ln2")
-        shapes[f"{b}.mlp.fc1.weight"] = (4 * C, C)
-        shapes[f"{b}.mlp.fc1.bias"] = (4 * C,)
-        shapes[f"{b}.mlp.fc2.weight"] = (C, 4 * C)
-        shapes[f"{b}.mlp.fc2.bias"] = (C,)
+        shapes.update(_mlp_shapes(cfg, b))
     norm("ln_f")
     return shapes
+
+
+def _mlp_shapes(cfg: ModelConfig, b: str) -> dict[str, tuple[int, ...]]:
+    C, H = cfg.embed_dim, cfg.mlp_hidden
+    if cfg.mlp_type == "swiglu":  # Llama's gated MLP: down(silu(gate(x)) * up(x)), no biases
+        return {
+            f"{b}.mlp.gate.weight": (H, C),
+            f"{b}.mlp.up.weight": (H, C),
+            f"{b}.mlp.down.weight": (C, H),
+        }
+    return {
+        f"{b}.mlp.fc1.weight": (H, C),
+        f"{b}.mlp.fc1.bias": (H,),
+        f"{b}.mlp.fc2.weight": (C, H),
+        f"{b}.mlp.fc2.bias": (C,),
+    }
 
 
 def count_params(cfg: ModelConfig) -> int:
@@ -84,8 +97,8 @@ def init_params(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _fan_in(bias_name: str, cfg: ModelConfig) -> int:
-    # A bias shares its layer's fan-in: fc1 reads C features, fc2 reads 4C.
-    return 4 * cfg.embed_dim if ".fc2." in bias_name else cfg.embed_dim
+    # A bias shares its layer's fan-in: fc1 reads C features, fc2 reads the hidden width (4C).
+    return cfg.mlp_hidden if ".fc2." in bias_name else cfg.embed_dim
 
 
 # --- KV cache --------------------------------------------------------------------------------
@@ -181,6 +194,16 @@ def _attention(
     return ops.linear(out, p(f"{b}.mha.W_O.weight"))
 
 
+def _mlp(ops, cfg: ModelConfig, p: Callable[[str], Array], b: str, h: Array) -> Array:
+    if cfg.mlp_type == "swiglu":
+        gated = ops.silu(ops.linear(h, p(f"{b}.mlp.gate.weight"))) * ops.linear(
+            h, p(f"{b}.mlp.up.weight")
+        )
+        return ops.linear(gated, p(f"{b}.mlp.down.weight"))
+    h = ops.gelu(ops.linear(h, p(f"{b}.mlp.fc1.weight"), p(f"{b}.mlp.fc1.bias")))
+    return ops.linear(h, p(f"{b}.mlp.fc2.weight"), p(f"{b}.mlp.fc2.bias"))
+
+
 def forward(
     ops,
     cfg: ModelConfig,
@@ -225,8 +248,7 @@ def forward(
         h = _norm(ops, cfg, params, f"{b}.ln1", x, dtype)
         x = x + _attention(ops, cfg, p, b, h, i, cache, offset, dropout)
         h = _norm(ops, cfg, params, f"{b}.ln2", x, dtype)
-        h = ops.gelu(ops.linear(h, p(f"{b}.mlp.fc1.weight"), p(f"{b}.mlp.fc1.bias")))
-        x = x + ops.linear(h, p(f"{b}.mlp.fc2.weight"), p(f"{b}.mlp.fc2.bias"))
+        x = x + _mlp(ops, cfg, p, b, h)
     x = _norm(ops, cfg, params, "ln_f", x, dtype)
     if cache is not None:
         cache.offset += T
@@ -253,6 +275,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     """
     C, L = cfg.embed_dim, cfg.num_layers
     kv = cfg.num_kv_heads * cfg.head_dim
-    matmul = L * (2 * C * C + 2 * C * kv + 8 * C * C) + C * cfg.vocab_size
+    mlp = (3 if cfg.mlp_type == "swiglu" else 2) * C * cfg.mlp_hidden  # gate+up+down or fc1+fc2
+    matmul = L * (2 * C * C + 2 * C * kv + mlp) + C * cfg.vocab_size
     attention = L * 2 * seq_len * C  # QK^T and AV, causal halves it, x2 mul-add
     return 6 * matmul + 6 * attention

@@ -18,6 +18,10 @@ what the book's Ch.27 comparison measures; they are not cumulative. Chapter mapp
 - Ch.26 grouped-query attention      -> ``ch26-gqa``
 - Ch.27 all of the model/optimiser changes together -> ``ch27-modern``
 - Ch.28 the scaled-up Wikipedia run  -> ``ch28-wikipedia``
+
+Beyond the book: ``llama`` is ``ch27-modern`` with ``--mlp swiglu``, which makes the model exactly a
+Llama (``mygpt export`` writes it as ``LlamaForCausalLM``, read natively by mlx-lm, llama.cpp's
+converter and vLLM). ``--recipe 27`` still means ``ch27-modern``.
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ _ALL = [
            {"num_kv_heads": 2}),
     Recipe("ch27-modern", 27, "Part-II model: RMSNorm, RoPE, GQA, cosine+warmup, clipping, bf16 where native",
            dict(_MODERN)),
+    Recipe("llama", 27, "beyond the book: ch27-modern with Llama's SwiGLU MLP, exactly a Llama (exports as LlamaForCausalLM)",
+           {**_MODERN, "mlp": "swiglu"}),
     Recipe("ch28-wikipedia", 28, "the book's scaled-up run: BPE 1024 merges, 192 wide, seq 256, 10k steps",
            {
                "tokenizer": "bpe",

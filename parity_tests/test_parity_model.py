@@ -17,7 +17,7 @@ def test_all_twelve_variants_are_checked():
         for n in ("layer", "rms")
         for p in ("learned", "rope")
         for k in ("mha", "gqa", "mqa")
-    }
+    } | {f"rms/rope/{k}/swiglu" for k in ("mha", "gqa", "mqa")} | {"layer/learned/mha/swiglu"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -26,3 +26,13 @@ def test_model_forward_and_grads(check, dtype, cross_pair, check_rows):
     rows = run_check(check, *cross_pair, dtype)
     check_rows(rows)
     assert {r.name.rsplit(" ", 1)[1] for r in rows} == {"logits", "loss", "grads"}
+
+
+def test_swiglu_rows_run_the_gated_mlp():
+    """A swiglu row whose model silently fell back to the GELU MLP would prove nothing."""
+    from mygpt.model import param_shapes
+    from mygpt.parity import tiny_config
+
+    assert any(c.name.endswith("/swiglu") for c in MODEL_CHECKS)
+    shapes = param_shapes(tiny_config("rms", "rope", "gqa", mlp_type="swiglu"))
+    assert "blocks.0.mlp.gate.weight" in shapes and "blocks.0.mlp.fc1.weight" not in shapes

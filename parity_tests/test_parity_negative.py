@@ -59,6 +59,11 @@ def _tiled_gqa(ops, q, k, v, scale, dropout=0.0):
     return ops.attention(q, k, v, scale, dropout)
 
 
+def _gelu_for_silu(ops, x):
+    """SwiGLU's gate with the GPT MLP's activation (a Llama port's classic slip)."""
+    return ops.gelu(x)
+
+
 def _no_clip(ops, grads, max_norm):
     _, norm = ops.clip_grad_norm(grads, max_norm)
     return grads, norm
@@ -122,8 +127,15 @@ def test_a_mistake_shared_by_both_backends_is_caught_by_numpy(pair):
         (dict(attention=_tiled_gqa), "model layer/learned/gqa"),
         (dict(attention=_upper_left_causal), "kv-cache decode rope/gqa"),
         (dict(clip_grad_norm=_no_clip), "train 8 steps"),
+        (dict(silu=_gelu_for_silu), "model rms/rope/gqa/swiglu"),
     ],
-    ids=["model-rope-layout", "model-gqa-tiled", "cache-causal-align", "train-no-clip"],
+    ids=[
+        "model-rope-layout",
+        "model-gqa-tiled",
+        "cache-causal-align",
+        "train-no-clip",
+        "swiglu-gate",
+    ],
 )
 def test_model_check_catches_a_wrong_candidate(broken_op, check_name, pair):
     ref, cand = pair

@@ -12,7 +12,17 @@ OP_CHECKS = [c for c in CHECKS if c.kind == "op"]
 
 def test_every_op_the_issue_names_is_checked():
     names = " ".join(c.name for c in OP_CHECKS)
-    for op in ("layer_norm", "rms_norm", "rope", "attention", "softmax", "gelu", "cross_entropy"):
+    ops = (
+        "layer_norm",
+        "rms_norm",
+        "rope",
+        "attention",
+        "softmax",
+        "gelu",
+        "silu",
+        "cross_entropy",
+    )
+    for op in ops:
         assert op in names
     # GQA/MQA heads and query length < key length (cached decoding) are among the attention cases
     assert "kv1" in names and "kv2" in names and "Tq1/Tk9" in names and "Tq3/Tk8" in names

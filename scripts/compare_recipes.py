@@ -1,7 +1,7 @@
 """The book's Ch.27 comparison: the Ch.17 baseline against the modern recipe (and single changes).
 
 Usage:
-    uv run python scripts/compare_recipes.py                      # baseline vs modern, torch, 2000 steps
+    uv run python scripts/compare_recipes.py                      # baseline, modern, llama; torch, 2000 steps
     uv run python scripts/compare_recipes.py --singles            # + ch19..ch26 single changes
     uv run python scripts/compare_recipes.py --backend torch --backend mlx --steps 500
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from mygpt.recipes import get_recipe  # noqa: E402
 
-DEFAULT_RECIPES = ["ch17-baseline", "ch27-modern"]
+DEFAULT_RECIPES = ["ch17-baseline", "ch27-modern", "llama"]  # llama: ch27-modern + SwiGLU
 SINGLES = ["ch19-bf16", "ch21-cosine", "ch22-bpe", "ch24-rmsnorm", "ch25-rope", "ch26-gqa"]
 MARKS = (500, 1000, 2000)
 OPENBLAS_PATHS = (
@@ -262,7 +262,7 @@ def plot(rows: list[dict], path: Path, smooth: int = 50) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=default_data())
-    ap.add_argument("--recipe", action="append", help="recipes to run (default: ch17, ch27)")
+    ap.add_argument("--recipe", action="append", help="recipes to run (default: ch17, ch27, llama)")
     ap.add_argument("--singles", action="store_true", help="add the ch19..ch26 single changes")
     ap.add_argument("--bf16-on-cpu", action="store_true", help="run ch19-bf16 on a CPU too")
     ap.add_argument("--backend", action="append", choices=["torch", "mlx"])

@@ -25,7 +25,7 @@ def test_every_recipe_flag_is_a_train_parameter_with_a_valid_value():
 
 
 def test_chapters_and_key_recipes():
-    assert [r.chapter for r in RECIPES.values()] == [17, 19, 20, 21, 22, 24, 25, 26, 27, 28]
+    assert [r.chapter for r in RECIPES.values()] == [17, 19, 20, 21, 22, 24, 25, 26, 27, 27, 28]
     assert get_recipe("ch17-baseline").flags == {}
     modern = get_recipe("ch27-modern").flags
     assert modern["norm"] == "rms" and modern["position"] == "rope"
@@ -33,6 +33,8 @@ def test_chapters_and_key_recipes():
     assert modern["warmup"] == 100 and modern["max_grad_norm"] == 1.0
     assert get_recipe("ch26-gqa").flags == {"num_kv_heads": 2}
     assert get_recipe("ch28-wikipedia").flags["seq_len"] == 256
+    assert get_recipe("llama").flags == {**modern, "mlp": "swiglu"}
+    assert get_recipe("27").name == "ch27-modern"  # the chapter number still means the book's
 
 
 def test_expands_to_command_line_text():

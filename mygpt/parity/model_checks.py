@@ -32,16 +32,21 @@ def _forward_and_grads(ops: Ops, cfg: ModelConfig, params, x, y, dtype: str):
 
 
 #: --quick keeps a covering subset: every norm, position and kv-head option at least once
-_QUICK_MODELS = {("layer", "learned", "mha"), ("rms", "rope", "gqa"), ("layer", "rope", "mqa")}
+_QUICK_MODELS = {
+    ("layer", "learned", "mha", "gelu"),
+    ("rms", "rope", "gqa", "gelu"),
+    ("layer", "rope", "mqa", "gelu"),
+    ("rms", "rope", "gqa", "swiglu"),
+}
 
 
-def model_check(norm: str, position: str, kv: str) -> ParityCheck:
-    name = f"model {norm}/{position}/{kv}"
+def model_check(norm: str, position: str, kv: str, mlp: str = "gelu") -> ParityCheck:
+    name = f"model {norm}/{position}/{kv}" + ("" if mlp == "gelu" else f"/{mlp}")
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         if ref is None:
             return []
-        cfg = tiny_config(norm, position, kv)
+        cfg = tiny_config(norm, position, kv, mlp_type=mlp)
         params = init_params(cfg, seed=1)
         x, y = token_batch(cfg, seed=2, B=2, T=8 if dtype == "float32" else 6)
         lc, fc, gc = _forward_and_grads(cand, cfg, params, x, y, dtype)
@@ -53,15 +58,17 @@ def model_check(norm: str, position: str, kv: str) -> ParityCheck:
             compare_rel_max(f"{name} grads", dtype, cand, vs, gc, gr, GRAD_TOL[dtype]),
         ]
 
-    return ParityCheck(name, check, quick=(norm, position, kv) in _QUICK_MODELS, kind="model")
+    quick = (norm, position, kv, mlp) in _QUICK_MODELS
+    return ParityCheck(name, check, quick=quick, kind="model")
 
 
-def kv_cache_check(position: str, kv: str) -> ParityCheck:
+def kv_cache_check(position: str, kv: str, mlp: str = "gelu") -> ParityCheck:
     """Prefix with a cache, then a 3-token chunk, then token by token == one full forward."""
-    name = f"kv-cache decode {position}/{kv}"
+    name = f"kv-cache decode {position}/{kv}" + ("" if mlp == "gelu" else f"/{mlp}")
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
-        cfg = tiny_config("rms" if position == "rope" else "layer", position, kv)
+        norm = "rms" if position == "rope" else "layer"
+        cfg = tiny_config(norm, position, kv, mlp_type=mlp)
         params = init_params(cfg, seed=6)
         x, _ = token_batch(cfg, seed=7, B=2, T=12)
         P = {k: cand.asarray(v) for k, v in params.items()}

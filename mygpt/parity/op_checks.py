@@ -18,6 +18,7 @@ from mygpt.parity.reference import (
     np_layer_norm,
     np_rms_norm,
     np_rope,
+    np_silu,
     np_softmax,
 )
 
@@ -134,6 +135,12 @@ def _pointwise_checks(C: int = 48) -> list[ParityCheck]:
             lambda r: {"x": r.uniform(-6.0, 6.0, (4, 257))},
             lambda ops, a: ops.gelu(a["x"]),
             lambda i: np_gelu(i["x"]),
+        ),
+        op_check(
+            "silu",  # SwiGLU's gate (--mlp swiglu)
+            lambda r: {"x": r.uniform(-8.0, 8.0, (4, 257))},
+            lambda ops, a: ops.silu(a["x"]),
+            lambda i: np_silu(i["x"]),
         ),
         op_check(
             "cross_entropy",

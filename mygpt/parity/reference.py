@@ -67,6 +67,12 @@ def np_softmax(x, axis: int = -1) -> np.ndarray:
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
+def np_silu(x) -> np.ndarray:
+    """SiLU, ``x * sigmoid(x)``: SwiGLU's gate (``--mlp swiglu``)."""
+    x = f64(x)
+    return x / (1.0 + np.exp(-x))
+
+
 def np_gelu(x) -> np.ndarray:
     """The exact GELU, ``x * Phi(x)`` with the error function (not the tanh approximation)."""
     x = f64(x)

@@ -18,10 +18,15 @@ def _all_checks() -> list[ParityCheck]:
             for p in ("learned", "rope")
             for k in ("mha", "gqa", "mqa")
         ],
+        # --mlp swiglu: the Llama combination with every K/V layout, and once with the book's
+        # norm and positions (the MLP is independent of them)
+        *[model_check("rms", "rope", k, "swiglu") for k in ("mha", "gqa", "mqa")],
+        model_check("layer", "learned", "mha", "swiglu"),
         ParityCheck("adamw+clip", adamw_check, dtypes=("float32",), kind="optimizer"),
         kv_cache_check("learned", "mha"),
         kv_cache_check("rope", "gqa"),
         kv_cache_check("rope", "mqa"),
+        kv_cache_check("rope", "gqa", "swiglu"),
         train_check(30, quick=False),
         train_check(8, quick=True),
         *step_checks(),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mygpt.config import NORM_TYPES, POSITION_TYPES, ModelConfig
+from mygpt.config import MLP_TYPES, NORM_TYPES, POSITION_TYPES, ModelConfig
 from mygpt.data.cache import TOKENIZER_KINDS
 from mygpt.errors import MygptError
 from mygpt.precision import PRECISIONS
@@ -85,6 +85,19 @@ class TrainConfig:
     norm: str = setting(_MODEL["norm_type"], "Normalization.", choices=NORM_TYPES)
     position: str = setting(_MODEL["position_type"], "Positions.", choices=POSITION_TYPES)
     dropout: float = setting(_MODEL["dropout"], "On the attention probabilities (training).")
+    mlp: str = setting(
+        _MODEL["mlp_type"],
+        "gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases).",
+        choices=MLP_TYPES,
+    )
+    mlp_hidden: int | None = setting(
+        None, "swiglu hidden width (default 8/3 C, rounded up to 8).", type=int
+    )
+    init_from: str | None = setting(
+        None,
+        "Start from this checkpoint's weights, architecture and tokenizer (fresh optimizer).",
+        type=str,
+    )
     extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def model_config(self, vocab_size: int) -> ModelConfig:

@@ -23,6 +23,7 @@ from mygpt.backends.distributed import PeerLost
 from mygpt.checkpoint import Checkpoint
 from mygpt.console import console
 from mygpt.errors import MygptError
+from mygpt.init_from import init_checkpoint
 from mygpt.train.checkpointing import Saver, load_resumable
 from mygpt.train.config import TrainConfig, TrainResult, resume_config
 from mygpt.train.data import RunData, load_data
@@ -54,16 +55,18 @@ def train(
         raise MygptError("train() needs a TrainConfig or a checkpoint to resume")
     try:
         tc.validate()
+        # --init-from: weights, architecture and tokenizer of a checkpoint, a fresh optimizer
+        init = init_checkpoint(tc) if ckpt is None else None
         # the architecture flags too, before minutes of corpus encoding (vocab size comes later)
-        if ckpt is None:
+        if ckpt is None and init is None:
             tc.model_config(vocab_size=1)
         run = start_run(tc)
     except MygptError as e:
         e.every_rank = True  # the same settings on every rank: one rank says so
         raise
     try:
-        rd = load_data(run, tc, _tokenizer_of(ckpt))
-        state = init_state(run, tc, rd, ckpt)
+        rd = load_data(run, tc, _tokenizer_of(ckpt or init))
+        state = init_state(run, tc, rd, ckpt, init)
         return _train_loop(run, tc, rd, state, ckpt is not None, on_log)
     except PeerLost as e:
         raise MygptError(str(e)) from None

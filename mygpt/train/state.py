@@ -32,10 +32,15 @@ class TrainState:
     start_step: int
 
 
-def init_state(run: Run, tc: TrainConfig, rd: RunData, ckpt: Checkpoint | None) -> TrainState:
+def init_state(
+    run: Run, tc: TrainConfig, rd: RunData, ckpt: Checkpoint | None, init: Checkpoint | None = None
+) -> TrainState:
+    """Weights from ``ckpt`` (a resume: optimizer and samplers too), or ``init`` (--init-from:
+    weights only), or the seeded init."""
     ops = run.ops
-    if ckpt is not None:
-        cfg, np_params = ckpt.config, ckpt.params
+    source = ckpt or init
+    if source is not None:
+        cfg, np_params = source.config, source.params
         if cfg.vocab_size != rd.tokenizer.vocab_size:
             raise MygptError(
                 "checkpoint's vocab size does not match its tokenizer — the file is inconsistent"

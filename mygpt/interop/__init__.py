@@ -1,0 +1,1 @@
+"""The Hugging Face format, both ways: `mygpt export` and `mygpt import`."""

@@ -1,0 +1,61 @@
+"""``--push-to-hub USER/REPO``: upload an exported directory with ``huggingface_hub``.
+
+With no network this fails in about a second with one line, as ``mygpt data download`` does: the
+Hub's host name is resolved first, because huggingface_hub retries a dead connection for ~25 s.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mygpt.data.download import _check_hub_resolves, _network_error, _offline_env
+from mygpt.errors import MygptError, UsageError
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_repo_id(repo: str) -> None:
+    if not _REPO_ID.fullmatch(repo) or ".." in repo or repo.endswith(".git"):
+        raise UsageError(f"--push-to-hub {repo!r} is not a repository id — write it as USER/REPO")
+
+
+def push(outdir: Path, repo: str, private: bool = False) -> str:
+    """Create ``repo`` (a model repository) if needed and upload ``outdir``; returns its URL."""
+    check_repo_id(repo)
+    if _offline_env():
+        raise MygptError(
+            f"can't push to {repo}: offline mode is on (HF_HUB_OFFLINE=1) — unset it, or upload "
+            f"{outdir} later with `hf upload {repo} {outdir}`"
+        )
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        _check_hub_resolves()
+        api = HfApi()
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo, folder_path=str(outdir), repo_type="model",
+            commit_message="Upload a model exported by mygpt",
+        )  # fmt: skip
+    except Exception as e:
+        raise _push_error(e, repo, outdir) from None
+    return str(getattr(info, "repo_url", None) or f"https://huggingface.co/{repo}")
+
+
+def _push_error(e: BaseException, repo: str, outdir: Path) -> MygptError:
+    later = f"the export in {outdir} is complete; upload it later with `hf upload {repo} {outdir}`"
+    if _network_error(e):
+        return MygptError(
+            f"can't reach the Hugging Face Hub to push {repo} (no network?) — {later}"
+        )
+    name = type(e).__name__
+    first = str(e).strip().splitlines()[0] if str(e).strip() else name
+    if name in {"HfHubHTTPError", "HTTPError"} or "401" in first or "403" in first:
+        return MygptError(
+            f"the Hub refused the push to {repo} ({first}) — log in with `hf auth login` "
+            f"(a token with write access); {later}"
+        )
+    return MygptError(f"pushing to {repo} failed ({name}: {first}) — {later}")
