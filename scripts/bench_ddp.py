@@ -14,7 +14,10 @@ recipe (so every world size does the same work per step). It reports, per rank 0
   collective, and splitting back);
 * that time's share of the step.
 
-Every rank uses ``cores // N`` compute threads (one thread per rank on a 2-core machine).
+Every rank uses ``cores // N`` compute threads (one thread per rank on a 2-core machine). The
+table also times one process on one rank's share of the cores (``1 (Nt)``): N processes against
+it is the scaling efficiency, N x being perfect; N processes against one process on the whole
+machine says whether data parallelism beats the framework's own threads on the same cores.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from mygpt.backends.cpu import physical_cores
 
 CONFIGS = {"ch17": "ch17-baseline", "ch28": "ch28-wikipedia"}
 
@@ -85,7 +90,7 @@ def worker(args: argparse.Namespace) -> None:
     dist.close()
 
 
-def launch(args: argparse.Namespace, config: str, n: int) -> dict:
+def launch(args: argparse.Namespace, config: str, n: int, threads: int | None = None) -> dict:
     me = [__file__, "--worker", "--backend", args.backend, "--config", config]
     me += ["--steps", str(args.steps)]
     if n == 1:
@@ -98,6 +103,8 @@ def launch(args: argparse.Namespace, config: str, n: int) -> dict:
         cmd += ["--", sys.executable, *me]
     env = dict(os.environ)
     env.pop("MYGPT_THREADS", None)  # each engine's ranks split the cores (see the docstring)
+    if threads:
+        env["MYGPT_THREADS"] = str(threads)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -122,26 +129,33 @@ def main() -> None:
         f"{args.backend}, global batch of each recipe, {args.steps} timed steps, medians of "
         f"{args.rounds} interleaved rounds"
     )
-    print("config  procs threads  step ms  tokens/s  all-reduce ms/step  comm share  speed-up")
+    print("config  procs threads  step ms  tokens/s  all-reduce ms/step  comm share  vs 1 process")
+    share = max(1, physical_cores() // args.nprocs)
     for config in args.configs.split(","):
-        runs: dict[int, list[dict]] = {1: [], args.nprocs: []}
+        # 1 process on the whole machine, 1 process on one rank's share of it, N processes
+        variants = {
+            "1": (1, None),
+            f"1 ({share}t)": (1, share),
+            str(args.nprocs): (args.nprocs, None),
+        }
+        runs: dict[str, list[dict]] = {k: [] for k in variants}
         for _ in range(args.rounds):
-            for n in runs:
-                runs[n].append(launch(args, config, n))
-        base = statistics.median(r["tokens_per_s"] for r in runs[1])
-        for n, rs in runs.items():
+            for k, (n, threads) in variants.items():
+                runs[k].append(launch(args, config, n, threads))
+        base = statistics.median(r["tokens_per_s"] for r in runs["1"])
+        for k, rs in runs.items():
             med = {
-                k: statistics.median(r[k] for r in rs)
-                for k in ("step_ms", "tokens_per_s", "allreduce_ms")
+                key: statistics.median(r[key] for r in rs)
+                for key in ("step_ms", "tokens_per_s", "allreduce_ms")
             }
-            share = med["allreduce_ms"] / med["step_ms"]
             print(
-                f"{config:6}  {n:5}  {rs[0]['threads'] or '-':>7}  {med['step_ms']:7.1f}  "
-                f"{med['tokens_per_s']:8,.0f}  {med['allreduce_ms']:18.2f}  {share:10.1%}  "
-                f"{med['tokens_per_s'] / base:7.2f}x"
+                f"{config:6}  {k:>5}  {rs[0]['threads'] or '-':>7}  {med['step_ms']:7.1f}  "
+                f"{med['tokens_per_s']:8,.0f}  {med['allreduce_ms']:18.2f}  "
+                f"{med['allreduce_ms'] / med['step_ms']:10.1%}  {med['tokens_per_s'] / base:11.2f}x"
             )
         print(
-            f"        ({rs[0]['params']:,} parameters = {rs[0]['params'] * 4 / 2**20:.2f} MB of fp32 gradients per step)"
+            f"        ({rs[0]['params']:,} parameters = {rs[0]['params'] * 4 / 2**20:.2f} MB of "
+            "fp32 gradients per step)"
         )
 
 
