@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mygpt.errors import MygptError
+from mygpt.fileio import atomic_write, check_output_path
 
 
 def metrics_path(run: str | Path) -> Path:
@@ -67,6 +68,7 @@ def plot_runs(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    output = check_output_path(output, "--output")  # before reading any run
     labels = labels or [Path(r).name.replace(".metrics.jsonl", "") for r in runs]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (run, label) in enumerate(zip(runs, labels)):
@@ -85,8 +87,9 @@ def plot_runs(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    fmt = output.suffix.lstrip(".").lower() or "png"
+    try:
+        atomic_write(output, lambda f: fig.savefig(f, format=fmt, dpi=120), "--output")
+    finally:
+        plt.close(fig)
     return output

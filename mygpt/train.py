@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -29,6 +28,8 @@ from mygpt import model
 from mygpt.checkpoint import Checkpoint, load_checkpoint, save_book_checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
+from mygpt.fileio import check_output_path
+from mygpt.metrics import MetricsLog, metrics_path_for
 from mygpt.precision import resolve_precision
 from mygpt.progress import Progress
 from mygpt.schedule import lr_at
@@ -250,6 +251,9 @@ def train(
 
     ckpt = resume if isinstance(resume, Checkpoint) or resume is None else load_resumable(resume)
     tc.validate()
+    # refuse an output that cannot be written before minutes of work (see mygpt/fileio.py)
+    check_output_path(tc.output, "--output")
+    MetricsLog(metrics_path_for(tc.output)).check()
     # the architecture flags too, before minutes of corpus encoding (the vocab size comes later)
     if ckpt is None:
         tc.model_config(vocab_size=1)
@@ -331,11 +335,8 @@ def train(
         return model.loss_fn(ops, cfg, p, x, y, dtype=dtype, train=False)
 
     output = Path(tc.output)
-    metrics_path = output.with_name(output.stem + ".metrics.jsonl")
-    if ckpt is None and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
-    elif ckpt is not None and metrics_path.exists():
-        _truncate_metrics(metrics_path, start_step)
+    # a fresh run starts a fresh log; a resumed one keeps the lines up to its step
+    log = MetricsLog(metrics_path_for(output)).open(start_step if ckpt is not None else None)
 
     def evaluate() -> float:
         with ops.inference():
@@ -383,27 +384,28 @@ def train(
         now = time.perf_counter()
         rate = steps_window * tokens_per_step / max(now - t_window, 1e-9)
         t_window, steps_window = now, 0
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            for s, loss_arr, lr in pending:
-                loss = ops.item(loss_arr)
-                if not math.isfinite(loss):
-                    pending.clear()
-                    raise MygptError(
-                        f"loss became {loss} at step {s} — stopped; the last good checkpoint "
-                        f"(step {last_good_step}) is kept. Try a lower --lr, --max-grad-norm 1.0 or fp32"
-                    )
-                last_loss = loss
-                rec = {
-                    "step": s,
-                    "loss": loss,
-                    "lr": lr,
-                    "tokens_per_s": rate,
-                    "elapsed_s": now - t_start,
-                }
-                f.write(json.dumps(rec) + "\n")
-                if on_log:
-                    on_log(rec)
+        for s, loss_arr, lr in pending:
+            loss = ops.item(loss_arr)
+            if not math.isfinite(loss):
+                pending.clear()
+                log.flush()
+                raise MygptError(
+                    f"loss became {loss} at step {s} — stopped; the last good checkpoint "
+                    f"(step {last_good_step}) is kept. Try a lower --lr, --max-grad-norm 1.0 or fp32"
+                )
+            last_loss = loss
+            rec = {
+                "step": s,
+                "loss": loss,
+                "lr": lr,
+                "tokens_per_s": rate,
+                "elapsed_s": now - t_start,
+            }
+            log.append(rec)
+            if on_log:
+                on_log(rec)
         pending.clear()
+        log.flush()
         progress.update(
             step,
             loss=last_loss,
@@ -440,8 +442,8 @@ def train(
                     flush(step)
                 if is_eval:
                     last_val = evaluate()
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": step, "val_loss": last_val}) + "\n")
+                    log.append({"step": step, "val_loss": last_val})
+                    log.flush()
                     progress.update(step, loss=last_loss, val=last_val, lr=lr)
                 if is_print:
                     line = f"step {step}: loss = {last_loss:.4f}"
@@ -458,46 +460,31 @@ def train(
                             f"saved {output} at step {step}; resume with --resume {output}"
                         )
                         break
+        except BaseException:
+            log.close_after_error()
+            raise
         finally:
             progress.close()
 
     wall = time.perf_counter() - t_start
     done = step - start_step
     tps = done * tokens_per_step / max(wall, 1e-9)
-    with open(metrics_path, "a", encoding="utf-8") as f:
-        f.write(
-            json.dumps(
-                {
-                    "event": "interrupted" if interrupted else "end",
-                    "step": step,
-                    "wall_s": wall,
-                    "params": n_params,
-                    "tokens_per_s": tps,
-                    "backend": ops.name,
-                    "device": ops.device,
-                    "precision": dtype,
-                }
-            )
-            + "\n"
-        )
+    log.append(
+        {
+            "event": "interrupted" if interrupted else "end",
+            "step": step,
+            "wall_s": wall,
+            "params": n_params,
+            "tokens_per_s": tps,
+            "backend": ops.name,
+            "device": ops.device,
+            "precision": dtype,
+        }
+    )
+    log.close()
     _status(
         f"{'interrupted' if interrupted else 'done'}: {done} steps in {wall:.1f} s "
         f"({tps:,.0f} tokens/s) · checkpoint {output}"
     )
     return TrainResult(step, last_loss, last_val, wall, tps, output, interrupted)
 
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint's step (they belong to the lost tail)."""
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "event" in rec or rec.get("step", 0) > step:
-            continue
-        kept.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-    os.replace(tmp, path)
