@@ -49,7 +49,9 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
             f"(mkdir -p {parent}) or pass another path"
         )
     if not parent.is_dir():
-        raise MygptError(f"{parent} (the directory of {what} {path}) is not a directory — pass another path")
+        raise MygptError(
+            f"{parent} (the directory of {what} {path}) is not a directory — pass another path"
+        )
     if path.is_dir():
         raise MygptError(f"{what} {path} is a directory — pass a file path")
     if path.exists() and not os.stat(path).st_mode & 0o222:
@@ -172,14 +174,18 @@ def _open_temp(path: Path) -> tuple[int, Path | None]:
     flag = getattr(os, "O_TMPFILE", 0)
     if flag:
         try:  # mode 0o666: the kernel applies the umask, as open() does
-            return os.open(path.parent, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666), None
+            return os.open(
+                path.parent, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666
+            ), None
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
                 raise
     tmp = _temp_name(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+    return os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+    ), tmp
 
 
 def _publish(fd: int, tmp: Path | None, path: Path) -> Path:
@@ -207,7 +213,9 @@ def _fsync_dir(d: Path) -> None:
             os.close(dfd)
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], object], what: str = "output") -> Path:
+def atomic_write(
+    path: str | os.PathLike, writer: Callable[[BinaryIO], object], what: str = "output"
+) -> Path:
     """Write ``path`` atomically with ``writer(f)`` (``f`` a binary file); see the module doc.
 
     Any ``OSError`` (from the OS or from ``writer``) becomes a one-line :class:`MygptError`; any

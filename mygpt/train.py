@@ -487,4 +487,3 @@ def train(
         f"({tps:,.0f} tokens/s) · checkpoint {output}"
     )
     return TrainResult(step, last_loss, last_val, wall, tps, output, interrupted)
-

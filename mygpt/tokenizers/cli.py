@@ -137,8 +137,15 @@ def encode_cmd(
     atomic_write(
         output,
         lambda out: counted.append(
-            encode_file(tok, file, out, dtype=dt, workers=workers, progress=progress,
-                        allowed_special=allowed)  # fmt: skip
+            encode_file(
+                tok,
+                file,
+                out,
+                dtype=dt,
+                workers=workers,
+                progress=progress,
+                allowed_special=allowed,
+            )  # fmt: skip
         ),
         "--output",
     )
