@@ -214,9 +214,17 @@ def _fsync_dir(d: Path) -> None:
 
 
 def atomic_write(
-    path: str | os.PathLike, writer: Callable[[BinaryIO], object], what: str = "output"
+    path: str | os.PathLike,
+    writer: Callable[[BinaryIO], object],
+    what: str = "output",
+    *,
+    before_publish: Callable[[], None] | None = None,
 ) -> Path:
     """Write ``path`` atomically with ``writer(f)`` (``f`` a binary file); see the module doc.
+
+    ``before_publish`` runs once the new contents are complete and on disk, just before the
+    rename: e.g. removing a sidecar that describes the old file, so that a failure earlier keeps
+    the old pair intact.
 
     Any ``OSError`` (from the OS or from ``writer``) becomes a one-line :class:`MygptError`; any
     other exception propagates; in every case ``path`` keeps its previous contents and no
@@ -235,6 +243,8 @@ def atomic_write(
             writer(f)
             f.flush()
             os.fsync(fd)
+            if before_publish is not None:
+                before_publish()
             tmp = _publish(fd, tmp, path)
             tmp = None  # renamed: nothing left to clean up
     except OSError as e:

@@ -29,12 +29,16 @@ def read_metrics(run: str | Path) -> tuple[list[tuple[int, float]], list[tuple[i
     """(train points, val points) as (step, loss) lists."""
     train, val = [], []
     path = metrics_path(run)
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
+            if n == len(lines) and not text.endswith("\n"):
+                break  # a line cut short by a killed run: the lines before it are whole
             raise MygptError(
                 f"{path}:{n} is not a JSON line — the metrics file is damaged"
             ) from None
@@ -46,12 +50,23 @@ def read_metrics(run: str | Path) -> tuple[list[tuple[int, float]], list[tuple[i
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
+    """Centred moving average over ``window`` points, narrowed symmetrically near both ends.
+
+    Each output is the mean of a window centred on its own point, so a straight line stays
+    exactly straight and no bend is invented where a trailing window would still be filling
+    (a trailing mean has half the slope over its first ``window`` points: a kink there).
+    """
+    n = len(values)
+    half = max(0, (window - 1) // 2)
+    if half == 0:
+        return list(values)
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    out = []
+    for i in range(n):
+        h = min(half, i, n - 1 - i)
+        out.append((prefix[i + h + 1] - prefix[i - h]) / (2 * h + 1))
     return out
 
 

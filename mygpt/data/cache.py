@@ -228,9 +228,6 @@ def prepare_tokens(
     t0 = time.perf_counter()
     count = 0
     bin_path.parent.mkdir(parents=True, exist_ok=True)
-    # The sidecar goes first so a crash mid-write can never leave an old sidecar describing a new
-    # token file; it is rewritten once the token file is complete.
-    _sidecar_path(bin_path).unlink(missing_ok=True)
 
     def write_tokens(out) -> None:
         nonlocal count
@@ -253,7 +250,15 @@ def prepare_tokens(
                     cleaned.unlink(missing_ok=True)
         out.flush()
 
-    atomic_write(bin_path, write_tokens, "token cache")
+    # The old sidecar goes just before the new token file takes its name, so a crash can never
+    # leave it describing the new file, and a failure before that (a full disk) keeps the old
+    # pair usable; the new sidecar is written once the token file is in place.
+    atomic_write(
+        bin_path,
+        write_tokens,
+        "token cache",
+        before_publish=lambda: _sidecar_path(bin_path).unlink(missing_ok=True),
+    )
     tf = TokenFile(bin_path, dtype, count)
     actual = bin_path.stat().st_size
     if actual != tf.nbytes:
@@ -417,6 +422,8 @@ def prepare_corpus(
     :func:`build_tokenizer`, cached); the corpus is then encoded once into a token file (see
     :func:`prepare_tokens`) that later runs reuse while tokenizer and corpus are unchanged.
     """
+    if output is not None:  # refused before the hashing and training, not after
+        check_output_path(Path(output).expanduser(), "--output")
     t0 = time.perf_counter()
     source = source_identity(path)
     if source["bytes"] == 0:
