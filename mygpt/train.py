@@ -30,7 +30,7 @@ from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.fileio import check_output_path
 from mygpt.metrics import MetricsLog, metrics_path_for
-from mygpt.precision import resolve_precision
+from mygpt.precision import resolve_training_precision
 from mygpt.progress import Progress
 from mygpt.schedule import lr_at
 
@@ -261,12 +261,14 @@ def train(
     backend_name, backend_why = resolve_backend_name(tc.backend)
     ops = get_backend(backend_name, tc.device)
     ops.activate()
-    dtype, why = resolve_precision(ops, tc.precision)
+    dtype, why = resolve_training_precision(ops, tc, ckpt.config if ckpt is not None else None)
     threads = f", {ops.threads} threads: {ops.threads_reason}" if ops.threads else ""
     _status(
         f"backend: {ops.name} ({backend_why}) · device: {ops.device} ({ops.device_reason}{threads}) · "
         f"precision: {dtype} ({why})"
     )
+
+    _warn_slow_blas(ops)
 
     # --- data ---------------------------------------------------------------------------------
     tokenizer, token_file = _load_corpus(
@@ -487,3 +489,11 @@ def train(
         f"({tps:,.0f} tokens/s) · checkpoint {output}"
     )
     return TrainResult(step, last_loss, last_val, wall, tps, output, interrupted)
+
+
+def _warn_slow_blas(ops: Any) -> None:
+    from mygpt.bench import reference_blas_warning  # bench imports this module
+
+    note = reference_blas_warning(ops)
+    if note:
+        _status(note)

@@ -36,6 +36,8 @@ def main() -> int:
                 outcomes.append(faults.run_fault(case, fault, inp, golden, out, real_fs=real))
                 print(f"{case.name} / {fault}: {'ok' if outcomes[-1].ok else 'FAILED'}",
                       file=sys.stderr, flush=True)  # fmt: skip
+    for o in outcomes:  # paths relative to the run's scratch directory, for pasting
+        o.message = o.message.replace(tmp + "/", "")
     print(faults.matrix_table(outcomes))
     return 0 if all(o.ok for o in outcomes) else 1
 

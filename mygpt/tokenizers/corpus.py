@@ -22,6 +22,7 @@ import numpy as np
 import regex
 
 from mygpt.errors import MygptError
+from mygpt.progress import bars_enabled
 from mygpt.tokenizers.base import Tokenizer
 from mygpt.tokenizers.bytebpe import ByteBPETokenizer, check_special
 
@@ -147,7 +148,7 @@ def encode_file(
         workers = 1
 
     bar = None
-    if progress:
+    if progress and bars_enabled():
         from tqdm import tqdm
 
         bar = tqdm(
