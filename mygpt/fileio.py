@@ -309,3 +309,93 @@ def atomic_path(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, what: str = "output directory") -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; fill it (e.g. with
+    :func:`atomic_write`), and on success it replaces ``path`` as a whole: a reader sees the old
+    directory or the complete new one. An existing ``path`` is swapped in one
+    ``renameat2(RENAME_EXCHANGE)`` where the kernel and filesystem have it (else: moved aside,
+    the new one renamed in, the old one removed). On any failure the temporary directory is
+    removed and ``path`` is untouched; an ``OSError`` becomes a one-line :class:`MygptError`.
+    Meant for multi-file outputs such as a Hugging Face export directory.
+    """
+    import shutil
+
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        raise MygptError(
+            f"the directory of {what} {path} does not exist — create it first "
+            f"(mkdir -p {parent}) or pass another path"
+        )
+    if path.exists() and not path.is_dir():
+        raise MygptError(f"{what} {path} is a file — pass a directory path")
+    if not os.access(parent, os.W_OK):
+        err = errno.EROFS if _read_only_fs(parent) else errno.EACCES
+        raise write_error(OSError(err, os.strerror(err)), path, existed=path.exists())
+    _sweep_stale_dirs(path)
+    tmp = _temp_name(path)
+    existed = path.exists()
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp)
+        yield tmp
+        _fsync_tree(tmp)
+        if not existed:
+            os.rename(tmp, path)
+        elif not _exchange(tmp, path):
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            tmp = old  # removed below
+        _fsync_dir(parent)
+    except OSError as e:
+        raise write_error(e, path, existed=existed) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux renameat2); False where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+def _fsync_tree(d: Path) -> None:
+    for root, _dirs, files in os.walk(d):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _sweep_stale_dirs(path: Path) -> None:
+    """Remove temporary or set-aside directories that killed processes left beside ``path``."""
+    import shutil
+
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            name = entry.name
+            for suffix in (_TMP_SUFFIX, ".old"):
+                if name.startswith(prefix) and name.endswith(suffix) and entry.is_dir():
+                    pid = name[len(prefix) : -len(suffix)]
+                    if pid.isdigit() and not _alive(int(pid)):
+                        shutil.rmtree(entry.path, ignore_errors=True)
