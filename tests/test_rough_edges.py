@@ -310,3 +310,13 @@ def test_oserror_messages_are_one_line_with_a_fix(tmp_path):
     for code in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.ENOENT, errno.EIO, errno.EISDIR):
         msg = str(write_error(OSError(code, os.strerror(code)), tmp_path / "x"))
         assert "\n" not in msg and " — " in msg and str(tmp_path / "x") in msg, msg
+
+
+def test_data_download_to_a_missing_parent_is_refused(tmp_path, small_corpus, capsys):
+    out = tmp_path / "missing" / "corpus"
+    rc, err = _run(capsys, ["data", "download", str(small_corpus), "--out", str(out)])
+    assert rc == 1 and "does not exist" in _one_error_line(err)
+    assert not (tmp_path / "missing").exists()
+    # the output directory itself is created when its parent exists
+    assert main(["data", "download", str(small_corpus), "--out", str(tmp_path / "c"), "-q"]) == 0
+    assert (tmp_path / "c").is_dir()
