@@ -103,6 +103,12 @@ def plot_runs(
     ax.legend()
     fig.tight_layout()
     fmt = output.suffix.lstrip(".").lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        raise MygptError(
+            f"can't draw a .{fmt} file — name the --output .png, .svg or .pdf "
+            f"(supported: {', '.join(sorted(fig.canvas.get_supported_filetypes()))})"
+        )
     try:
         atomic_write(output, lambda f: fig.savefig(f, format=fmt, dpi=120), "--output")
     finally:

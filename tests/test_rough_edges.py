@@ -320,3 +320,22 @@ def test_data_download_to_a_missing_parent_is_refused(tmp_path, small_corpus, ca
     # the output directory itself is created when its parent exists
     assert main(["data", "download", str(small_corpus), "--out", str(tmp_path / "c"), "-q"]) == 0
     assert (tmp_path / "c").is_dir()
+
+
+def test_plot_to_an_unknown_format_is_one_line(tmp_path, capsys):
+    metrics = tmp_path / "run.metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 3.0}\n')
+    rc, err = _run(capsys, ["plot", str(metrics), "--output", str(tmp_path / "loss.txt")])
+    assert rc == 1 and ".png" in _one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.metrics.jsonl"]
+
+
+def test_metrics_with_a_torn_last_line_still_read(tmp_path):
+    from mygpt.plot import read_metrics
+
+    p = tmp_path / "run.metrics.jsonl"
+    p.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.5}\n{"step": 3, "lo')
+    assert read_metrics(p)[0] == [(1, 3.0), (2, 2.5)]  # what a SIGKILL mid-append leaves
+    p.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "lo\n{"step": 3, "loss": 2.0}\n')
+    with pytest.raises(MygptError, match=r":2 is not a JSON line"):
+        read_metrics(p)
