@@ -56,3 +56,16 @@ def test_batch_edge_cases():
     assert tok.encode_corpus("ab").tolist() == [2]
     no_merges = BPETokenizer(["a", "b"], [])
     assert no_merges.encode_corpus("ab ba").tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("max_words", [10**6, 50])  # remembered across chunks, or reset often
+def test_words_remembered_across_chunks_give_the_same_ids(wiki_tok, max_words):
+    tok, text = wiki_tok
+    enc = BPETokenizer(tok.chars, tok.merges)
+    enc.encode_corpus("warm up")
+    enc._batch.max_words = max_words
+    for part in (text[2_000_000:2_020_000], text[2_010_000:2_030_000], "x", "", text[:5000]):
+        assert enc.encode_corpus(part).tolist() == _per_word(
+            BPETokenizer(tok.chars, tok.merges), part
+        )
+    assert len(enc._batch.index) <= max(max_words, 6000)

@@ -5,8 +5,8 @@ occurrence left to right, repeat. A corpus has tens of thousands of distinct wor
 and that per-word loop was most of the encoding time (and all of a fresh worker's). Here every
 distinct word of a chunk takes the same step at the same time, as array operations over all of
 them; a word leaves the working set once it has no mergeable pair. Same algorithm, same ids
-(tests compare the two on real text and on generated words), and no cache to warm, so a worker
-process is at full speed from its first chunk.
+(tests compare the two on real text and on generated words). Words met in earlier chunks are
+remembered (:class:`BatchEncoder`), but a fresh worker is fast from its first chunk too.
 """
 
 from __future__ import annotations
@@ -96,25 +96,57 @@ def merge_words(sym: np.ndarray, wid: np.ndarray, nwords: int, t: PairTable):
     return all_sym[order], np.bincount(all_wid, minlength=nwords)
 
 
-def encode_pieces(
-    pieces: list[str], alphabet: np.ndarray, t: PairTable, sym_out: np.ndarray
-) -> np.ndarray:
-    """The ids of ``pieces`` (pre-tokens, in order): characters outside ``alphabet`` (sorted code
-    points; a character's symbol is its index there) are dropped, as the book's corpus encoder does."""
-    words = list(dict.fromkeys(pieces))  # C loops only: no Python code per piece
-    index = dict(zip(words, range(len(words))))
-    word_of = np.fromiter(map(index.__getitem__, pieces), dtype=np.int64, count=len(pieces))
-    cps = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32)
-    char_wid = np.repeat(
-        np.arange(len(words), dtype=np.int64), np.fromiter(map(len, words), np.int64, len(words))
-    )
-    pos = np.searchsorted(alphabet, cps)
-    pos[pos == alphabet.size] = 0
-    known = alphabet[pos] == cps
-    toks, lens = merge_words(pos[known].astype(np.int64), char_wid[known], len(words), t)
-    ids = sym_out[toks]
-    starts = np.cumsum(lens) - lens
-    n = lens[word_of]
-    total = int(n.sum())
-    first = np.repeat(starts[word_of] - (np.cumsum(n) - n), n)
-    return ids[first + np.arange(total, dtype=np.int64)].astype(np.int32)
+class BatchEncoder:
+    """Encodes pre-token lists chunk after chunk. Words seen in earlier chunks are remembered (their
+    ids in one flat array), so a chunk merges only its new words; everything per *piece* is a C
+    loop (dict lookups through ``map``) or a numpy gather. The memory is bounded: past
+    ``max_words`` remembered words it starts afresh."""
+
+    def __init__(
+        self, alphabet: np.ndarray, table: PairTable, sym_out: np.ndarray, max_words: int
+    ) -> None:
+        self.alphabet, self.table, self.sym_out, self.max_words = (
+            alphabet,
+            table,
+            sym_out,
+            max_words,
+        )
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index: dict[str, int] = {}
+        self.ids = np.zeros(0, dtype=np.int32)  # every remembered word's ids, back to back
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.lens = np.zeros(0, dtype=np.int64)
+
+    def _learn(self, words: list[str]) -> None:
+        cps = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32)
+        char_wid = np.repeat(
+            np.arange(len(words), dtype=np.int64),
+            np.fromiter(map(len, words), np.int64, len(words)),
+        )
+        pos = np.searchsorted(self.alphabet, cps)
+        pos[pos == self.alphabet.size] = 0
+        known = self.alphabet[pos] == cps  # the book's corpus policy: unknown characters dropped
+        toks, lens = merge_words(
+            pos[known].astype(np.int64), char_wid[known], len(words), self.table
+        )
+        base = len(self.index)
+        self.index.update(zip(words, range(base, base + len(words))))
+        self.starts = np.concatenate((self.starts, self.ids.size + np.cumsum(lens) - lens))
+        self.lens = np.concatenate((self.lens, lens))
+        self.ids = np.concatenate((self.ids, self.sym_out[toks].astype(np.int32)))
+
+    def encode(self, pieces: list[str]) -> np.ndarray:
+        """The ids of ``pieces`` (pre-tokens, in order), as int32."""
+        distinct = dict.fromkeys(pieces)  # C loops only: no Python code per piece
+        if len(self.index) + len(distinct) > self.max_words:
+            self._reset()
+        index = self.index
+        new = [w for w in distinct if w not in index]
+        if new:
+            self._learn(new)
+        word_of = np.fromiter(map(index.__getitem__, pieces), dtype=np.int64, count=len(pieces))
+        n = self.lens[word_of]
+        first = np.repeat(self.starts[word_of] - (np.cumsum(n) - n), n)
+        return self.ids[first + np.arange(first.size, dtype=np.int64)]
