@@ -45,6 +45,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = ("enospc", "eacces_dir", "missing_dir", "readonly_file", "killed")
+HAS_PROC = Path("/proc/self/fd").is_dir()  # how the faults tell which file a write goes to
 _PAGE = 4096
 
 

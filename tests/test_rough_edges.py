@@ -82,6 +82,7 @@ def test_convert_to_a_missing_directory_is_refused(tmp_path, small_corpus, capsy
 # --- 2. a full disk: the save and the resume's metrics rewrite -------------------------------
 
 
+@pytest.mark.skipif(not faults.HAS_PROC, reason="the patched os.write reads /proc")
 def test_resume_metrics_rewrite_on_full_disk_keeps_the_log(tmp_path):
     from mygpt.metrics import MetricsLog
 
@@ -96,6 +97,7 @@ def test_resume_metrics_rewrite_on_full_disk_keeps_the_log(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.metrics.jsonl"]
 
 
+@pytest.mark.skipif(not faults.HAS_PROC, reason="the patched os.write reads /proc")
 def test_append_on_full_disk_cuts_back_to_whole_lines(tmp_path):
     from mygpt.metrics import MetricsLog
 
@@ -112,6 +114,7 @@ def test_append_on_full_disk_cuts_back_to_whole_lines(tmp_path):
     assert path.read_bytes() == kept
 
 
+@pytest.mark.skipif(not faults.HAS_PROC, reason="the patched os.write reads /proc")
 def test_checkpoint_save_on_full_disk_is_one_line(tmp_path):
     from mygpt.checkpoint import load_checkpoint, save_checkpoint
     from mygpt.config import ModelConfig
