@@ -12,8 +12,8 @@ whether a traceback appeared. The faults:
     then ENOSPC). Otherwise: ``os.write`` patched to do the same for files in that directory.
 ``eacces_dir``
     the directory cannot be written. Root ignores permission bits, so as root the tmpfs is
-    remounted read-only (the OS answers EROFS); otherwise the directory is ``chmod 0555``
-    (EACCES).
+    remounted read-only (the OS answers EROFS), or without a mount ``os.open`` is patched to
+    answer EACCES; not as root, the directory is ``chmod 0555`` (a real EACCES).
 ``missing_dir``
     the output path's directory does not exist.
 ``readonly_file``
@@ -305,6 +305,24 @@ def patched_enospc(d: Path, budget: int) -> Iterator[None]:
         os.write = real
 
 
+@contextlib.contextmanager
+def patched_eacces(d: Path) -> Iterator[None]:
+    """``os.open`` for writing under ``d`` fails with EACCES (for root, whom mode bits don't stop)."""
+    real = os.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | getattr(os, "O_TMPFILE", 0)
+
+    def open_(path, flags, *args, **kw):
+        if flags & writing and os.path.abspath(os.fspath(path)).startswith(str(d)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real(path, flags, *args, **kw)
+
+    os.open = open_
+    try:
+        yield
+    finally:
+        os.open = real
+
+
 def run_cli(argv: list[str]) -> tuple[int | None, str, bool]:
     """(exit code, stderr, traceback seen) of ``mygpt argv`` run in this process."""
     from mygpt.cli import main
@@ -419,6 +437,10 @@ def run_fault(
                     rc, err, tb = run_cli(argv)
                 finally:
                     subprocess.run(["mount", "-o", "remount,rw", str(out)], check=True)
+            elif os.geteuid() == 0:
+                source = "patched os.open (EACCES; root ignores mode bits)"
+                with patched_eacces(out):
+                    rc, err, tb = run_cli(argv)
             else:
                 source = "chmod 0555 (EACCES)"
                 out.chmod(0o555)

@@ -48,3 +48,12 @@ def test_enospc_from_the_patched_layer(prepared, tmp_path):
     o = faults.run_fault(case, "enospc", inp, golden, tmp_path / "out", real_fs=False)
     assert o.ok, o
     assert "no space left" in o.message
+
+
+def test_eacces_from_the_patched_layer(prepared, tmp_path):
+    """Without a mount, root (whom mode bits don't stop) gets EACCES from a patched os.open."""
+    case = faults.CASES[5]  # the plot: quick
+    inp, golden = prepared(case)
+    o = faults.run_fault(case, "eacces_dir", inp, golden, tmp_path / "out", real_fs=False)
+    assert o.ok, o
+    assert "permission denied" in o.message
