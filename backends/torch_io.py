@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mygpt.errors import MygptError
-from mygpt.fileio import atomic_path
+from mygpt.fileio import atomic_write
 
 _NO_TORCH = (
     "reading the book's .ckpt files needs PyTorch — pip install torch "
@@ -141,8 +141,7 @@ def write_torch_checkpoint(path: str | os.PathLike, obj: dict) -> None:
     """
     torch = _import_torch(_NO_TORCH_WRITE)
     converted = _to_torch(obj, torch)
-    with atomic_path(path) as tmp:
-        torch.save(converted, tmp)
+    atomic_write(path, lambda f: torch.save(converted, f), "checkpoint")
 
 
 def book_rope_tables(max_seq_len: int, head_dim: int, base: float = 10000.0):

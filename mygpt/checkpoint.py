@@ -27,7 +27,7 @@ import numpy as np
 
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
-from mygpt.fileio import atomic_path
+from mygpt.fileio import atomic_write_bytes, check_output_path
 
 FORMAT_NAME = "mygpt"
 FORMAT_VERSION = 1
@@ -175,7 +175,7 @@ def save_checkpoint(
     The file is written to a temp path beside ``path``, fsynced, then renamed over it: killing the
     process at any moment leaves the previous checkpoint intact.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     path = Path(path)
     where = f"saving {path}"
@@ -198,8 +198,9 @@ def save_checkpoint(
         raise MygptError(
             f"{where}: the tokenizer or training state is not JSON-serialisable ({e})"
         ) from None
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    # serialised in memory, then written by atomic_write: every OS failure is a one-line error
+    # and the previous checkpoint stays intact (safetensors' own writer raises SafetensorError)
+    atomic_write_bytes(path, save(tensors, metadata=metadata), "checkpoint")
 
 
 def _read_safetensors_header(path: Path, size: int) -> tuple[dict, int]:
@@ -618,6 +619,7 @@ def convert(
         dst = src.with_suffix(".safetensors" if target == "native" else ".ckpt")
     dst = Path(dst)
     target = _target_format(dst, to)
+    check_output_path(dst, "output")
     if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
         raise MygptError(
             f"refusing to overwrite the source checkpoint {src} — choose another output path"

@@ -192,7 +192,11 @@ def convert(src: str, dst: str | None, to: str | None) -> None:
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--output", default="loss.png", show_default=True)
 @click.option(
-    "--smooth", type=int, default=20, show_default=True, help="Moving-average window (steps)."
+    "--smooth",
+    type=int,
+    default=20,
+    show_default=True,
+    help="Centred moving-average window (points); 1 = raw.",
 )
 @click.option("--log-y", is_flag=True)
 def plot(runs: tuple[str, ...], output: str, smooth: int, log_y: bool) -> None:

@@ -2,7 +2,8 @@
 
 Results go to stdout, status and progress to stderr (DESIGN.md's CLI conventions). In a run of N
 processes only rank 0 speaks, so a status line, a progress bar or a resume hint appears once.
-``quiet`` silences status lines (library use, tests); errors are never silenced.
+``quiet`` silences status lines (library use, tests); errors are never silenced. Live progress
+bars follow :func:`mygpt.progress.bars_enabled` (rank 0, on a terminal).
 """
 
 from __future__ import annotations
@@ -38,10 +39,6 @@ class Console:
         """A result line on stdout (``step N: loss = ...``), from rank 0 only."""
         if self.is_main:
             print(line, flush=True)
-
-    def progress_enabled(self) -> bool:
-        """A live progress bar: rank 0, stdout and stderr on a terminal."""
-        return self.is_main and sys.stdout.isatty() and sys.stderr.isatty()
 
     def error(self, msg: str) -> None:
         """``error: ...`` on stderr; ranks other than 0 say which they are."""

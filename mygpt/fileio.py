@@ -1,46 +1,401 @@
-"""Small file helpers shared by checkpoints, tokenizers and data caches."""
+"""Every file mygpt writes goes through here: atomic, durable, umask-respecting, one-line errors.
+
+``atomic_write(path, writer)`` calls ``writer(f)`` with a binary file object on a temporary file
+in ``path``'s directory, fsyncs it, and renames it over ``path``. So whatever goes wrong (a full
+disk part-way, a read-only mount, Ctrl-C, SIGKILL) a reader sees either the previous file, bit for
+bit, or the complete new one, never a mix; and no temporary file is left behind:
+
+- On Linux the temporary file is an unnamed ``O_TMPFILE`` inode: a killed process leaves nothing
+  (the kernel frees it); it gets a name only for the instant between ``linkat`` and ``rename``.
+  Where the filesystem has no ``O_TMPFILE`` a named ``.NAME.PID.tmp`` is used, removed on every
+  failure we see, and a stale one a killed process left is removed by the next write to ``path``.
+- A new file gets ``0o666 & ~umask``, as ``open()`` and ``torch.save`` give; replacing an existing
+  file keeps that file's mode, as writing into it would.
+- Every ``OSError`` becomes a :class:`MygptError` naming the path, what is wrong and what to do.
+
+Policy for output paths (every command that writes): a missing output *directory* is refused
+before any work is done (``check_output_path``): it is usually a typo, and creating it silently
+would hide that. A read-only file in the way is refused too, rather than silently replaced. Cache
+directories (``~/.cache/mygpt``, ``--cache-dir``) are mygpt's own and are created.
+
+All writes go through ``os.write`` and ``os.fsync`` looked up at call time, so tests can inject
+faults (``tests/faults.py``) where they cannot make a real small filesystem.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
-import tempfile
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+from mygpt.errors import MygptError
+
+_TMP_SUFFIX = ".tmp"
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    A crash, Ctrl-C or SIGKILL before the rename leaves the previous file untouched (and at worst
-    a stray ``.tmp`` file), so a reader never sees a half-written file.
-    """
+def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, an output whose directory is missing or read-only, that is a
+    directory, or that is a read-only file. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    parent = path.parent
+    if not parent.exists():
+        raise MygptError(
+            f"the directory of {what} {path} does not exist — create it first "
+            f"(mkdir -p {parent}) or pass another path"
+        )
+    if not parent.is_dir():
+        raise MygptError(
+            f"{parent} (the directory of {what} {path}) is not a directory — pass another path"
+        )
+    if path.is_dir():
+        raise MygptError(f"{what} {path} is a directory — pass a file path")
+    if path.exists() and not os.stat(path).st_mode & 0o222:
+        # root may write anyway; a file someone marked read-only is kept, not silently replaced
+        raise MygptError(
+            f"{what} {path} is read-only — make it writable (chmod u+w {path}) or pass another path"
+        )
+    if not os.access(parent, os.W_OK):
+        err = errno.EROFS if _read_only_fs(parent) else errno.EACCES
+        raise write_error(OSError(err, os.strerror(err)), path, existed=path.exists())
+    return path
+
+
+def _read_only_fs(d: Path) -> bool:
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        return bool(os.statvfs(d).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def write_error(e: OSError, path: str | os.PathLike, *, existed: bool | None = None) -> MygptError:
+    """A one-line ``what is wrong — what to do`` for an OSError met while writing ``path``."""
+    path = Path(path)
+    d = path.parent
+    if existed is None:
+        existed = path.exists()
+    kept = f"the previous {path.name} is unchanged" if existed else f"{path.name} was not written"
+    code = e.errno
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = "no space left" if code != errno.EDQUOT else "disk quota exceeded"
+        if code == errno.EFBIG:
+            what = "file too large for its filesystem"
+        return MygptError(
+            f"{what} writing {path} ({kept}) — free space on that disk or write to another one"
+        )
+    if code == errno.EROFS:
+        return MygptError(
+            f"{d} is on a read-only filesystem, can't write {path} ({kept}) — pass a path on a "
+            "writable disk"
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return MygptError(
+            f"permission denied writing {path} ({kept}) — make {d} writable for you or pass "
+            "another path"
+        )
+    if code == errno.ENOENT:
+        return MygptError(
+            f"the directory {d} does not exist, can't write {path} — create it (mkdir -p {d}) or "
+            "pass another path"
+        )
+    if code == errno.ENOTDIR:
+        return MygptError(f"a part of {d} is not a directory, can't write {path} — fix the path")
+    if code == errno.EISDIR:
+        return MygptError(f"{path} is a directory — pass a file path")
+    return MygptError(
+        f"could not write {path}: {e.strerror or e} ({kept}) — check the disk and the path"
+    )
+
+
+class _FdWriter(io.RawIOBase):
+    """A raw binary file over ``fd`` whose writes go through ``os.write`` (looked up per call)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        return os.write(self._fd, b)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return os.lseek(self._fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_CUR)
+
+    def close(self) -> None:  # the fd is closed by atomic_write, exactly once
+        super().close()
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove ``.NAME.PID.tmp`` files that killed mygpt processes left beside ``path``."""
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
+                continue
+            pid = name[len(prefix) : -len(_TMP_SUFFIX)]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, from an earlier failed write in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _open_temp(path: Path) -> tuple[int, Path | None]:
+    """An fd for the new contents, and its temporary name (None while it is unnamed)."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag:
+        try:  # mode 0o666: the kernel applies the umask, as open() does
+            return os.open(
+                path.parent, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666
+            ), None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+    tmp = _temp_name(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    return os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+    ), tmp
+
+
+def _publish(fd: int, tmp: Path | None, path: Path) -> Path:
+    """Give the finished temp file ``path``'s name atomically; returns the name it had."""
+    if tmp is None:
+        tmp = _temp_name(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:  # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N names an O_TMPFILE inode
+            os.link(f"/proc/self/fd/{fd}", tmp.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    os.replace(tmp, path)
+    return tmp
+
+
+def _fsync_dir(d: Path) -> None:
+    # the rename is durable only once the directory entry is on disk; some filesystems refuse
+    with contextlib.suppress(OSError):
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    writer: Callable[[BinaryIO], object],
+    what: str = "output",
+    *,
+    before_publish: Callable[[], None] | None = None,
+) -> Path:
+    """Write ``path`` atomically with ``writer(f)`` (``f`` a binary file); see the module doc.
+
+    ``before_publish`` runs once the new contents are complete and on disk, just before the
+    rename: e.g. removing a sidecar that describes the old file, so that a failure earlier keeps
+    the old pair intact.
+
+    Any ``OSError`` (from the OS or from ``writer``) becomes a one-line :class:`MygptError`; any
+    other exception propagates; in every case ``path`` keeps its previous contents and no
+    temporary file remains.
+    """
+    path = check_output_path(path, what)
+    existed = path.exists()
+    _sweep_stale(path)
+    tmp: Path | None = None
+    fd = -1
+    try:
+        fd, tmp = _open_temp(path)
+        if existed:
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+        with io.BufferedWriter(_FdWriter(fd), buffer_size=1 << 20) as f:
+            writer(f)
+            f.flush()
+            os.fsync(fd)
+            if before_publish is not None:
+                before_publish()
+            tmp = _publish(fd, tmp, path)
+            tmp = None  # renamed: nothing left to clean up
+    except OSError as e:
+        raise write_error(e, path, existed=existed) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "output") -> Path:
+    return atomic_write(path, lambda f: f.write(data), what)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, what: str = "output") -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
+    """Call ``writer(tmp_path)`` for writers that need a path; prefer :func:`atomic_write`."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+    """Yield a temporary *path* beside ``path`` for writers that can only take a file name
+    (e.g. a library's ``save(filename)``); on success it replaces ``path`` atomically.
+
+    Same guarantees as :func:`atomic_write` except that a SIGKILL can leave the named temporary
+    file, which the next write to ``path`` removes. Prefer :func:`atomic_write` where the writer
+    accepts a file object.
+    """
+    path = check_output_path(path, what)
+    existed = path.exists()
+    _sweep_stale(path)
+    tmp = _temp_name(path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            if existed:
+                os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+        finally:
+            os.close(fd)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(e, path, existed=existed) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, what: str = "output directory") -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; fill it (e.g. with
+    :func:`atomic_write`), and on success it replaces ``path`` as a whole: a reader sees the old
+    directory or the complete new one. An existing ``path`` is swapped in one
+    ``renameat2(RENAME_EXCHANGE)`` where the kernel and filesystem have it (else: moved aside,
+    the new one renamed in, the old one removed). On any failure the temporary directory is
+    removed and ``path`` is untouched; an ``OSError`` becomes a one-line :class:`MygptError`.
+    Meant for multi-file outputs such as a Hugging Face export directory.
+    """
+    import shutil
+
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        raise MygptError(
+            f"the directory of {what} {path} does not exist — create it first "
+            f"(mkdir -p {parent}) or pass another path"
+        )
+    if path.exists() and not path.is_dir():
+        raise MygptError(f"{what} {path} is a file — pass a directory path")
+    if not os.access(parent, os.W_OK):
+        err = errno.EROFS if _read_only_fs(parent) else errno.EACCES
+        raise write_error(OSError(err, os.strerror(err)), path, existed=path.exists())
+    _sweep_stale_dirs(path)
+    tmp = _temp_name(path)
+    existed = path.exists()
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp)
+        yield tmp
+        _fsync_tree(tmp)
+        if not existed:
+            os.rename(tmp, path)
+        elif not _exchange(tmp, path):
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            tmp = old  # removed below
+        _fsync_dir(parent)
+    except OSError as e:
+        raise write_error(e, path, existed=existed) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux renameat2); False where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+def _fsync_tree(d: Path) -> None:
+    for root, _dirs, files in os.walk(d):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _sweep_stale_dirs(path: Path) -> None:
+    """Remove temporary or set-aside directories that killed processes left beside ``path``."""
+    import shutil
+
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            name = entry.name
+            for suffix in (_TMP_SUFFIX, ".old"):
+                if name.startswith(prefix) and name.endswith(suffix) and entry.is_dir():
+                    pid = name[len(prefix) : -len(suffix)]
+                    if pid.isdigit() and not _alive(int(pid)):
+                        shutil.rmtree(entry.path, ignore_errors=True)

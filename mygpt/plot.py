@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mygpt.errors import MygptError
+from mygpt.fileio import atomic_write, check_output_path
 
 
 def metrics_path(run: str | Path) -> Path:
@@ -28,12 +29,16 @@ def read_metrics(run: str | Path) -> tuple[list[tuple[int, float]], list[tuple[i
     """(train points, val points) as (step, loss) lists."""
     train, val = [], []
     path = metrics_path(run)
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
+            if n == len(lines) and not text.endswith("\n"):
+                break  # a line cut short by a killed run: the lines before it are whole
             raise MygptError(
                 f"{path}:{n} is not a JSON line — the metrics file is damaged"
             ) from None
@@ -45,12 +50,23 @@ def read_metrics(run: str | Path) -> tuple[list[tuple[int, float]], list[tuple[i
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
+    """Centred moving average over ``window`` points, narrowed symmetrically near both ends.
+
+    Each output is the mean of a window centred on its own point, so a straight line stays
+    exactly straight and no bend is invented where a trailing window would still be filling
+    (a trailing mean has half the slope over its first ``window`` points: a kink there).
+    """
+    n = len(values)
+    half = max(0, (window - 1) // 2)
+    if half == 0:
+        return list(values)
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    out = []
+    for i in range(n):
+        h = min(half, i, n - 1 - i)
+        out.append((prefix[i + h + 1] - prefix[i - h]) / (2 * h + 1))
     return out
 
 
@@ -67,6 +83,7 @@ def plot_runs(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    output = check_output_path(output, "--output")  # before reading any run
     labels = labels or [Path(r).name.replace(".metrics.jsonl", "") for r in runs]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (run, label) in enumerate(zip(runs, labels)):
@@ -85,8 +102,15 @@ def plot_runs(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    fmt = output.suffix.lstrip(".").lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        raise MygptError(
+            f"can't draw a .{fmt} file — name the --output .png, .svg or .pdf "
+            f"(supported: {', '.join(sorted(fig.canvas.get_supported_filetypes()))})"
+        )
+    try:
+        atomic_write(output, lambda f: fig.savefig(f, format=fmt, dpi=120), "--output")
+    finally:
+        plt.close(fig)
     return output

@@ -1,14 +1,36 @@
-"""``--precision``: fp32, bf16, or auto (bf16 only where the hardware computes it natively)."""
+"""``--precision``: fp32, bf16, or auto (bf16 where the hardware computes it natively *and* it pays).
+
+On GPUs with native bf16 (CUDA compute capability >= 8, Apple GPUs) auto picks bf16. On a CPU the
+flags (AVX512-BF16, AMX) only say bf16 *can* be fast: whether it is depends on the model's size.
+On an AMX-BF16 Xeon the Ch.28 shape (C=192, T=256) trains 1.25x faster in bf16, while the Ch.17
+shape (C=64, T=64) is slower (casts, norms and small ops dominate). So there auto times a few
+training steps of the run's own model in both dtypes and keeps the faster, and says so.
+"""
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
 
 from mygpt.errors import MygptError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# bf16 must win by this much: a tie is noise, and fp32 is the exact, reproducible choice
+_BF16_MARGIN = 0.95
 
 
-def resolve_precision(ops, precision: str) -> tuple[str, str]:
-    """The compute dtype for ``precision`` on ``ops``'s device, and the reason, for the start line."""
+def resolve_precision(
+    ops: Any,
+    precision: str,
+    workload: Callable[[], dict[str, float]] | None = None,
+) -> tuple[str, str]:
+    """The compute dtype for ``precision`` on ``ops``'s device, and the reason, for the start line.
+
+    ``workload()`` (called only when auto must decide on a bf16-capable CPU) returns seconds per
+    training step for "float32" and "bfloat16"; without it auto keeps fp32 there.
+    """
     if precision == "fp32":
         return "float32", "requested"
     if precision == "bf16":
@@ -17,9 +39,56 @@ def resolve_precision(ops, precision: str) -> tuple[str, str]:
     if precision != "auto":
         raise MygptError(f"unknown precision {precision!r} — use one of: {', '.join(PRECISIONS)}")
     native, why = ops.native_bf16()
-    if native and ops.device == "cpu":
-        # CPU flags can promise bf16 units that small models don't benefit from: on a Xeon with
-        # AMX and AVX512-BF16 a 256^3 bf16 matmul beat fp32, yet a whole Ch.17 training step was
-        # 3x slower in bf16 on torch and no faster on MLX (casts, norms and small ops dominate).
-        return "float32", f"{why}, but bf16 training steps measured slower than fp32 on CPU"
-    return ("bfloat16", why) if native else ("float32", why)
+    if not native:
+        return "float32", why
+    if ops.device != "cpu":
+        return "bfloat16", why
+    if workload is None:
+        return (
+            "float32",
+            f"{why}, but on a CPU bf16 is faster only for larger models (not measured)",
+        )
+    t = workload()
+    bf, fp = t["bfloat16"], t["float32"]
+    measured = f"a training step of this model measured {bf * 1e3:.0f} ms in bf16, {fp * 1e3:.0f} ms in fp32"
+    if bf < _BF16_MARGIN * fp:
+        return "bfloat16", f"{why}; {measured}"
+    return "float32", f"{why}, but {measured}"
+
+
+def training_probe(
+    ops: Any, cfg: Any, batch_size: int, seq_len: int, steps: int = 3
+) -> dict[str, float]:
+    """Median seconds of full training steps (random weights and batches) in each dtype,
+    interleaved so that load from other processes hits both alike."""
+    from mygpt.bench import make_bench_step
+
+    runs = {
+        dt: make_bench_step(ops, cfg, batch_size, seq_len, dt) for dt in ("float32", "bfloat16")
+    }
+    for step in runs.values():
+        step()  # warm-up: allocation, kernel selection
+    times: dict[str, list[float]] = {dt: [] for dt in runs}
+    for _ in range(steps):
+        for dt, step in runs.items():
+            t0 = time.perf_counter()
+            step()
+            times[dt].append(time.perf_counter() - t0)
+    return {dt: statistics.median(v) for dt, v in times.items()}
+
+
+def _probe_vocab(tc: Any) -> int:
+    # the tokenizer is not built yet when the start line is printed: its size, near enough
+    merges = int(getattr(tc, "num_merges", 0) or 0)
+    return {"char": 96, "bpe": 128 + merges, "bytebpe": 256 + merges}.get(tc.tokenizer, 1024)
+
+
+def resolve_training_precision(ops: Any, tc: Any, config: Any = None) -> tuple[str, str]:
+    """:func:`resolve_precision` for a training run (``tc`` a TrainConfig): auto on a bf16-capable
+    CPU measures the run's own model (``config`` when resuming, else built from ``tc``)."""
+
+    def workload() -> dict[str, float]:
+        cfg = config if config is not None else tc.model_config(_probe_vocab(tc))
+        return training_probe(ops, cfg, tc.batch_size, tc.seq_len)
+
+    return resolve_precision(ops, tc.precision, workload)

@@ -10,6 +10,17 @@ from tqdm import tqdm
 from mygpt.console import console
 
 
+def bars_enabled() -> bool:
+    """The one rule every live progress display follows (training, BPE merges, corpus encoding):
+    a bar only when both stdout and stderr (where it is drawn) are terminals. Anywhere else (a
+    log file, a pipe, CI) a redrawn bar is noise, so only plain status lines appear. In a
+    data-parallel run only rank 0 draws."""
+    try:
+        return console.is_main and sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
 def _terminal_unsized() -> bool:
     """Whether stderr is a terminal that reports no size: a pseudo-terminal nobody sized (some CI
     runners, ``script``, containers) reads as 0 x 0, and tqdm sized by it draws nothing at all."""
@@ -23,14 +34,13 @@ def _terminal_unsized() -> bool:
 class Progress:
     """``update`` feeds the bar; ``write`` prints a result line (``step N: loss = ...``) to stdout.
 
-    With stdout on a terminal a tqdm bar (on stderr) shows step, loss, val loss, lr, tokens/s and
-    ETA; when stdout is a pipe or file only the plain lines appear, so logs stay greppable. In a
-    data-parallel run only rank 0 shows either.
+    On a terminal (see :func:`bars_enabled`) a tqdm bar (on stderr) shows step, loss, val loss, lr,
+    tokens/s and ETA; when stdout or stderr is a pipe or file only the plain lines appear, so logs
+    stay greppable. In a data-parallel run only rank 0 shows either.
     """
 
     def __init__(self, total: int, initial: int = 0, enabled: bool | None = None) -> None:
-        self.enabled = sys.stdout.isatty() if enabled is None else enabled
-        self.enabled = self.enabled and console.is_main
+        self.enabled = bars_enabled() if enabled is None else enabled
         # follow the terminal's width as it changes, or fix one where it has none
         size = dict(ncols=100, nrows=24) if self.enabled and _terminal_unsized() else {}
         self.bar = (

@@ -522,6 +522,19 @@ def _assert_consistent(path: Path) -> int:
     return step
 
 
+def _open_temp_files(pid: int, d: Path) -> list[str]:
+    """The temporary files process ``pid`` has open in ``d`` right now (it is mid-write)."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith(str(d)) and (link.endswith(" (deleted)") or link.endswith(".tmp")):
+            found.append(link)
+    return found
+
+
 def test_sigkill_during_save_leaves_old_or_new_file(tmp_path):
     target = tmp_path / "big.safetensors"
     proc = _run_saver(target, 0, 1)
@@ -535,14 +548,18 @@ def test_sigkill_during_save_leaves_old_or_new_file(tmp_path):
         proc = _run_saver(target, 1000 * (trial + 1), 1000)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.05, 1.2))
+        # then wait (at most 5 s) for the writer to be inside a write, so the kill lands there
+        deadline = time.monotonic() + 5
+        while not (writing := _open_temp_files(proc.pid, tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.02))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         done = [int(line) for line in proc.stdout.read().split()]
         proc.stdout.close()
-        strays = list(tmp_path.glob(".big.safetensors.*.tmp"))
-        interrupted += bool(strays)
-        for s in strays:
-            s.unlink()
+        interrupted += bool(writing)
+        # the temporary file is unnamed (O_TMPFILE): a killed writer leaves nothing behind
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
         step = _assert_consistent(target)
         # Either the previous file or the last completed save (or one that finished renaming
         # just before the kill and had no time to report it).

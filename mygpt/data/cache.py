@@ -34,7 +34,7 @@ from mygpt.data.text import (
     source_identity,
 )
 from mygpt.errors import MygptError
-from mygpt.fileio import atomic_path, atomic_write_text
+from mygpt.fileio import atomic_write, atomic_write_text, check_output_path
 
 if TYPE_CHECKING:  # the tokenizer package is imported lazily: data must import without it
     from mygpt.tokenizers import Tokenizer
@@ -208,7 +208,8 @@ def prepare_tokens(
     fingerprint = tok.fingerprint()
     dtype = token_dtype(tok.vocab_size)
     if output is not None:
-        bin_path = Path(output).expanduser()
+        # an explicit output is the user's: its directory must exist (mygpt/fileio.py's policy)
+        bin_path = check_output_path(Path(output).expanduser(), "--output")
     else:
         stem = Path(source["path"]).stem or "corpus"
         d = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -227,10 +228,9 @@ def prepare_tokens(
     t0 = time.perf_counter()
     count = 0
     bin_path.parent.mkdir(parents=True, exist_ok=True)
-    # The sidecar goes first so a crash mid-write can never leave an old sidecar describing a new
-    # token file; it is rewritten once the token file is complete.
-    _sidecar_path(bin_path).unlink(missing_ok=True)
-    with atomic_path(bin_path) as tmp, open(tmp, "wb") as out:
+
+    def write_tokens(out) -> None:
+        nonlocal count
         for f in files:
             src = f
             cleaned = None
@@ -249,6 +249,16 @@ def prepare_tokens(
                 if cleaned is not None:
                     cleaned.unlink(missing_ok=True)
         out.flush()
+
+    # The old sidecar goes just before the new token file takes its name, so a crash can never
+    # leave it describing the new file, and a failure before that (a full disk) keeps the old
+    # pair usable; the new sidecar is written once the token file is in place.
+    atomic_write(
+        bin_path,
+        write_tokens,
+        "token cache",
+        before_publish=lambda: _sidecar_path(bin_path).unlink(missing_ok=True),
+    )
     tf = TokenFile(bin_path, dtype, count)
     actual = bin_path.stat().st_size
     if actual != tf.nbytes:
@@ -360,13 +370,7 @@ def build_tokenizer(
     del text
     secs = time.perf_counter() - t0
     d.mkdir(parents=True, exist_ok=True)
-    # tok.save may care about the suffix, so save under a unique .json name and rename atomically.
-    tmp = tok_path.with_name(f".{tok_path.stem}.{os.getpid()}.tmp.json")
-    try:
-        tok.save(tmp)
-        os.replace(tmp, tok_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tok.save(tok_path)  # atomic (mygpt.fileio)
     atomic_write_text(
         meta_path,
         json.dumps(
@@ -418,6 +422,8 @@ def prepare_corpus(
     :func:`build_tokenizer`, cached); the corpus is then encoded once into a token file (see
     :func:`prepare_tokens`) that later runs reuse while tokenizer and corpus are unchanged.
     """
+    if output is not None:  # refused before the hashing and training, not after
+        check_output_path(Path(output).expanduser(), "--output")
     t0 = time.perf_counter()
     source = source_identity(path)
     if source["bytes"] == 0:

@@ -568,6 +568,13 @@ def download(
     if max_bytes < 0:
         raise UsageError("--max-bytes must be >= 0 (0 = everything)")
     kind, name, config = parse_source(source)
+    if out is not None and not Path(out).expanduser().parent.is_dir():
+        # the output directory itself is created, but not a missing path to it (fileio's policy)
+        parent = Path(out).expanduser().parent
+        raise MygptError(
+            f"the directory of --out {out} does not exist — create it first (mkdir -p {parent}) "
+            "or pass another path"
+        )
     if out is None:
         slug = {"wikitext": "wikitext-103"}.get(kind) or re.sub(
             r"[^\w.\-]+", "_", (name or "corpus") + (f"_{config}" if config else "")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mygpt.errors import MygptError
+from mygpt.progress import bars_enabled
 from mygpt.tokenizers.base import FORMAT_VERSION, Tokenizer, corrupt, warn
 from mygpt.tokenizers.bpe import BOOK_PATTERN, BPETokenizer
 from mygpt.tokenizers.bytebpe import DEFAULT_SPECIAL_TOKENS, ByteBPETokenizer
@@ -44,7 +45,7 @@ def train_tokenizer(
     train_text = text[:bpe_train_bytes] if bpe_train_bytes else text
     bar = None
     on_merge = None
-    if progress:
+    if progress and bars_enabled():
         from tqdm import tqdm
 
         bar = tqdm(total=num_merges, desc=f"{kind} merges", unit="merge", file=sys.stderr)

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from mygpt.errors import MygptError, UsageError
-from mygpt.fileio import atomic_path
+from mygpt.fileio import atomic_write, check_output_path
 from mygpt.tokenizers.api import KINDS, load_tokenizer, train_tokenizer
 from mygpt.tokenizers.base import Tokenizer
 from mygpt.tokenizers.bpe import BPETokenizer
@@ -87,6 +87,7 @@ def train_cmd(
         raise UsageError(f"--bpe-train-bytes must be >= 0 (0 = all), got {bpe_train_bytes}")
     if special_tokens and kind != "bytebpe":
         raise UsageError("--special-token needs --tokenizer bytebpe")
+    check_output_path(output, "--output")  # before minutes of training
     limit = bpe_train_bytes if kind != "char" else 0
     text = _read_text(file, limit)
     tok = train_tokenizer(
@@ -132,10 +133,23 @@ def encode_cmd(
         raise MygptError(f"text file {file!r} not found — check the path")
     dt = _dtype_for(tok, dtype)
     allowed = "all" if allow_special else ()
-    with atomic_path(output) as tmp, open(tmp, "wb") as out:
-        n = encode_file(tok, file, out, dtype=dt, workers=workers, progress=progress,
-                        allowed_special=allowed)  # fmt: skip
-    _status(f"wrote {output}: {n} tokens as {dt.name}")
+    counted: list[int] = []
+    atomic_write(
+        output,
+        lambda out: counted.append(
+            encode_file(
+                tok,
+                file,
+                out,
+                dtype=dt,
+                workers=workers,
+                progress=progress,
+                allowed_special=allowed,
+            )  # fmt: skip
+        ),
+        "--output",
+    )
+    _status(f"wrote {output}: {counted[0]} tokens as {dt.name}")
 
 
 @tokenizer.command("decode")

@@ -23,7 +23,9 @@ from mygpt.backends.distributed import PeerLost
 from mygpt.checkpoint import Checkpoint
 from mygpt.console import console
 from mygpt.errors import MygptError
+from mygpt.fileio import check_output_path
 from mygpt.init_from import init_checkpoint
+from mygpt.metrics import MetricsLog, metrics_path_for
 from mygpt.train.checkpointing import Saver, load_resumable
 from mygpt.train.config import TrainConfig, TrainResult, resume_config
 from mygpt.train.data import RunData, load_data
@@ -55,12 +57,15 @@ def train(
         raise MygptError("train() needs a TrainConfig or a checkpoint to resume")
     try:
         tc.validate()
+        if console.is_main:  # refuse an output that cannot be written before minutes of work
+            check_output_path(tc.output, "--output")
+            MetricsLog(metrics_path_for(tc.output)).check()
         # --init-from: weights, architecture and tokenizer of a checkpoint, a fresh optimizer
         init = init_checkpoint(tc) if ckpt is None else None
         # the architecture flags too, before minutes of corpus encoding (vocab size comes later)
         if ckpt is None and init is None:
             tc.model_config(vocab_size=1)
-        run = start_run(tc)
+        run = start_run(tc, (ckpt or init).config if (ckpt or init) is not None else None)
     except MygptError as e:
         e.every_rank = True  # the same settings on every rank: one rank says so
         raise
@@ -174,6 +179,9 @@ def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
                         f"saved {saver.output} at step {step}; resume with --resume {saver.output}"
                     )
                     break
+        except BaseException:
+            log.close(error=True)
+            raise
         finally:
             log.progress.close()
     extra = {

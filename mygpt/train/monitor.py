@@ -8,14 +8,12 @@ so every rank stops at the same step. Rank 0 alone prints and writes the log.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from mygpt.errors import MygptError
+from mygpt.metrics import MetricsLog, metrics_path_for
 from mygpt.progress import Progress
 from mygpt.train.config import TrainConfig
 from mygpt.train.setup import Run
@@ -23,18 +21,13 @@ from mygpt.train.setup import Run
 SYNC_EVERY = 10  # steps between host syncs when nothing else forces one
 
 
-def metrics_path(output: str | os.PathLike) -> Path:
-    output = Path(output)
-    return output.with_name(output.stem + ".metrics.jsonl")
-
-
 class RunLog:
     def __init__(self, run: Run, tc: TrainConfig, start_step: int, resumed: bool, on_log=None):
         self.run, self.tc, self.on_log = run, tc, on_log
-        self.path = metrics_path(tc.output)
-        self.writes = run.dist.is_main
-        if self.writes:
-            _start_metrics(self.path, start_step if resumed else None)
+        # rank 0 writes; a fresh run starts a fresh log, a resumed one keeps lines up to its step
+        self.log = MetricsLog(metrics_path_for(tc.output)) if run.dist.is_main else None
+        if self.log is not None:
+            self.log.open(start_step if resumed else None)
         self.progress = Progress(total=tc.steps, initial=start_step)
         self.tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
         self.pending: list[tuple[int, Any, float]] = []  # (step, loss array, lr) not read back
@@ -65,6 +58,7 @@ class RunLog:
         for (s, _, lr), loss in zip(self.pending, losses):
             if not math.isfinite(loss):
                 self.pending.clear()
+                self._append(records)
                 raise MygptError(
                     f"loss became {loss} at step {s} — stopped; the last good checkpoint "
                     f"(step {last_good_step}) is kept. Try a lower --lr, --max-grad-norm 1.0 or fp32"
@@ -106,35 +100,20 @@ class RunLog:
         tps = (step - start_step) * self.tokens_per_step / max(wall, 1e-9)
         event = {"event": "interrupted" if interrupted else "end", "step": step, "wall_s": wall}
         self._append([{**event, **extra, "tokens_per_s": tps}], callback=False)
+        self.close()
         return wall, tps
 
     def _append(self, records: list[dict], callback: bool = True) -> None:
-        if not self.writes:
+        if self.log is None:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
+        for rec in records:
+            self.log.append(rec)
+        self.log.flush()
         if callback and self.on_log:
             for rec in records:
                 self.on_log(rec)
 
-
-def _start_metrics(path: Path, resume_step: int | None) -> None:
-    """A fresh run starts a fresh log; a resumed one drops the lines past its checkpoint."""
-    if not path.exists():
-        return
-    if resume_step is None:
-        path.unlink()
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "event" in rec or rec.get("step", 0) > resume_step:
-            continue
-        kept.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    def close(self, error: bool = False) -> None:
+        """Close the log (after an error, without letting a second failure replace the first)."""
+        if self.log is not None:
+            self.log.close_after_error() if error else self.log.close()

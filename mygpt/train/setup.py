@@ -7,9 +7,10 @@ from typing import Any
 
 from mygpt.backends import get_backend, resolve_backend_name
 from mygpt.backends.distributed import ProcessGroup
+from mygpt.config import ModelConfig
 from mygpt.console import console
 from mygpt.errors import MygptError
-from mygpt.precision import resolve_precision
+from mygpt.precision import resolve_training_precision
 from mygpt.train.config import TrainConfig
 
 
@@ -27,8 +28,9 @@ class Run:
         return slice(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank)
 
 
-def start_run(tc: TrainConfig) -> Run:
-    """Open the backend, join the launcher's process group (if any) and print the status line."""
+def start_run(tc: TrainConfig, config: ModelConfig | None = None) -> Run:
+    """Open the backend, join the launcher's process group (if any), settle the precision and
+    print the status line. ``config`` is a resumed or --init-from model's architecture."""
     backend_name, backend_why = resolve_backend_name(tc.backend)
     ops = get_backend(backend_name, tc.device)
     ops.activate()
@@ -39,16 +41,32 @@ def start_run(tc: TrainConfig) -> Run:
             f"--batch-size {tc.batch_size} does not split evenly across {dist.world_size} "
             f"processes — use a multiple of {dist.world_size} (it is the global batch)"
         )
-    dtype, why = resolve_precision(ops, tc.precision)
+    dtype, why = _precision(ops, dist, tc, config)
     threads = f", {ops.threads} threads: {ops.threads_reason}" if ops.threads else ""
     where = "" if dist.world_size == 1 else f" · {dist.describe()}"
     console.status(
         f"backend: {ops.name} ({backend_why}) · device: {ops.device} ({ops.device_reason}{threads}) · "
         f"precision: {dtype} ({why}){where}"
     )
+    from mygpt.bench import reference_blas_warning  # bench imports mygpt.train
+
+    note = reference_blas_warning(ops)
+    if note:
+        console.status(note)
     if dist.world_size > 1 and tc.dropout > 0:
         console.status(
             f"note: with --dropout each of the {dist.world_size} ranks draws its own masks, so "
             "the losses differ from a single-process run's (without dropout they agree)"
         )
     return Run(ops, dist, dtype)
+
+
+def _precision(ops, dist: ProcessGroup, tc: TrainConfig, config) -> tuple[str, str]:
+    """The compute dtype; ``--precision auto`` may time both dtypes on a bf16-capable CPU, and
+    every rank must compute in the same one, so rank 0's choice is everyone's."""
+    dtype, why = resolve_training_precision(ops, tc, config)
+    if dist.world_size > 1 and tc.precision == "auto":
+        chosen = dist.gather_digests(dtype.encode().ljust(8))[0].rstrip(b" ").decode()
+        if chosen != dtype:
+            dtype, why = chosen, f"{why}; rank 0 measured {chosen} faster, and ranks must agree"
+    return dtype, why

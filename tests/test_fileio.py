@@ -1,0 +1,68 @@
+"""mygpt/fileio.py on its own: atomic files and directories, modes, errors, stale temp files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mygpt.errors import MygptError
+from mygpt.fileio import atomic_directory, atomic_write, atomic_write_bytes
+from tests import faults
+
+
+def test_writer_exception_keeps_old_file_and_leaves_nothing(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"old")
+
+    def bad(f):
+        f.write(b"half")
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        atomic_write(p, bad)
+    assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["f"]
+
+
+def test_stale_named_temp_of_a_dead_process_is_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (tmp_path / f".f.{dead}.tmp").write_bytes(b"left by a SIGKILL")
+    atomic_write_bytes(tmp_path / "f", b"new")
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_atomic_directory_replaces_as_a_whole(tmp_path):
+    d = tmp_path / "export"
+    with atomic_directory(d) as tmp:
+        atomic_write_bytes(tmp / "a.json", b"1")
+    assert sorted(os.listdir(d)) == ["a.json"]
+    with pytest.raises(RuntimeError), atomic_directory(d) as tmp:
+        atomic_write_bytes(tmp / "a.json", b"2")
+        raise RuntimeError("export failed half-way")
+    assert (d / "a.json").read_bytes() == b"1" and os.listdir(tmp_path) == ["export"]
+    with atomic_directory(d) as tmp:
+        atomic_write_bytes(tmp / "b.json", b"3")
+    assert sorted(os.listdir(d)) == ["b.json"] and os.listdir(tmp_path) == ["export"]
+
+
+@pytest.mark.skipif(not faults.HAS_PROC, reason="the patched os.write reads /proc")
+def test_atomic_directory_on_a_full_disk(tmp_path):
+    d = tmp_path / "export"
+    with atomic_directory(d) as tmp:
+        atomic_write_bytes(tmp / "w.bin", b"x" * 10_000)
+    full = faults.patched_enospc(tmp_path, 3000)
+    with full, pytest.raises(MygptError, match="no space left"), atomic_directory(d) as tmp:
+        atomic_write_bytes(tmp / "w.bin", b"y" * 10_000)
+    assert (d / "w.bin").read_bytes() == b"x" * 10_000 and os.listdir(tmp_path) == ["export"]
+
+
+def test_atomic_directory_refuses_a_missing_parent(tmp_path):
+    missing = tmp_path / "no" / "export"
+    with (
+        pytest.raises(MygptError, match="does not exist — create it first"),
+        atomic_directory(missing),
+    ):
+        pass
