@@ -224,8 +224,36 @@ def prepare_tokens(
     if reason:
         _log(f"rebuilding token cache {bin_path}: {reason}", progress)
 
-    files = corpus_files(path)
     t0 = time.perf_counter()
+    count = _write_token_file(path, tok, bin_path, dtype, encoding_errors, workers, progress)
+    sidecar: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dtype": dtype.str,
+        "num_tokens": count,
+        "encoding_errors": encoding_errors,
+        "source": source,
+        "tokenizer": {
+            "fingerprint": fingerprint,
+            "kind": getattr(tok, "kind", None),
+            "vocab_size": int(tok.vocab_size),
+        },
+        "encode_seconds": round(time.perf_counter() - t0, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_text(_sidecar_path(bin_path), json.dumps(sidecar, indent=1) + "\n")
+    _log(
+        f"wrote {bin_path} ({count:,} tokens, {dtype.name}) in {sidecar['encode_seconds']} s",
+        progress,
+    )
+    return TokenFile(bin_path, dtype, count), False
+
+
+def _write_token_file(
+    path, tok: Tokenizer, bin_path: Path, dtype, encoding_errors: str, workers, progress: bool
+) -> int:
+    """Encode every file of the corpus into ``bin_path`` atomically; the token count."""
+    files = corpus_files(path)
     count = 0
     bin_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -259,9 +287,8 @@ def prepare_tokens(
         "token cache",
         before_publish=lambda: _sidecar_path(bin_path).unlink(missing_ok=True),
     )
-    tf = TokenFile(bin_path, dtype, count)
     actual = bin_path.stat().st_size
-    if actual != tf.nbytes:
+    if actual != count * dtype.itemsize:
         bin_path.unlink(missing_ok=True)
         raise MygptError(
             f"encoding wrote {actual} bytes for {count} tokens of {dtype} — this is a "
@@ -272,27 +299,7 @@ def prepare_tokens(
             f"corpus {str(path)!r} encodes to no tokens with this tokenizer — check "
             "that the tokenizer was trained on similar text"
         )
-    sidecar: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "dtype": dtype.str,
-        "num_tokens": count,
-        "encoding_errors": encoding_errors,
-        "source": source,
-        "tokenizer": {
-            "fingerprint": fingerprint,
-            "kind": getattr(tok, "kind", None),
-            "vocab_size": int(tok.vocab_size),
-        },
-        "encode_seconds": round(time.perf_counter() - t0, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(_sidecar_path(bin_path), json.dumps(sidecar, indent=1) + "\n")
-    _log(
-        f"wrote {bin_path} ({count:,} tokens, {dtype.name}) in {sidecar['encode_seconds']} s",
-        progress,
-    )
-    return tf, False
+    return count
 
 
 def _tokenizer_cache_path(
@@ -301,6 +308,30 @@ def _tokenizer_cache_path(
     if kind == "char":  # the char alphabet depends on the text alone
         num_merges = bpe_train_bytes = 0
     return cache_dir / f"tok-{source['sha256'][:12]}-{kind}-m{num_merges}-b{bpe_train_bytes}.json"
+
+
+def _cached_tokenizer(
+    tok_path: Path, meta_path: Path, source: dict, encoding_errors: str, progress: bool
+) -> Tokenizer | None:
+    """The tokenizer cached for this corpus and these settings, if it is there and intact."""
+    if not (tok_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        tok = _tokenizers().load_tokenizer(tok_path)
+        if (
+            meta.get("source_sha256") == source["sha256"]
+            and meta.get("fingerprint") == tok.fingerprint()
+            and meta.get("encoding_errors") == encoding_errors
+        ):
+            _log(
+                f"reusing cached {meta.get('kind')} tokenizer {tok_path} (vocab {tok.vocab_size})",
+                progress,
+            )
+            return tok
+    except Exception as e:  # a damaged cache entry is rebuilt, never fatal
+        _log(f"ignoring damaged tokenizer cache {tok_path}: {e}", progress)
+    return None
 
 
 def build_tokenizer(
@@ -330,23 +361,9 @@ def build_tokenizer(
     d = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     tok_path = _tokenizer_cache_path(d, source, tokenizer_kind, num_merges, bpe_train_bytes)
     meta_path = tok_path.with_name(tok_path.name + ".meta.json")
-    if tok_path.is_file() and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            tok = t.load_tokenizer(tok_path)
-            if (
-                meta.get("source_sha256") == source["sha256"]
-                and meta.get("fingerprint") == tok.fingerprint()
-                and meta.get("encoding_errors") == encoding_errors
-            ):
-                _log(
-                    f"reusing cached {tokenizer_kind} tokenizer {tok_path} "
-                    f"(vocab {tok.vocab_size})",
-                    progress,
-                )
-                return tok, True
-        except Exception as e:  # a damaged cache entry is rebuilt, never fatal
-            _log(f"ignoring damaged tokenizer cache {tok_path}: {e}", progress)
+    cached = _cached_tokenizer(tok_path, meta_path, source, encoding_errors, progress)
+    if cached is not None:
+        return cached, True
     t0 = time.perf_counter()
     if tokenizer_kind == "char":
         text = read_text(path, encoding_errors=encoding_errors)
