@@ -171,11 +171,9 @@ def test_two_processes_reproduce_one(backend, grad_accum, reference, tmp_path):
     assert_same_run(reference(backend, grad_accum), out, 50)
 
 
-def _interrupt_at(cmd: list[str], out: Path, after_step: int) -> subprocess.CompletedProcess:
-    """Start ``cmd`` in its own process group and Ctrl-C it (SIGINT to the group, as a terminal
-    does) once the metrics log has passed ``after_step``."""
-    metrics = out.with_name(out.stem + ".metrics.jsonl")
-    proc = subprocess.Popen(
+def spawn(cmd: list[str]) -> subprocess.Popen:
+    """``cmd`` in its own session (so a signal can go to its whole process group)."""
+    return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -184,6 +182,13 @@ def _interrupt_at(cmd: list[str], out: Path, after_step: int) -> subprocess.Comp
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def _interrupt_at(cmd: list[str], out: Path, after_step: int) -> subprocess.CompletedProcess:
+    """Start ``cmd`` in its own process group and Ctrl-C it (SIGINT to the group, as a terminal
+    does) once the metrics log has passed ``after_step``."""
+    metrics = out.with_name(out.stem + ".metrics.jsonl")
+    proc = spawn(cmd)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if metrics.exists() and any(
@@ -232,15 +237,7 @@ def test_killed_rank_ends_the_run_with_one_line(backend, tmp_path):
     checkpoint saved before stays loadable."""
     out = tmp_path / "k.safetensors"
     args = train_args(backend, out, "--steps", "100000", "--checkpoint-every", "5")
-    proc = subprocess.Popen(
-        launcher(backend, 2) + args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = spawn(launcher(backend, 2) + args)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not out.exists():
