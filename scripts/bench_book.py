@@ -226,7 +226,8 @@ def build_torch_reference(shape: dict, attention: str, batch: int, seq: int):
 
 def build_mygpt(shape: dict, backend: str, batch: int, seq: int):
     from mygpt.backends import get_backend
-    from mygpt.bench import make_bench_step, mlx_blas
+    from mygpt.bench import make_bench_step
+    from mygpt.blas import mlx_blas
     from mygpt.config import ModelConfig
 
     ops = get_backend(backend, "cpu")

@@ -14,9 +14,9 @@ from mygpt.bench import (
     bench_train_step,
     format_table,
     measure_peak_flops,
-    mlx_blas,
     published_peak,
 )
+from mygpt.blas import mlx_blas
 from mygpt.config import ModelConfig
 from mygpt.errors import UsageError
 from mygpt.generate import generate

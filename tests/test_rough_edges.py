@@ -286,7 +286,7 @@ def test_precision_auto_measures_the_run_on_a_bf16_cpu():
 
 
 def test_mlx_train_warns_about_the_reference_blas_once(tmp_path, small_corpus, capsys):
-    from mygpt.bench import mlx_blas
+    from mygpt.blas import mlx_blas
 
     if not sys.platform.startswith("linux") or mlx_blas()[0] != "reference":
         pytest.skip("MLX is not on its bundled reference BLAS here")
@@ -302,7 +302,7 @@ def test_mlx_train_warns_about_the_reference_blas_once(tmp_path, small_corpus, c
 
 def test_no_blas_warning_for_torch():
     from mygpt.backends import get_backend
-    from mygpt.bench import reference_blas_warning
+    from mygpt.blas import reference_blas_warning
 
     assert reference_blas_warning(get_backend("torch", "cpu")) is None
 

@@ -22,10 +22,14 @@ from mygpt.train.state import TrainState
 
 def load_resumable(path: str | os.PathLike) -> Checkpoint:
     """A checkpoint that ``--resume`` can continue (weights *and* training state)."""
-    ckpt = load_checkpoint(path)
+    return require_resumable(load_checkpoint(path))
+
+
+def require_resumable(ckpt: Checkpoint) -> Checkpoint:
+    """``ckpt`` itself, if it holds the training state a resume needs."""
     if ckpt.train_state is None:
         raise MygptError(
-            f"{path} holds weights only (no optimizer state or step) — resume from a "
+            f"{ckpt.path} holds weights only (no optimizer state or step) — resume from a "
             "checkpoint written by `mygpt train`, or start from these weights with a new run"
         )
     return ckpt

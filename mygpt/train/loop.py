@@ -26,7 +26,7 @@ from mygpt.errors import MygptError
 from mygpt.fileio import check_output_path
 from mygpt.init_from import init_checkpoint
 from mygpt.metrics import MetricsLog, metrics_path_for
-from mygpt.train.checkpointing import Saver, load_resumable
+from mygpt.train.checkpointing import Saver, load_resumable, require_resumable
 from mygpt.train.config import TrainConfig, TrainResult, resume_config
 from mygpt.train.data import RunData, load_data
 from mygpt.train.monitor import RunLog
@@ -50,7 +50,10 @@ def train(
     overrides. ``mygpt train --resume X --steps 4000`` is ``train(None, resume="X",
     overrides={"steps": 4000})``: the CLI and the Python API continue a run the same way.
     """
-    ckpt = resume if isinstance(resume, Checkpoint) or resume is None else load_resumable(resume)
+    if isinstance(resume, Checkpoint):
+        ckpt = require_resumable(resume)
+    else:
+        ckpt = load_resumable(resume) if resume is not None else None
     if ckpt is not None:
         tc = continued_config(ckpt, tc, overrides)
     elif tc is None:
@@ -62,15 +65,16 @@ def train(
             MetricsLog(metrics_path_for(tc.output)).check()
         # --init-from: weights, architecture and tokenizer of a checkpoint, a fresh optimizer
         init = init_checkpoint(tc) if ckpt is None else None
+        source = ckpt or init  # where the weights, architecture and tokenizer come from
         # the architecture flags too, before minutes of corpus encoding (vocab size comes later)
-        if ckpt is None and init is None:
+        if source is None:
             tc.model_config(vocab_size=1)
-        run = start_run(tc, (ckpt or init).config if (ckpt or init) is not None else None)
+        run = start_run(tc, source.config if source is not None else None)
     except MygptError as e:
         e.every_rank = True  # the same settings on every rank: one rank says so
         raise
     try:
-        rd = load_data(run, tc, _tokenizer_of(ckpt or init))
+        rd = load_data(run, tc, _tokenizer_of(source))
         state = init_state(run, tc, rd, ckpt, init)
         return _train_loop(run, tc, rd, state, ckpt is not None, on_log)
     except PeerLost as e:
@@ -83,11 +87,6 @@ def continued_config(
     ckpt: Checkpoint, tc: TrainConfig | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """A resumed run's settings: the saved ones with ``overrides`` on top (see :func:`train`)."""
-    if ckpt.train_state is None:
-        raise MygptError(
-            f"{ckpt.path} holds weights only (no optimizer state or step) — resume from a "
-            "checkpoint written by `mygpt train`"
-        )
     saved = dict(ckpt.train_state.get("args", {}))
     if overrides is None:
         defaults = vars(TrainConfig())

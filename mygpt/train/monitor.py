@@ -94,8 +94,7 @@ class RunLog:
     def finish(
         self, step: int, start_step: int, interrupted: bool, extra: dict
     ) -> tuple[float, float]:
-        """Close the bar, log the run's end; ``(wall seconds, tokens/s)``."""
-        self.progress.close()
+        """Log the run's end and close the log; ``(wall seconds, tokens/s)``."""
         wall = time.perf_counter() - self.t_start
         tps = (step - start_step) * self.tokens_per_step / max(wall, 1e-9)
         event = {"event": "interrupted" if interrupted else "end", "step": step, "wall_s": wall}

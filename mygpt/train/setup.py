@@ -7,6 +7,7 @@ from typing import Any
 
 from mygpt.backends import get_backend, resolve_backend_name
 from mygpt.backends.distributed import ProcessGroup
+from mygpt.blas import reference_blas_warning
 from mygpt.config import ModelConfig
 from mygpt.console import console
 from mygpt.errors import MygptError
@@ -48,8 +49,6 @@ def start_run(tc: TrainConfig, config: ModelConfig | None = None) -> Run:
         f"backend: {ops.name} ({backend_why}) · device: {ops.device} ({ops.device_reason}{threads}) · "
         f"precision: {dtype} ({why}){where}"
     )
-    from mygpt.bench import reference_blas_warning  # bench imports mygpt.train
-
     note = reference_blas_warning(ops)
     if note:
         console.status(note)
