@@ -279,7 +279,7 @@ def bench_generation_modes(
     like with like.
     """
     modes = {"cache": (True, False), "nocache": (False, False)}
-    if cfg.position_type == "rope":
+    if cfg.position == "rope":
         modes["sliding"] = (True, True)
     runs = {
         name: _generation_run(ops, cfg, params, use_cache, dtype, sliding=sliding)
@@ -462,7 +462,7 @@ def bench(
         raise MygptError("no backend is installed — pip install torch, or pip install mlx")
     click.echo(
         f"config: {cfg.num_layers} layers x {cfg.embed_dim} wide, {cfg.num_heads} heads "
-        f"({cfg.num_kv_heads} K/V), {cfg.norm_type} norm, {cfg.position_type} positions, "
+        f"({cfg.num_kv_heads} K/V), {cfg.norm} norm, {cfg.position} positions, "
         f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}; batch {s['batch_size']} x "
         f"{s['seq_len']} tokens; {count_params(cfg):,} params; "
         f"{platform.machine()} {platform.system()}",

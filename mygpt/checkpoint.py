@@ -103,7 +103,7 @@ def _check_params(
         if name not in expected:
             raise MygptError(
                 f"{where}: unexpected parameter {name!r} for this config (norm "
-                f"{config.norm_type!r}, position {config.position_type!r}, "
+                f"{config.norm!r}, position {config.position!r}, "
                 f"{config.num_layers} layers) — the weights do not match the config"
             )
     out: dict[str, np.ndarray] = {}
@@ -402,7 +402,7 @@ def _book_module_metadata(config: ModelConfig) -> collections.OrderedDict:
     file indistinguishable from one the book wrote.
     """
     names = ["", "token_embedding", "token_embedding.embedding"]
-    if config.position_type == "learned":
+    if config.position == "learned":
         names.append("position_embedding")
     names += ["embed_drop", "blocks"]
     for i in range(config.num_layers):
@@ -420,13 +420,13 @@ def _book_state_dict(config: ModelConfig, params: dict[str, np.ndarray]) -> coll
     sd: collections.OrderedDict = collections.OrderedDict()
     mask = _causal_mask(config.max_seq_len)
     cos = sin = None
-    if config.position_type == "rope":
+    if config.position == "rope":
         from mygpt.backends.torch_io import book_rope_tables
 
         cos, sin = book_rope_tables(config.max_seq_len, config.head_dim, config.rope_base)
     # The book registers the buffers in the attention module, which comes right after ln1 (weight,
     # then bias for LayerNorm) in registration order, hence in the state dict.
-    last_ln1 = ".ln1.bias" if config.norm_type == "layer" else ".ln1.weight"
+    last_ln1 = ".ln1.bias" if config.norm == "layer" else ".ln1.weight"
     for name, value in params.items():
         sd[name] = value
         if name.startswith("blocks.") and name.endswith(last_ln1):
@@ -511,10 +511,10 @@ def save_book_checkpoint(
                 f"{getattr(defaults, name)}; this model uses {getattr(config, name)} — keep the "
                 "native .safetensors checkpoint"
             )
-    if config.mlp_type != "gelu":
+    if config.mlp != "gelu":
         raise MygptError(
             f"{where}: the book's format has only its GELU MLP; this model uses --mlp "
-            f"{config.mlp_type} — keep the native .safetensors checkpoint"
+            f"{config.mlp} — keep the native .safetensors checkpoint"
         )
     checked = _check_params(params, config, where)
     _check_tokenizer(tokenizer, where)
@@ -526,8 +526,8 @@ def save_book_checkpoint(
         "num_kv_heads": config.num_kv_heads,
         "num_layers": config.num_layers,
         "max_seq_len": config.max_seq_len,
-        "norm_type": config.norm_type,
-        "position_type": config.position_type,
+        "norm_type": config.norm,
+        "position_type": config.position,
         "tokenizer_kind": kind,
     }
     obj = {

@@ -1,8 +1,9 @@
 """The model's architecture, as one validated dataclass.
 
-Field names follow the book's checkpoint ``config`` dict (vocab_size, embed_dim, num_heads,
-num_layers, max_seq_len, num_kv_heads, norm_type, position_type), so a book config maps onto it
-one-to-one. A field the book's Part-I checkpoints lack takes its Part-I value.
+Field names are the flags users type (``--embed-dim`` sets ``embed_dim``, ``--norm`` sets
+``norm``). The book's checkpoint ``config`` dict and mygpt checkpoints written before this naming
+say ``norm_type``, ``position_type`` and ``mlp_type``: :meth:`ModelConfig.from_dict` reads those
+too. A field the book's Part-I checkpoints lack takes its Part-I value.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ MLP_TYPES = ("gelu", "swiglu")
 #: swiglu's default hidden width is 8/3 * C rounded up to a multiple of this (Llama's convention
 #: with a small multiple, so tiny models keep ~the parameter count of the book's 4C GELU MLP)
 SWIGLU_MULTIPLE = 8
+#: the book's (and older mygpt checkpoints') names for three fields
+LEGACY_NAMES = {"norm_type": "norm", "position_type": "position", "mlp_type": "mlp"}
 
 
 def default_mlp_hidden(mlp_type: str, embed_dim: int) -> int:
@@ -37,13 +40,13 @@ class ModelConfig:
     num_layers: int = 4
     max_seq_len: int = 64
     num_kv_heads: int | None = None  # None: one KV head per query head (plain MHA)
-    norm_type: str = "layer"  # "layer": LayerNorm with bias; "rms": RMSNorm, weight only
-    position_type: str = "learned"  # "learned": absolute embedding; "rope": rotary, interleaved
+    norm: str = "layer"  # "layer": LayerNorm with bias; "rms": RMSNorm, weight only
+    position: str = "learned"  # "learned": absolute embedding; "rope": rotary, interleaved
     dropout: float = 0.0  # on the attention probabilities, training only (as the book)
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     # "gelu": the book's C -> 4C -> C MLP with biases; "swiglu": Llama's gated MLP, no biases
-    mlp_type: str = "gelu"
+    mlp: str = "gelu"
     mlp_hidden: int | None = None  # None: default_mlp_hidden(mlp_type, embed_dim)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -52,7 +55,7 @@ class ModelConfig:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.mlp_hidden is None and isinstance(self.embed_dim, int):
             object.__setattr__(
-                self, "mlp_hidden", default_mlp_hidden(self.mlp_type, self.embed_dim)
+                self, "mlp_hidden", default_mlp_hidden(self.mlp, self.embed_dim)
             )
         self.validate()
 
@@ -80,19 +83,19 @@ class ModelConfig:
                 raise MygptError(
                     f"{name} must be a positive integer, got {value!r} — pass a value >= 1"
                 )
-        if self.norm_type not in NORM_TYPES:
+        if self.norm not in NORM_TYPES:
             raise MygptError(
-                f"unknown norm type {self.norm_type!r} — use one of: {', '.join(NORM_TYPES)}"
+                f"unknown norm type {self.norm!r} — use one of: {', '.join(NORM_TYPES)}"
             )
-        if self.position_type not in POSITION_TYPES:
+        if self.position not in POSITION_TYPES:
             raise MygptError(
-                f"unknown position type {self.position_type!r} — use one of: {', '.join(POSITION_TYPES)}"
+                f"unknown position type {self.position!r} — use one of: {', '.join(POSITION_TYPES)}"
             )
-        if self.mlp_type not in MLP_TYPES:
+        if self.mlp not in MLP_TYPES:
             raise MygptError(
-                f"unknown MLP type {self.mlp_type!r} — use one of: {', '.join(MLP_TYPES)}"
+                f"unknown MLP type {self.mlp!r} — use one of: {', '.join(MLP_TYPES)}"
             )
-        if self.mlp_type == "gelu" and self.mlp_hidden != 4 * self.embed_dim:
+        if self.mlp == "gelu" and self.mlp_hidden != 4 * self.embed_dim:
             raise MygptError(
                 f"--mlp-hidden {self.mlp_hidden} with --mlp gelu: the book's GELU MLP is always "
                 f"4 x embed_dim = {4 * self.embed_dim} wide — drop --mlp-hidden or use --mlp swiglu"
@@ -107,7 +110,7 @@ class ModelConfig:
                 f"--num-kv-heads {self.num_kv_heads} does not divide --num-heads {self.num_heads} — "
                 "use a divisor of the head count (1 = MQA, num_heads = MHA)"
             )
-        if self.position_type == "rope" and self.head_dim % 2:
+        if self.position == "rope" and self.head_dim % 2:
             raise MygptError(
                 f"RoPE needs an even head dimension, got {self.head_dim} "
                 f"(embed_dim {self.embed_dim} / num_heads {self.num_heads}) — change either"
@@ -130,10 +133,10 @@ class ModelConfig:
             num_layers=flags["num_layers"],
             max_seq_len=flags["max_seq_len"],
             num_kv_heads=flags.get("num_kv_heads"),
-            norm_type=flags["norm"],
-            position_type=flags["position"],
+            norm=flags["norm"],
+            position=flags["position"],
             dropout=flags.get("dropout", 0.0),
-            mlp_type=flags.get("mlp", "gelu"),
+            mlp=flags.get("mlp", "gelu"),
             mlp_hidden=flags.get("mlp_hidden"),
         )
 
@@ -145,6 +148,7 @@ class ModelConfig:
         so configs written by newer versions still load.
         """
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        d = {LEGACY_NAMES.get(k, k): v for k, v in d.items()}
         known = {k: v for k, v in d.items() if k in names}
         if "vocab_size" not in known:
             raise MygptError(

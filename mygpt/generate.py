@@ -85,7 +85,7 @@ def generate(
 ) -> Iterator[int]:
     """Yield ``max_new_tokens`` new token ids, one at a time (for streaming)."""
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
-    if sliding and cfg.position_type != "rope":
+    if sliding and cfg.position != "rope":
         raise MygptError(
             "a sliding KV cache needs rotary positions (learned positions stop at max_seq_len) — "
             "drop --sliding-window for this model"

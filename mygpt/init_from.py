@@ -24,9 +24,9 @@ _ARCH_FLAGS = {
     "num_layers": "num_layers",
     "max_seq_len": "max_seq_len",
     "num_kv_heads": "num_kv_heads",
-    "norm": "norm_type",
-    "position": "position_type",
-    "mlp": "mlp_type",
+    "norm": "norm",
+    "position": "position",
+    "mlp": "mlp",
     "mlp_hidden": "mlp_hidden",
 }
 

@@ -33,12 +33,12 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in the book's state-dict order (minus its buffers)."""
     C, kv = cfg.embed_dim, cfg.num_kv_heads * cfg.head_dim
     shapes: dict[str, tuple[int, ...]] = {"token_embedding.embedding.weight": (cfg.vocab_size, C)}
-    if cfg.position_type == "learned":
+    if cfg.position == "learned":
         shapes["position_embedding.weight"] = (cfg.max_seq_len, C)
 
     def norm(prefix: str) -> None:
         shapes[f"{prefix}.weight"] = (C,)
-        if cfg.norm_type == "layer":
+        if cfg.norm == "layer":
             shapes[f"{prefix}.bias"] = (C,)
 
     for i in range(cfg.num_layers):
@@ -56,7 +56,7 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def _mlp_shapes(cfg: ModelConfig, b: str) -> dict[str, tuple[int, ...]]:
     C, H = cfg.embed_dim, cfg.mlp_hidden
-    if cfg.mlp_type == "swiglu":  # Llama's gated MLP: down(silu(gate(x)) * up(x)), no biases
+    if cfg.mlp == "swiglu":  # Llama's gated MLP: down(silu(gate(x)) * up(x)), no biases
         return {
             f"{b}.mlp.gate.weight": (H, C),
             f"{b}.mlp.up.weight": (H, C),
@@ -159,7 +159,7 @@ class KVCache:
 
 def _norm(ops, cfg: ModelConfig, params: Params, prefix: str, x: Array, dtype: str) -> Array:
     w = ops.cast(params[f"{prefix}.weight"], dtype)
-    if cfg.norm_type == "rms":
+    if cfg.norm == "rms":
         return ops.rms_norm(x, w, cfg.norm_eps)
     return ops.layer_norm(x, w, ops.cast(params[f"{prefix}.bias"], dtype), cfg.norm_eps)
 
@@ -182,7 +182,7 @@ def _attention(
     w_qkv = ops.concat([p(f"{b}.mha.W_{n}.weight") for n in "QKV"], axis=0)
     heads = ops.transpose(ops.reshape(ops.linear(x, w_qkv), (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
     qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
-    if cfg.position_type == "rope":
+    if cfg.position == "rope":
         qk = ops.rope(qk, offset, cfg.rope_base)
     q, k = qk[:, :H], qk[:, H:]
     if cache is not None:
@@ -195,7 +195,7 @@ def _attention(
 
 
 def _mlp(ops, cfg: ModelConfig, p: Callable[[str], Array], b: str, h: Array) -> Array:
-    if cfg.mlp_type == "swiglu":
+    if cfg.mlp == "swiglu":
         gated = ops.silu(ops.linear(h, p(f"{b}.mlp.gate.weight"))) * ops.linear(
             h, p(f"{b}.mlp.up.weight")
         )
@@ -222,7 +222,7 @@ def forward(
     """
     T = ids.shape[1]
     offset = cache.offset if cache is not None else 0
-    if cfg.position_type == "learned" and offset + T > cfg.max_seq_len:
+    if cfg.position == "learned" and offset + T > cfg.max_seq_len:
         raise MygptError(
             f"sequence of {offset + T} tokens is longer than max_seq_len {cfg.max_seq_len} — "
             "crop the context (generation does this) or train with a larger --max-seq-len"
@@ -240,7 +240,7 @@ def forward(
     dropout = cfg.dropout if train else 0.0
     emb = params["token_embedding.embedding.weight"]
     x = ops.embedding(emb, ids)
-    if cfg.position_type == "learned":
+    if cfg.position == "learned":
         x = x + params["position_embedding.weight"][offset : offset + T]
     x = ops.cast(x, dtype)
     for i in range(cfg.num_layers):
@@ -275,7 +275,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     """
     C, L = cfg.embed_dim, cfg.num_layers
     kv = cfg.num_kv_heads * cfg.head_dim
-    mlp = (3 if cfg.mlp_type == "swiglu" else 2) * C * cfg.mlp_hidden  # gate+up+down or fc1+fc2
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * C * cfg.mlp_hidden  # gate+up+down or fc1+fc2
     matmul = L * (2 * C * C + 2 * C * kv + mlp) + C * cfg.vocab_size
     attention = L * 2 * seq_len * C  # QK^T and AV, causal halves it, x2 mul-add
     return 6 * matmul + 6 * attention

@@ -34,5 +34,5 @@ def test_swiglu_rows_run_the_gated_mlp():
     from mygpt.parity import tiny_config
 
     assert any(c.name.endswith("/swiglu") for c in MODEL_CHECKS)
-    shapes = param_shapes(tiny_config("rms", "rope", "gqa", mlp_type="swiglu"))
+    shapes = param_shapes(tiny_config("rms", "rope", "gqa", mlp="swiglu"))
     assert "blocks.0.mlp.gate.weight" in shapes and "blocks.0.mlp.fc1.weight" not in shapes

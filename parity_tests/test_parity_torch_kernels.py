@@ -48,7 +48,7 @@ def test_kernels_give_the_same_loss_and_gradients(position):
     ops = get_backend("torch", "cpu")
     cfg = ModelConfig(
         vocab_size=40, embed_dim=32, num_heads=4, num_kv_heads=2, num_layers=2, max_seq_len=16,
-        position_type=position,
+        position=position,
     )  # fmt: skip
     rng = np.random.default_rng(1)
     ids = rng.integers(0, cfg.vocab_size, (3, 17))

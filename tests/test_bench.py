@@ -49,7 +49,7 @@ def test_cached_generation_equals_uncached_within_the_window(backend, position):
     ops = get_backend(backend, "cpu")
     cfg = ModelConfig(
         vocab_size=32, embed_dim=16, num_heads=2, num_layers=2, max_seq_len=24,
-        position_type=position,
+        position=position,
     )  # fmt: skip
     raw = init_params(cfg, seed=3)
     raw["token_embedding.embedding.weight"] *= 0.3  # flatter logits: a real test of equality
@@ -86,7 +86,7 @@ def test_mlx_blas_reports_a_known_kind():
 
 def test_shape_from_recipe_and_overrides():
     cfg, s = _shape_from("ch27-modern", {"max_seq_len": 256, "embed_dim": None})
-    assert (cfg.norm_type, cfg.position_type, cfg.num_kv_heads) == ("rms", "rope", 2)
+    assert (cfg.norm, cfg.position, cfg.num_kv_heads) == ("rms", "rope", 2)
     assert cfg.max_seq_len == 256 and cfg.embed_dim == 64
     assert s["precision"] == "fp32"  # recipes don't set bench precision
     assert _shape_from("ch28", {})[0].vocab_size == 3046

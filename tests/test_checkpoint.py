@@ -94,7 +94,7 @@ def test_part1_fixture_loads_with_part1_defaults():
         4,
         64,
     )
-    assert (cfg.norm_type, cfg.position_type, cfg.num_kv_heads) == ("layer", "learned", 4)
+    assert (cfg.norm, cfg.position, cfg.num_kv_heads) == ("layer", "learned", 4)
     assert ckpt.tokenizer["kind"] == "char" and ckpt.tokenizer["version"] == 1
     assert len(ckpt.tokenizer["chars"]) == 65 and ckpt.tokenizer["chars"][:2] == ["\n", " "]
     assert ckpt.params["position_embedding.weight"].shape == (64, 64)
@@ -118,7 +118,7 @@ def test_fixture_params_are_state_dict_minus_buffers(name):
 def test_modern_fixtures_configs_and_tokenizers():
     modern = load_checkpoint(fixture_path("ch27_modern"))
     c = modern.config
-    assert (c.norm_type, c.position_type, c.num_kv_heads, c.num_heads) == ("rms", "rope", 2, 4)
+    assert (c.norm, c.position, c.num_kv_heads, c.num_heads) == ("rms", "rope", 2, 4)
     assert "position_embedding.weight" not in modern.params
     assert "ln_f.bias" not in modern.params
     assert modern.params["blocks.0.mha.W_K.weight"].shape == (32, 64)
@@ -165,7 +165,7 @@ def test_rope_and_mask_buffers_regenerate_bit_exactly():
 
 
 def test_native_round_trip_is_bit_exact(tmp_path):
-    cfg, params = random_native(1, num_kv_heads=2, norm_type="rms", position_type="rope")
+    cfg, params = random_native(1, num_kv_heads=2, norm="rms", position="rope")
     params["ln_f.weight"][:3] = [np.nan, -0.0, np.inf]
     rng = np.random.default_rng(2)
     opt = {f"m.{k}": rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}

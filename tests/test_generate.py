@@ -45,8 +45,8 @@ def _random_model(ops, position: str, norm: str, kv_heads: int, max_seq_len: int
         num_kv_heads=kv_heads,
         num_layers=2,
         max_seq_len=max_seq_len,
-        norm_type=norm,
-        position_type=position,
+        norm=norm,
+        position=position,
     )
     params = model.init_params(cfg, seed=3)
     # scale the embedding down so sampling is not one-hot (the book init gives huge logits)

@@ -43,7 +43,7 @@ def _ckpt(path, norm="layer", position="learned", mlp="gelu", kv=4, tok=CHAR, **
     vocab = len(tok["chars"]) if tok["kind"] == "char" else kw.pop("vocab")
     cfg = ModelConfig(
         vocab_size=vocab, embed_dim=16, num_heads=4, num_layers=2, max_seq_len=16,
-        num_kv_heads=kv, norm_type=norm, position_type=position, mlp_type=mlp, **kw,
+        num_kv_heads=kv, norm=norm, position=position, mlp=mlp, **kw,
     )  # fmt: skip
     params = init_params(cfg, seed=7)
     # non-zero everywhere, so a bias or norm mapped to the wrong slot cannot go unnoticed

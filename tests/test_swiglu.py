@@ -19,11 +19,11 @@ def test_default_hidden_width_is_8_thirds_rounded_up_to_8():
     assert default_mlp_hidden("swiglu", 48) == 128  # exactly 8/3 * 48
     assert default_mlp_hidden("swiglu", 192) == 512
     assert default_mlp_hidden("gelu", 64) == 256
-    assert ModelConfig(vocab_size=10, mlp_type="swiglu", mlp_hidden=100).mlp_hidden == 100
+    assert ModelConfig(vocab_size=10, mlp="swiglu", mlp_hidden=100).mlp_hidden == 100
 
 
 def test_swiglu_parameters_and_count():
-    cfg = ModelConfig(vocab_size=65, mlp_type="swiglu", num_layers=1)
+    cfg = ModelConfig(vocab_size=65, mlp="swiglu", num_layers=1)
     shapes = param_shapes(cfg)
     assert shapes["blocks.0.mlp.gate.weight"] == (176, 64)
     assert shapes["blocks.0.mlp.up.weight"] == (176, 64)
@@ -35,18 +35,18 @@ def test_swiglu_parameters_and_count():
 
 def test_bad_mlp_settings_are_one_line_errors():
     with pytest.raises(MygptError, match="unknown MLP type 'relu'"):
-        ModelConfig(vocab_size=10, mlp_type="relu")
+        ModelConfig(vocab_size=10, mlp="relu")
     with pytest.raises(MygptError, match="--mlp-hidden 100 with --mlp gelu"):
         ModelConfig(vocab_size=10, mlp_hidden=100)
     with pytest.raises(MygptError, match="mlp_hidden must be a positive integer"):
-        ModelConfig(vocab_size=10, mlp_type="swiglu", mlp_hidden=0)
+        ModelConfig(vocab_size=10, mlp="swiglu", mlp_hidden=0)
 
 
 def test_forward_is_down_of_silu_gate_times_up():
     """Against numpy: one layer's MLP output, so a swapped gate/up or a missing silu fails."""
     ops = get_backend("torch", "cpu")
     cfg = ModelConfig(vocab_size=11, embed_dim=8, num_heads=2, num_layers=1, max_seq_len=8,
-                      norm_type="rms", position_type="rope", mlp_type="swiglu", mlp_hidden=12)  # fmt: skip
+                      norm="rms", position="rope", mlp="swiglu", mlp_hidden=12)  # fmt: skip
     p = init_params(cfg, seed=3)
     # an attention that adds nothing isolates the MLP: zero W_O
     p["blocks.0.mha.W_O.weight"][:] = 0
@@ -68,16 +68,16 @@ def test_forward_is_down_of_silu_gate_times_up():
 
 def test_flops_count_the_three_matrices():
     gelu = ModelConfig(vocab_size=65, num_layers=2)
-    swiglu = ModelConfig(vocab_size=65, num_layers=2, mlp_type="swiglu")
+    swiglu = ModelConfig(vocab_size=65, num_layers=2, mlp="swiglu")
     diff = flops_per_token(swiglu, 64) - flops_per_token(gelu, 64)
     assert diff == 6 * 2 * (3 * 64 * 176 - 2 * 64 * 256)
 
 
 def test_bench_takes_the_mlp_from_the_llama_recipe_and_flags():
     cfg, _ = _shape_from("llama", {})
-    assert cfg.mlp_type == "swiglu" and cfg.norm_type == "rms" and cfg.position_type == "rope"
+    assert cfg.mlp == "swiglu" and cfg.norm == "rms" and cfg.position == "rope"
     cfg, _ = _shape_from(None, {"mlp": "swiglu", "mlp_hidden": 96})
-    assert cfg.mlp_type == "swiglu" and cfg.mlp_hidden == 96
+    assert cfg.mlp == "swiglu" and cfg.mlp_hidden == 96
 
 
 @pytest.mark.parametrize("backend", available_backends())
@@ -89,7 +89,7 @@ def test_trains_saves_resumes_and_refuses_the_book_format(backend, small_corpus,
             "--lr", "1e-2", "--output", str(out), "--backend", backend, "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     ckpt = load_checkpoint(out)
-    assert ckpt.config.mlp_type == "swiglu" and ckpt.config.mlp_hidden == 40
+    assert ckpt.config.mlp == "swiglu" and ckpt.config.mlp_hidden == 40
     assert ckpt.params["blocks.0.mlp.gate.weight"].shape == (40, 16)
     assert main(["train", str(small_corpus), "--resume", str(out), "--steps", "6"]) == 0
     assert load_checkpoint(out).train_state["step"] == 6

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif("torch" not in available_backends(), reason="nee
 @pytest.mark.parametrize(
     "arch",
     [
-        dict(norm_type="layer", position_type="learned"),
-        dict(norm_type="rms", position_type="rope", num_kv_heads=2, dropout=0.1),
+        dict(norm="layer", position="learned"),
+        dict(norm="rms", position="rope", num_kv_heads=2, dropout=0.1),
     ],
     ids=["ch17", "ch27+dropout"],
 )

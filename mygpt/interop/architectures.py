@@ -141,7 +141,7 @@ def _gpt2_from_hf(cfg: ModelConfig, t: Tensors) -> Tensors:
 
 def _llama_family_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
     H, Hkv, D, C = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
-    layer_norm = cfg.norm_type == "layer"
+    layer_norm = cfg.norm == "layer"
     out = {"model.embed_tokens.weight": p["token_embedding.embedding.weight"]}
     for i in range(cfg.num_layers):
         b, h = f"blocks.{i}", f"model.layers.{i}"
@@ -166,9 +166,9 @@ def _llama_family_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
 
 def _mlp_names(cfg: ModelConfig) -> list[tuple[str, str]]:
     """(mygpt name, HF name) of the MLP's tensors under a block."""
-    if cfg.mlp_type == "swiglu":
+    if cfg.mlp == "swiglu":
         return [(f"{n}.weight", f"{n}_proj.weight") for n in ("gate", "up", "down")]
-    fc1, fc2 = ("c_fc", "c_proj") if cfg.norm_type == "layer" else ("up_proj", "down_proj")
+    fc1, fc2 = ("c_fc", "c_proj") if cfg.norm == "layer" else ("up_proj", "down_proj")
     return [
         (f"fc{j}.{w}", f"{hf}.{w}") for j, hf in ((1, fc1), (2, fc2)) for w in ("weight", "bias")
     ]
@@ -180,7 +180,7 @@ def _mlp_to_hf(cfg: ModelConfig, p: Tensors, b: str, h: str) -> Tensors:
 
 def _llama_family_from_hf(cfg: ModelConfig, t: Tensors) -> Tensors:
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    layer_norm = cfg.norm_type == "layer"
+    layer_norm = cfg.norm == "layer"
     p = {"token_embedding.embedding.weight": t["model.embed_tokens.weight"]}
     for i in range(cfg.num_layers):
         b, h = f"blocks.{i}", f"model.layers.{i}"
@@ -249,11 +249,11 @@ def exportable() -> str:
 def architecture_for(cfg: ModelConfig) -> Architecture:
     """The architecture that computes ``cfg`` exactly, or a one-line refusal."""
     for a in ARCHITECTURES.values():
-        if (a.norm, a.position, a.mlp) == (cfg.norm_type, cfg.position_type, cfg.mlp_type):
+        if (a.norm, a.position, a.mlp) == (cfg.norm, cfg.position, cfg.mlp):
             return a
     raise MygptError(
-        f"no standard Hugging Face architecture computes --norm {cfg.norm_type} --position "
-        f"{cfg.position_type} --mlp {cfg.mlp_type} exactly, so it can't be exported — "
+        f"no standard Hugging Face architecture computes --norm {cfg.norm} --position "
+        f"{cfg.position} --mlp {cfg.mlp} exactly, so it can't be exported — "
         f"these combinations export: {exportable()}"
     )
 
@@ -315,8 +315,8 @@ def hf_config(cfg: ModelConfig, arch: Architecture, special: dict[str, Any]) -> 
         )  # fmt: skip
     else:
         out.update(
-            hidden_act="silu" if cfg.mlp_type == "swiglu" else "gelu",
-            mlp_bias=cfg.mlp_type == "gelu",
+            hidden_act="silu" if cfg.mlp == "swiglu" else "gelu",
+            mlp_bias=cfg.mlp == "gelu",
             attention_bias=False,
             rms_norm_eps=cfg.norm_eps,
             pretraining_tp=1,

@@ -113,8 +113,8 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
         fields["num_kv_heads"] = hf.get("mygpt_num_kv_heads") or H
     try:
         cfg = ModelConfig(
-            vocab_size=hf["vocab_size"], norm_type=arch.norm, position_type=arch.position,
-            mlp_type=arch.mlp, **fields,
+            vocab_size=hf["vocab_size"], norm=arch.norm, position=arch.position,
+            mlp=arch.mlp, **fields,
         )  # fmt: skip
     except MygptError as e:
         raise _fail(

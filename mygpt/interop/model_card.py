@@ -40,9 +40,9 @@ def model_card(ckpt: Checkpoint, arch: Architecture, source: Path) -> str:
         ("Hugging Face architecture", f"`{arch.hf_class}` (`{arch.model_type}`)"),
         ("layers x width", f"{cfg.num_layers} x {cfg.embed_dim}"),
         ("heads / K/V heads", f"{cfg.num_heads} / {cfg.num_kv_heads}"),
-        ("norm", cfg.norm_type),
-        ("positions", cfg.position_type),
-        ("MLP", f"{cfg.mlp_type}, hidden {cfg.mlp_hidden}"),
+        ("norm", cfg.norm),
+        ("positions", cfg.position),
+        ("MLP", f"{cfg.mlp}, hidden {cfg.mlp_hidden}"),
         ("context (max_seq_len)", str(cfg.max_seq_len)),
         ("vocabulary", f"{cfg.vocab_size} ({ckpt.tokenizer.get('kind')} tokenizer)"),
     ]

@@ -37,7 +37,7 @@ def tiny_config(
     """The parity model: small enough that bf16 on a CPU without bf16 units stays fast."""
     base = dict(vocab_size=40, embed_dim=32, num_heads=4, num_layers=2, max_seq_len=16)
     base.update(kw)
-    return ModelConfig(**base, num_kv_heads=KV_HEADS[kv], norm_type=norm, position_type=position)
+    return ModelConfig(**base, num_kv_heads=KV_HEADS[kv], norm=norm, position=position)
 
 
 def token_batch(cfg: ModelConfig, seed: int, B: int, T: int) -> tuple[np.ndarray, np.ndarray]:

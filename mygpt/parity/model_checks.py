@@ -46,7 +46,7 @@ def model_check(norm: str, position: str, kv: str, mlp: str = "gelu") -> ParityC
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         if ref is None:
             return []
-        cfg = tiny_config(norm, position, kv, mlp_type=mlp)
+        cfg = tiny_config(norm, position, kv, mlp=mlp)
         params = init_params(cfg, seed=1)
         x, y = token_batch(cfg, seed=2, B=2, T=8 if dtype == "float32" else 6)
         lc, fc, gc = _forward_and_grads(cand, cfg, params, x, y, dtype)
@@ -68,7 +68,7 @@ def kv_cache_check(position: str, kv: str, mlp: str = "gelu") -> ParityCheck:
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         norm = "rms" if position == "rope" else "layer"
-        cfg = tiny_config(norm, position, kv, mlp_type=mlp)
+        cfg = tiny_config(norm, position, kv, mlp=mlp)
         params = init_params(cfg, seed=6)
         x, _ = token_batch(cfg, seed=7, B=2, T=12)
         P = {k: cand.asarray(v) for k, v in params.items()}

@@ -82,11 +82,11 @@ class TrainConfig:
     num_kv_heads: int | None = setting(
         _MODEL["num_kv_heads"], "K/V heads (GQA); default = --num-heads.", type=int
     )
-    norm: str = setting(_MODEL["norm_type"], "Normalization.", choices=NORM_TYPES)
-    position: str = setting(_MODEL["position_type"], "Positions.", choices=POSITION_TYPES)
+    norm: str = setting(_MODEL["norm"], "Normalization.", choices=NORM_TYPES)
+    position: str = setting(_MODEL["position"], "Positions.", choices=POSITION_TYPES)
     dropout: float = setting(_MODEL["dropout"], "On the attention probabilities (training).")
     mlp: str = setting(
-        _MODEL["mlp_type"],
+        _MODEL["mlp"],
         "gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases).",
         choices=MLP_TYPES,
     )

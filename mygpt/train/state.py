@@ -67,7 +67,7 @@ def init_state(
     console.status(
         f"model: {model.count_params(cfg):,} parameters · vocab {cfg.vocab_size} · "
         f"{cfg.num_layers} layers × {cfg.embed_dim} wide · {cfg.num_heads} heads / "
-        f"{cfg.num_kv_heads} kv · norm {cfg.norm_type} · positions {cfg.position_type} · "
+        f"{cfg.num_kv_heads} kv · norm {cfg.norm} · positions {cfg.position} · "
         f"{rd.num_train_tokens:,} training tokens"
     )
     if start_step >= tc.steps:
