@@ -54,9 +54,7 @@ class ModelConfig:
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.mlp_hidden is None and isinstance(self.embed_dim, int):
-            object.__setattr__(
-                self, "mlp_hidden", default_mlp_hidden(self.mlp, self.embed_dim)
-            )
+            object.__setattr__(self, "mlp_hidden", default_mlp_hidden(self.mlp, self.embed_dim))
         self.validate()
 
     @property
@@ -92,9 +90,7 @@ class ModelConfig:
                 f"unknown position type {self.position!r} — use one of: {', '.join(POSITION_TYPES)}"
             )
         if self.mlp not in MLP_TYPES:
-            raise MygptError(
-                f"unknown MLP type {self.mlp!r} — use one of: {', '.join(MLP_TYPES)}"
-            )
+            raise MygptError(f"unknown MLP type {self.mlp!r} — use one of: {', '.join(MLP_TYPES)}")
         if self.mlp == "gelu" and self.mlp_hidden != 4 * self.embed_dim:
             raise MygptError(
                 f"--mlp-hidden {self.mlp_hidden} with --mlp gelu: the book's GELU MLP is always "
