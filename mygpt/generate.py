@@ -68,6 +68,142 @@ def check_sampling_args(
         raise MygptError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
 
 
+#: rows of every decode step: ``generate`` pads its one stream to this many rows and ``mygpt serve``
+#: decodes in groups of this many, so a stream's arithmetic is the same alone or in company
+DECODE_ROWS = 8
+
+
+class Stream:
+    """One generation's state: its tokens, its own RNG and sampling settings.
+
+    Each stream owns a ``numpy`` generator seeded with its seed, so its draws do not depend on
+    what other streams sample (a batched server keeps every stream's ``generate`` output).
+    """
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = 10,
+        top_p: float = 1.0,
+        seed: int = 0,
+        keep_prompt_logits: bool = False,
+    ) -> None:
+        if len(prompt_ids) == 0:
+            raise MygptError("the prompt is empty — pass --prompt with at least one character")
+        self.ids = list(prompt_ids)
+        self.prompt_len = len(self.ids)
+        self.rng = np.random.default_rng(seed)
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.keep_prompt_logits = keep_prompt_logits
+        self.prompt_logits: np.ndarray | None = None  # (prompt_len, vocab), when kept
+        self.fresh = True  # nothing of it in a cache yet
+
+    def sample(self, logits: np.ndarray) -> int:
+        nxt = sample_next(
+            logits, self.rng, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p
+        )
+        self.ids.append(nxt)
+        return nxt
+
+
+class Decoder:
+    """Exact batched decoding: streams in fixed-shape groups of :data:`DECODE_ROWS` rows.
+
+    A stream is prefilled alone, exactly as ``generate`` prefills (one forward of its window
+    through a :class:`~mygpt.model.KVCache`, also how every step past the context refills), then
+    copied into its row of a :class:`~mygpt.model.SlotCache`; each decode step runs one
+    (DECODE_ROWS, 1) forward per group that has work, whatever the number of live rows.
+    """
+
+    def __init__(self, ops, cfg: ModelConfig, params: dict, capacity: int, dtype: str) -> None:
+        self.ops, self.cfg, self.params, self.dtype = ops, cfg, params, dtype
+        self.fused = model.fuse_qkv(ops, cfg, params)
+        groups = -(-capacity // DECODE_ROWS)
+        self.groups = [
+            model.SlotCache.allocate(ops, cfg, DECODE_ROWS, dtype) for _ in range(groups)
+        ]
+        self.streams: list[Stream | None] = [None] * (groups * DECODE_ROWS)
+
+    @staticmethod
+    def nbytes(cfg: ModelConfig, capacity: int, dtype: str) -> int:
+        """KV memory of a decoder for ``capacity`` rows, plus one prefill's cache."""
+        rows = -(-capacity // DECODE_ROWS) * DECODE_ROWS
+        return model.SlotCache.nbytes(cfg, rows, dtype) + 2 * model.SlotCache.nbytes(cfg, 1, dtype)
+
+    def add(self, stream: Stream) -> int:
+        """Give ``stream`` a free row (the lowest); its first :meth:`logits` prefills it."""
+        row = self.streams.index(None)  # ValueError when full: callers admit up to capacity
+        self.streams[row] = stream
+        return row
+
+    def remove(self, row: int) -> None:
+        self.streams[row] = None
+
+    def _prefill(self, row: int, stream: Stream) -> np.ndarray:
+        T = self.cfg.max_seq_len
+        window = stream.ids[-T:]
+        cache = model.KVCache(self.cfg.num_layers, max_len=T)
+        x = self.ops.asarray(np.array([window], dtype=np.int64))
+        out = model.forward(self.ops, self.cfg, self.params, x, cache=cache, dtype=self.dtype)
+        if stream.fresh and stream.keep_prompt_logits:
+            stream.prompt_logits = self.ops.to_numpy(out[0])
+        stream.fresh = False
+        if len(stream.ids) < T:  # it will decode from this cache next step
+            group, r = divmod(row, DECODE_ROWS)
+            self.groups[group].load(self.ops, r, cache)
+        return self.ops.to_numpy(out[:, -1])[0]
+
+    def logits(self, rows: Sequence[int]) -> dict[int, np.ndarray]:
+        """Next-token logits of each of ``rows``: prefills alone, then one step per group."""
+        out, todo = {}, {}
+        for row in rows:
+            s = self.streams[row]
+            if s.fresh or len(s.ids) > self.cfg.max_seq_len:
+                out[row] = self._prefill(row, s)
+            else:
+                todo.setdefault(row // DECODE_ROWS, []).append(row)
+        for group, members in todo.items():
+            tokens = np.zeros(DECODE_ROWS, dtype=np.int64)
+            positions = np.zeros(DECODE_ROWS, dtype=np.int64)
+            for row in members:
+                s, r = self.streams[row], row % DECODE_ROWS
+                tokens[r], positions[r] = s.ids[-1], len(s.ids) - 1
+            slots = self.groups[group]
+            step = model.decode(
+                self.ops, self.cfg, self.fused, tokens, positions, slots, dtype=self.dtype
+            )
+            step = self.ops.to_numpy(step)
+            for row in members:
+                out[row] = step[row % DECODE_ROWS]
+        return out
+
+
+def generate_steps(
+    ops,
+    cfg: ModelConfig,
+    params: dict,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int = 200,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = 10,
+    top_p: float = 1.0,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(token, the logits it was sampled from)`` for each new token: the exact cached path."""
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    stream = Stream(prompt_ids, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    with ops.inference():
+        dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
+        row = dec.add(stream)
+        for _ in range(max_new_tokens):
+            logits = dec.logits([row])[row]
+            yield stream.sample(logits), logits
+
+
 def generate(
     ops,
     cfg: ModelConfig,
@@ -84,6 +220,26 @@ def generate(
     dtype: str = "float32",
 ) -> Iterator[int]:
     """Yield ``max_new_tokens`` new token ids, one at a time (for streaming)."""
+    if use_cache and not sliding:
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+        steps = generate_steps(
+            ops, cfg, params, prompt_ids, max_new_tokens, dtype=dtype, **sampling
+        )
+        for token, _ in steps:
+            yield token
+        return
+    yield from _generate_uncached_or_sliding(
+        ops, cfg, params, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+        top_p=top_p, seed=seed, use_cache=use_cache, sliding=sliding, dtype=dtype,
+    )  # fmt: skip
+
+
+def _generate_uncached_or_sliding(
+    ops, cfg: ModelConfig, params: dict, prompt_ids: Sequence[int], max_new_tokens: int, *,
+    temperature: float, top_k: int | None, top_p: float, seed: int, use_cache: bool,
+    sliding: bool, dtype: str,
+) -> Iterator[int]:  # fmt: skip
+    """The book's loop without a cache, or the rotating (sliding) cache of mlx-lm/llama.cpp."""
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
     if sliding and cfg.position != "rope":
         raise MygptError(
@@ -107,8 +263,7 @@ def generate(
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits = last_logits(ids[-T:], None)
-            elif cache is None or (not sliding and len(ids) > T):
-                # (re)fill: the whole cropped window in one pass
+            elif cache is None:
                 cache = model.KVCache(cfg.num_layers, max_len=T)
                 logits = last_logits(ids[-T:], cache)
             else:
@@ -116,3 +271,47 @@ def generate(
             nxt = sample_next(logits, rng, temperature=temperature, top_k=top_k, top_p=top_p)
             ids.append(nxt)
             yield nxt
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities from fp32 logits, in float64 (``mygpt eval``'s arithmetic)."""
+    z = np.asarray(logits, dtype=np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    return z - (np.log(np.exp(z - m).sum(axis=-1, keepdims=True)) + m)
+
+
+def batch_invariance_check(
+    ops, cfg: ModelConfig, params: dict, dtype: str = "float32", steps: int = 3, seed: int = 0
+) -> float:
+    """Largest |logit| difference between streams decoded together and each decoded alone.
+
+    Eight streams with prompts of different lengths share a :class:`Decoder` group; each is
+    then run alone (as ``generate`` runs it, in row 0). 0.0 means batched decoding is exact here.
+    """
+    rng = np.random.default_rng(seed)
+    T = cfg.max_seq_len
+    prompts = [
+        list(rng.integers(0, cfg.vocab_size, size=int(rng.integers(1, max(2, T // 2)))))
+        for _ in range(DECODE_ROWS)
+    ]
+
+    def run(group: list[list[int]]) -> list[list[np.ndarray]]:
+        dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
+        streams = [Stream(p, temperature=0) for p in group]
+        rows = [dec.add(s) for s in streams]
+        seen = [[] for _ in rows]
+        for _ in range(steps):
+            out = dec.logits(rows)
+            for i, (row, s) in enumerate(zip(rows, streams)):
+                seen[i].append(out[row])
+                s.sample(out[row])
+        return seen
+
+    with ops.inference():
+        together = run(prompts)
+        worst = 0.0
+        for i, p in enumerate(prompts):
+            alone = run([p])[0]
+            for a, b in zip(alone, together[i]):
+                worst = max(worst, float(np.abs(a - b).max()))
+    return worst
