@@ -164,9 +164,14 @@ class Decoder:
                 out[row] = self._prefill(row, s)
             else:
                 todo.setdefault(row // DECODE_ROWS, []).append(row)
+        T = self.cfg.max_seq_len
         for group, members in todo.items():
+            # Rows without a token this step still compute and write a key: at the last index,
+            # which no live row can need (a row's entry there is written by its own last decode,
+            # and every step after that refills from a fresh prefill). Never at 0: a row being
+            # prefilled this step would lose its first key.
             tokens = np.zeros(DECODE_ROWS, dtype=np.int64)
-            positions = np.zeros(DECODE_ROWS, dtype=np.int64)
+            positions = np.full(DECODE_ROWS, T - 1, dtype=np.int64)
             for row in members:
                 s, r = self.streams[row], row % DECODE_ROWS
                 tokens[r], positions[r] = s.ids[-1], len(s.ids) - 1
@@ -290,28 +295,35 @@ def batch_invariance_check(
     """
     rng = np.random.default_rng(seed)
     T = cfg.max_seq_len
-    prompts = [
-        list(rng.integers(0, cfg.vocab_size, size=int(rng.integers(1, max(2, T // 2)))))
-        for _ in range(DECODE_ROWS)
-    ]
+    n = DECODE_ROWS + 2  # more streams than rows: two join in rows others have left
+    prompts = [list(rng.integers(0, cfg.vocab_size, size=int(rng.integers(1, max(2, T // 2)))))
+               for _ in range(n)]  # fmt: skip
+    joins = [i // 2 for i in range(n)]  # streams join at different steps, mid-decode
 
-    def run(group: list[list[int]]) -> list[list[np.ndarray]]:
+    def run(group: list[int]) -> dict[int, list[np.ndarray]]:
         dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
-        streams = [Stream(p, temperature=0) for p in group]
-        rows = [dec.add(s) for s in streams]
-        seen = [[] for _ in rows]
-        for _ in range(steps):
-            out = dec.logits(rows)
-            for i, (row, s) in enumerate(zip(rows, streams)):
+        live: dict[int, tuple[int, Stream]] = {}
+        seen: dict[int, list[np.ndarray]] = {i: [] for i in group}
+        step = 0
+        while any(len(v) < steps for v in seen.values()):
+            for i in group:
+                if joins[i] <= step and not seen[i] and i not in live and len(live) < DECODE_ROWS:
+                    live[i] = (dec.add(Stream(prompts[i], temperature=0)), None)
+            out = dec.logits([row for row, _ in live.values()])
+            for i, (row, _) in list(live.items()):
                 seen[i].append(out[row])
-                s.sample(out[row])
+                dec.streams[row].sample(out[row])
+                if len(seen[i]) == steps:
+                    dec.remove(row)
+                    del live[i]
+            step += 1
         return seen
 
     with ops.inference():
-        together = run(prompts)
+        together = run(list(range(n)))
         worst = 0.0
-        for i, p in enumerate(prompts):
-            alone = run([p])[0]
+        for i in range(n):
+            alone = run([i])[i]
             for a, b in zip(alone, together[i]):
                 worst = max(worst, float(np.abs(a - b).max()))
     return worst
