@@ -150,7 +150,8 @@ def gen_requests(
             400,
             "max_tokens 0 generates nothing — ask for at least 1, or set echo to score the prompt",
             "max_tokens",
-        )  # fmt: skip    if max_tokens > info.max_tokens_limit:
+        )
+    if max_tokens > info.max_tokens_limit:
         raise ApiError(
             400,
             f"max_tokens {max_tokens} is more than this server allows ({info.max_tokens_limit}) "
