@@ -75,9 +75,11 @@ class ModelConfig:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.mlp_hidden is None and isinstance(self.embed_dim, int):
             object.__setattr__(self, "mlp_hidden", default_mlp_hidden(self.mlp, self.embed_dim))
-        self.validate()
+        if self.vocab_size is not None:  # a model; a run's template is checked by the run
+            self.validate()
 
     def with_vocab(self, vocab_size: int) -> ModelConfig:
+        """This architecture for a tokenizer of ``vocab_size`` tokens (validated)."""
         return with_given(dataclasses.replace(self, vocab_size=vocab_size), self.given)
 
     @property

@@ -56,9 +56,7 @@ def test_unknown_recipe_lists_the_names():
 
 
 def test_explicit_values_override_the_recipe():
-    merged, given = apply_recipe(
-        "ch27-modern", {"norm": "layer"}, {"norm": "layer", "steps": 2000}
-    )
+    merged, given = apply_recipe("ch27-modern", {"norm": "layer"}, {"norm": "layer", "steps": 2000})
     assert merged["norm"] == "layer"  # explicit wins
     assert merged["position"] == "rope"  # from the recipe
     assert merged["steps"] == 2000  # default kept

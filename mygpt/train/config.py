@@ -118,6 +118,7 @@ class TrainConfig:
         )
 
     def validate(self) -> None:
+        self.model.validate()
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "print_every")
         for name in positive:
             if getattr(self, name) < 1:
