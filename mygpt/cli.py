@@ -122,9 +122,9 @@ def generate(
     precision: str,
 ) -> None:
     """Continue PROMPT with a trained model; the text streams to stdout, status to stderr."""
-    import mygpt
+    from mygpt.api import load
 
-    m = mygpt.load(checkpoint, backend=backend, device=device, precision=precision)
+    m = load(checkpoint, backend=backend, device=device, precision=precision)
     click.echo(
         f"{m.ops.describe()} · {m.dtype} · {m.config.vocab_size}-token {m.tokenizer.kind} "
         f"tokenizer · KV cache {'off' if no_cache else 'sliding' if sliding_window else 'on'}",

@@ -51,10 +51,10 @@ def eval_cmd(
     **window_args,
 ) -> None:
     """Score FILE with a checkpoint: cross-entropy, perplexity, bits per char and per byte."""
-    import mygpt
+    from mygpt.api import load
     from mygpt.eval import evaluate_file, format_report
 
-    m = mygpt.load(checkpoint, backend=backend, device=device, precision=precision)
+    m = load(checkpoint, backend=backend, device=device, precision=precision)
     click.echo(f"{m.ops.describe()} · {m.dtype} · {m.tokenizer.kind} tokenizer", err=True)
     result = evaluate_file(
         m, file, max_tokens=max_tokens, encoding_errors=encoding_errors, **window_args

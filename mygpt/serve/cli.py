@@ -66,7 +66,7 @@ def serve(
     """Serve a checkpoint over the OpenAI API (completions, chat, streaming) with a chat page."""
     import uvicorn
 
-    import mygpt
+    from mygpt.api import load
     from mygpt.serve.app import ServerInfo, create_app
     from mygpt.serve.chat_template import ChatTemplate
     from mygpt.serve.engine import Engine
@@ -83,7 +83,7 @@ def serve(
         raise MygptError(f"checkpoint {checkpoint!r} does not exist — check the path")
     sock = bind(host, port)
     engine = Engine(
-        lambda: mygpt.load(checkpoint, backend=backend, device=device, precision=precision),
+        lambda: load(checkpoint, backend=backend, device=device, precision=precision),
         max_active=max_concurrent,
     )
     engine.start()
