@@ -29,7 +29,7 @@ from mygpt.train.checkpointing import Saver, load_resumable, require_resumable
 from mygpt.train.config import TrainConfig, TrainResult, flag, resume_config
 from mygpt.train.data import RunData, load_data
 from mygpt.train.init_from import init_checkpoint
-from mygpt.train.monitor import RunLog
+from mygpt.train.monitor import RunLog, agree
 from mygpt.train.setup import Run, start_run
 from mygpt.train.signals import StopFlag
 from mygpt.train.state import TrainState, init_state
@@ -166,7 +166,8 @@ def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
                 alone_stopping = dist.world_size == 1 and stop.requested
                 stopping = False
                 if when.print or when.eval or when.ckpt or log.due or alone_stopping:
-                    stopping = log.flush(step, stop.requested, saver.last_good_step)
+                    losses, stopping = agree(dist, log.read_back(), stop.requested)
+                    log.flush(step, losses, saver.last_good_step)
                 if when.eval:
                     log.val(step, evaluate(run, tc, rd, state, params), lr)
                 if when.print:
