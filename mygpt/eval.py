@@ -87,6 +87,7 @@ class EvalResult:
 
 
 CHUNK = 1 << 20  # bytes read (and characters tokenized) at a time
+_FFFD = "\ufffd".encode()  # U+FFFD as it appears in a file
 
 
 def _check_errors_mode(encoding_errors: str) -> None:
@@ -125,16 +126,13 @@ def iter_eval_text(
             stats.chars_read += len(text)
             if encoding_errors == "replace":
                 stats.replaced_bytes += text.count("\ufffd") - (tail + raw).count(_FFFD)
-                tail = raw[-2:]
+                tail = (tail + raw)[-2:]
             elif encoding_errors == "ignore":
                 stats.ignored_bytes += len(raw) - len(text.encode("utf-8"))
             if text:
                 yield text
             if not raw:
                 return
-
-
-_FFFD = "\ufffd".encode()
 
 
 def iter_eval_ids(

@@ -291,3 +291,22 @@ def test_max_tokens_on_a_big_file_costs_no_more_memory_than_on_a_small_one(tmp_p
         assert out[0] == "2999"
         peak[p.name] = int(out[1])  # kB
     assert peak["big.txt"] < 1.3 * peak["small.txt"], peak
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 1 << 20])
+def test_decoding_counts_do_not_depend_on_where_reads_split(chunk, tmp_path):
+    from mygpt.eval import TextStats, iter_eval_text
+
+    data = (
+        "a\ufffdb \u20ac\ufffd".encode() + b"\xff\xc3(" + "\ufffd\U0001f600".encode() + b"\xe2\x82"
+    )
+    path = tmp_path / "t.txt"
+    path.write_bytes(data)
+    for errors in ("replace", "ignore"):
+        stats = TextStats(0, 0, 0, 0)
+        text = "".join(iter_eval_text(path, stats, errors, chunk))
+        assert text == data.decode("utf-8", errors)
+        assert stats.chars_read == len(text)
+        assert (stats.replaced_bytes, stats.ignored_bytes) == (
+            (3, 0) if errors == "replace" else (0, 4)
+        )
