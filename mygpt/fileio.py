@@ -271,6 +271,8 @@ def check_output_dir(path: str | os.PathLike, what: str = "output directory") ->
     a file, or that someone marked read-only. Returns the path (a link to a directory resolved:
     the directory it names is what gets replaced, not the link)."""
     path = Path(path)
+    if path.name in ("", ".."):  # "." or "..": the directory by its name in its parent
+        path = Path(os.path.abspath(path))
     parent = path.parent
     if not parent.exists():
         raise MygptError(

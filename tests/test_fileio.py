@@ -86,3 +86,12 @@ def test_atomic_directory_refuses_before_any_work(tmp_path, make):
     with pytest.raises(MygptError, match=want), atomic_directory(d):
         ran.append(1)
     assert not ran and not (tmp_path / "no").exists()
+
+
+def test_atomic_directory_replaces_the_current_directory_named_dot(tmp_path, monkeypatch):
+    d = tmp_path / "export"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    with atomic_directory(".") as new:
+        new.write_bytes("a.json", b"1")
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(d) == ["a.json"]

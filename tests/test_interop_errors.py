@@ -275,3 +275,14 @@ def _error_last(capsys) -> str:
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: ") and not any("Traceback" in x for x in lines)
     return lines[-1]
+
+
+def test_force_export_into_the_current_directory(tmp_path, monkeypatch, capsys):
+    src = _ckpt(tmp_path / "m.safetensors")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.chdir(out)
+    assert main(["export", str(src), ".", "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert capsys.readouterr().out.strip() == str(out)

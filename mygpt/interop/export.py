@@ -40,17 +40,18 @@ FILES = (
 )
 
 
-def _check_outdir(outdir: Path, force: bool) -> list[str]:
+def _check_outdir(outdir: Path, force: bool) -> tuple[Path, list[str]]:
     """Refuse a missing parent, a file, a read-only or (without ``force``) non-empty OUTDIR;
-    returns the names of what ``--force`` will remove although export does not write it."""
-    check_output_dir(outdir, "OUTDIR")
+    returns OUTDIR as it will be written (``.`` by its name) and the names of what ``--force``
+    will remove although export does not write it."""
+    outdir = check_output_dir(outdir, "OUTDIR")
     existing = sorted(p.name for p in outdir.iterdir()) if outdir.is_dir() else []
     if existing and not force:
         raise MygptError(
             f"{outdir} is not empty — choose an empty or new directory, or pass --force to "
             "replace it as a whole"
         )
-    return [n for n in existing if n not in FILES]
+    return outdir, [n for n in existing if n not in FILES]
 
 
 def _json(d: dict[str, Any]) -> str:
@@ -82,7 +83,7 @@ def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bo
     from safetensors.numpy import save
 
     outdir, source = Path(outdir), Path(ckpt_path)
-    dropped = _check_outdir(outdir, force)  # before loading anything
+    outdir, dropped = _check_outdir(outdir, force)  # before loading anything
     ckpt = load_checkpoint(source)
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
