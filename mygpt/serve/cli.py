@@ -89,10 +89,11 @@ def serve(
 
     for name, value in (("--max-tokens-limit", max_tokens_limit),
                         ("--default-max-tokens", default_max_tokens),
-                        ("--max-concurrent", max_concurrent),
-                        ("--max-queue", max_queue)):  # fmt: skip
+                        ("--max-concurrent", max_concurrent)):  # fmt: skip
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
+    if max_queue < 0:
+        raise UsageError(f"--max-queue must be at least 0 (0: none wait), got {max_queue}")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")
     template = ChatTemplate(chat_template)

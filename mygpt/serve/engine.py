@@ -186,7 +186,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         jobs = [Job(r, loop) for r in reqs]
         with self._wake:
-            if self.max_queue is not None and len(self._pending) + len(jobs) > self.max_queue:
+            free = max(0, self.max_active - len(self._active))
+            if (
+                self.max_queue is not None
+                and len(self._pending) + len(jobs) - free > self.max_queue
+            ):
                 raise QueueFull(
                     f"{len(self._pending)} requests are already waiting (--max-queue "
                     f"{self.max_queue}) — retry shortly"
