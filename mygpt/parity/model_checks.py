@@ -110,7 +110,7 @@ def batched_decode_check(position: str, kv: str) -> ParityCheck:
         drift = batch_invariance_check(cand, cfg, P, dtype, steps=3)
         solo = Row(
             f"{name}: batched == solo", dtype, label(cand), drift, drift, "bit-exact",
-            drift == 0.0, "solo decode",
+            drift == 0.0, "itself, decoded alone",
         )  # fmt: skip
         got = np.stack(stepped)
         return [compare_logits(name, dtype, cand, "full forward", got, full[5:]), solo]
