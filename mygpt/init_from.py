@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mygpt.checkpoint import Checkpoint, load_checkpoint
+from mygpt.checkpoint import Checkpoint
 from mygpt.errors import MygptError
 
 # train flag -> ModelConfig field: the architecture comes from the checkpoint, so a flag that
@@ -32,13 +32,10 @@ _ARCH_FLAGS = {
 
 
 def load_init_source(path: str | Path) -> Checkpoint:
-    """A checkpoint file, or a Hugging Face directory converted in memory (weights only)."""
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").exists():
-        from mygpt.interop.import_ import import_hf
+    """A checkpoint file, a Hugging Face directory or a Hub id, converted in memory (weights only)."""
+    from mygpt.sources import load_source
 
-        return import_hf(path)
-    return load_checkpoint(path)
+    return load_source(path)
 
 
 def init_checkpoint(tc: Any) -> Checkpoint | None:

@@ -17,14 +17,14 @@ from typing import Any
 import click
 import numpy as np
 
-from mygpt.checkpoint import Checkpoint, load_checkpoint
+from mygpt.checkpoint import Checkpoint
 from mygpt.errors import MygptError
 from mygpt.fileio import atomic_path, atomic_write_text
 from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import architecture_for, hf_config
 from mygpt.interop.model_card import model_card
 
-FILES = (
+FILES = (  # and chat_template.jinja where the model has a chat template
     "config.json",
     "generation_config.json",
     "model.safetensors",
@@ -50,16 +50,39 @@ def _json(d: dict[str, Any]) -> str:
     return json.dumps(d, indent=2, ensure_ascii=False) + "\n"
 
 
+def special_token_ids(tok_dict: dict) -> dict[str, Any]:
+    """``bos_token_id`` / ``eos_token_id`` for config.json and generation_config.json."""
+    if tok_dict.get("kind") == "hf":
+        eos = list(tok_dict.get("eos_token_ids") or [])
+        return {
+            "bos_token_id": tok_dict.get("bos_token_id"),
+            "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
+        }
+    eos = hf_tokenizer.special_ids(tok_dict).get("eos_token")
+    return {"bos_token_id": None, "eos_token_id": eos[1] if eos else None}
+
+
 def generation_config(tok_dict: dict) -> dict[str, Any]:
     """mygpt generate's defaults (temperature 1, top-k 10); an end-of-text token where there is one."""
-    eos = hf_tokenizer.special_ids(tok_dict).get("eos_token")
+    return {"do_sample": True, "temperature": 1.0, "top_k": 10, "top_p": 1.0,
+            **special_token_ids(tok_dict)}  # fmt: skip
+
+
+def tokenizer_files(tok_dict: dict) -> dict[str, str]:
+    """tokenizer.json, tokenizer_config.json (and chat_template.jinja) as text, by file name."""
+    if tok_dict.get("kind") == "hf":  # the model's own files, as they came
+        config = dict(tok_dict.get("config") or {})
+        template = config.pop("chat_template", None)
+        out = {"tokenizer.json": tok_dict["tokenizer_json"], "tokenizer_config.json": _json(config)}
+        if isinstance(template, str):
+            out["chat_template.jinja"] = template
+        elif template is not None:  # the named-templates list stays where it was
+            out["tokenizer_config.json"] = _json({**config, "chat_template": template})
+        return out
+    tokenizer = hf_tokenizer.to_hf(tok_dict)
     return {
-        "do_sample": True,
-        "temperature": 1.0,
-        "top_k": 10,
-        "top_p": 1.0,
-        "bos_token_id": None,
-        "eos_token_id": eos[1] if eos else None,
+        "tokenizer.json": tokenizer.to_str(pretty=True),
+        "tokenizer_config.json": _json(hf_tokenizer.tokenizer_config(tok_dict)),
     }
 
 
@@ -74,23 +97,23 @@ def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bo
     """Write the Hugging Face directory; returns its path. Each file is written atomically."""
     from safetensors.numpy import save_file
 
+    from mygpt.sources import load_source
+
     outdir, source = Path(outdir), Path(ckpt_path)
-    ckpt = load_checkpoint(source)
+    ckpt = load_source(ckpt_path)
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
-    tokenizer = hf_tokenizer.to_hf(ckpt.tokenizer)
+    tok_files = tokenizer_files(ckpt.tokenizer)
     _check_outdir(outdir, force)
     tensors = hf_tensors(ckpt)
-    eos = hf_tokenizer.special_ids(ckpt.tokenizer).get("eos_token")
-    special = {"bos_token_id": None, "eos_token_id": eos[1] if eos else None, "pad_token_id": None}
+    special = {**special_token_ids(ckpt.tokenizer), "pad_token_id": None}
     outdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(outdir / "config.json", _json(hf_config(cfg, arch, special)))
     atomic_write_text(outdir / "generation_config.json", _json(generation_config(ckpt.tokenizer)))
     with atomic_path(outdir / "model.safetensors") as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})  # transformers checks "format"
-    atomic_write_text(outdir / "tokenizer.json", tokenizer.to_str(pretty=True))
-    tok_cfg = hf_tokenizer.tokenizer_config(ckpt.tokenizer)
-    atomic_write_text(outdir / "tokenizer_config.json", _json(tok_cfg))
+    for name, text in tok_files.items():
+        atomic_write_text(outdir / name, text)
     atomic_write_text(outdir / "README.md", model_card(ckpt, arch, source))
     return outdir
 

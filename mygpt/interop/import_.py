@@ -9,7 +9,6 @@ refusal naming it. Export then import gives back the same bits.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import click
 import numpy as np
 
 from mygpt.checkpoint import Checkpoint, save_checkpoint
-from mygpt.config import ModelConfig
+from mygpt.config import LLAMA3_ROPE_KEYS, ModelConfig, check_rope_scaling
 from mygpt.errors import MygptError
 from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import ARCHITECTURES, Architecture
@@ -31,7 +30,7 @@ _DTYPES = {"F32": np.float32, "F16": np.float16}
 def _fail(where: Path, feature: str) -> MygptError:
     return MygptError(
         f"{where}: {feature}, which mygpt does not compute exactly, so it can't be imported — "
-        f"mygpt imports {', '.join(ARCHITECTURES)} models as `mygpt export` writes them"
+        f"mygpt loads {', '.join(ARCHITECTURES)} models (see the README's Hugging Face section)"
     )
 
 
@@ -50,18 +49,27 @@ def _read_config(hfdir: Path) -> dict[str, Any]:
     return cfg
 
 
-def _rope_base(hf: dict, where: Path) -> float:
+def _rope(hf: dict, where: Path) -> tuple[float, dict | None]:
+    """(rope_theta, the llama3 scaling or None); any other scaling is refused by name."""
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = (
-        params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "?"
-    )
-    if kind != "default":
-        raise _fail(where, f"it uses rope scaling ({kind!r})")
-    if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
+    if not isinstance(params, dict):
+        raise _fail(where, f"its rope parameters are {params!r}")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if float(hf.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0))) != 1.0:
         raise _fail(where, "it rotates only part of each head (partial_rotary_factor)")
-    theta = params.get("rope_theta") if isinstance(params, dict) else None
+    theta = params.get("rope_theta")
     default = 100000.0 if hf.get("model_type") == "starcoder2" else 10000.0
-    return float(theta if theta is not None else hf.get("rope_theta", default))
+    theta = float(theta if theta is not None else hf.get("rope_theta", default))
+    if kind == "default":
+        return theta, None
+    if kind != "llama3":
+        raise _fail(where, f"it uses rope scaling {kind!r} (mygpt computes only 'llama3')")
+    scaling = {"rope_type": "llama3", **{k: params.get(k) for k in LLAMA3_ROPE_KEYS}}
+    try:
+        check_rope_scaling(scaling)
+    except MygptError as e:
+        raise _fail(where, f"its rope scaling is incomplete ({e})") from None
+    return theta, scaling
 
 
 def _check_act(hf: dict, key: str, want: str, where: Path) -> None:
@@ -77,14 +85,57 @@ def _check_act(hf: dict, key: str, want: str, where: Path) -> None:
     raise _fail(where, f"its activation is {act!r} (mygpt computes {want!r} here)")
 
 
+#: transformers' tie_word_embeddings default per architecture, for a config.json that omits it
+_TIED_BY_DEFAULT = {"gpt2": True, "starcoder2": True}
+#: what the architectures mygpt refuses have that it lacks, to name it in the refusal
+_KNOWN_FEATURES = {
+    "mixtral": "mixture-of-experts layers", "qwen2_moe": "mixture-of-experts layers",
+    "qwen3_moe": "mixture-of-experts layers", "olmoe": "mixture-of-experts layers",
+    "gemma": "(1 + w) norm weights and scaled embeddings", "gemma2": "(1 + w) norm weights, "
+    "scaled embeddings and logit soft-capping", "gemma3_text": "(1 + w) norm weights and "
+    "sliding-window layers", "phi": "a parallel residual", "phi3": "fused qkv and rope scaling",
+    "gpt_neox": "a parallel residual and partial rotary", "olmo2": "norms after each sublayer",
+}  # fmt: skip
+
+
+def _llama_family_fields(hf: dict, kind: str, where: Path) -> dict[str, Any]:
+    C, H = hf["hidden_size"], hf["num_attention_heads"]
+    ctx = hf["max_position_embeddings"]
+    window = hf.get("sliding_window")
+    sliding = (
+        kind in ("starcoder2", "mistral")
+        or hf.get("use_sliding_window")
+        or any(t == "sliding_attention" for t in hf.get("layer_types") or [])
+    )
+    if sliding and window and window < ctx:
+        raise _fail(where, f"it uses sliding-window attention (window {window} < context {ctx})")
+    _check_act(hf, "hidden_act", "gelu" if kind in ("starcoder2", "arcee") else "silu", where)
+    theta, scaling = _rope(hf, where)
+    bias = bool(hf.get("attention_bias", False))
+    if kind == "starcoder2":
+        bias = False  # its use_bias biases must be zero (checked on the weights)
+    fields = dict(
+        embed_dim=C, num_heads=H, num_layers=hf["num_hidden_layers"], max_seq_len=ctx,
+        num_kv_heads=hf.get("num_key_value_heads") or H, head_dim=hf.get("head_dim") or C // H,
+        norm_eps=hf.get("norm_epsilon" if kind == "starcoder2" else "rms_norm_eps", 1e-6),
+        rope_base=theta, rope_scaling=scaling, mlp_hidden=hf["intermediate_size"],
+        attn_bias=kind == "qwen2" or bias, attn_out_bias=bias if kind != "qwen2" else False,
+        qk_norm=kind == "qwen3",
+    )  # fmt: skip
+    if kind in ("llama", "mistral", "qwen2", "qwen3"):
+        fields["mlp_bias"] = bool(hf.get("mlp_bias", False))
+    if kind == "mistral":
+        fields.update(attn_bias=False, attn_out_bias=False)
+    return fields
+
+
 def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
     """The architecture and the mygpt config of an HF config.json, or a refusal naming why not."""
     kind = hf.get("model_type")
     arch = ARCHITECTURES.get(kind)
     if arch is None:
-        raise _fail(where, f"its architecture is {kind!r}")
-    if not hf.get("tie_word_embeddings", True):
-        raise _fail(where, "its output head is not tied to the token embedding")
+        feature = _KNOWN_FEATURES.get(kind)
+        raise _fail(where, f"its architecture is {kind!r}" + (f" ({feature})" if feature else ""))
     if kind == "gpt2":
         _check_act(hf, "activation_function", "gelu", where)
         if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
@@ -94,27 +145,17 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
         C, H = hf["n_embd"], hf["n_head"]
         fields = dict(embed_dim=C, num_heads=H, num_layers=hf["n_layer"],
                       max_seq_len=hf["n_positions"], norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                      mlp_hidden=hf.get("n_inner") or 4 * C)  # fmt: skip
+                      mlp_hidden=hf.get("n_inner") or 4 * C,
+                      num_kv_heads=hf.get("mygpt_num_kv_heads") or H)  # fmt: skip
     else:
-        C, H = hf["hidden_size"], hf["num_attention_heads"]
-        if hf.get("head_dim") not in (None, C // H):
-            raise _fail(where, f"its head_dim {hf['head_dim']} is not hidden_size / heads")
-        window = hf.get("sliding_window") if kind == "starcoder2" else None
-        if window and window < hf.get("max_position_embeddings", math.inf):
-            raise _fail(where, "it uses sliding-window attention")
-        want = "silu" if kind == "llama" else "gelu"
-        _check_act(hf, "hidden_act", want, where)
-        eps = hf.get("norm_epsilon" if kind == "starcoder2" else "rms_norm_eps", 1e-5)
-        fields = dict(embed_dim=C, num_heads=H, num_layers=hf["num_hidden_layers"],
-                      max_seq_len=hf["max_position_embeddings"], norm_eps=eps,
-                      num_kv_heads=hf.get("num_key_value_heads") or H,
-                      rope_base=_rope_base(hf, where), mlp_hidden=hf["intermediate_size"])  # fmt: skip
-    if kind == "gpt2":
-        fields["num_kv_heads"] = hf.get("mygpt_num_kv_heads") or H
+        fields = _llama_family_fields(hf, kind, where)
+    tied = hf.get("tie_word_embeddings", _TIED_BY_DEFAULT.get(kind, False))
+    if kind == "gpt2" and not tied:
+        raise _fail(where, "its output head is not tied to the token embedding")
     try:
         cfg = ModelConfig(
-            vocab_size=hf["vocab_size"], norm=arch.norm, position=arch.position,
-            mlp=arch.mlp, **fields,
+            vocab_size=hf["vocab_size"], norm=arch.norm, position=arch.position, mlp=arch.mlp,
+            tie_embeddings=bool(tied), hf_model_type=kind, **fields,
         )  # fmt: skip
     except MygptError as e:
         raise _fail(
@@ -123,14 +164,39 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
     return arch, cfg
 
 
+def read_model_tensors(hfdir: Path) -> dict[str, np.ndarray]:
+    """A model directory's weights: ``model.safetensors``, or the shards its index lists."""
+    single, index = hfdir / "model.safetensors", hfdir / "model.safetensors.index.json"
+    if single.is_file() or not index.is_file():
+        return read_safetensors(single)
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = list(dict.fromkeys(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise MygptError(f"{index} is not a safetensors index — the file is damaged") from None
+    out: dict[str, np.ndarray] = {}
+    for shard in shards:
+        if Path(shard).name != shard:
+            raise MygptError(f"{index} names a shard outside the directory ({shard!r})")
+        out.update(read_safetensors(hfdir / shard))
+    missing = set(weight_map) - set(out)
+    if missing:
+        raise MygptError(
+            f"{index} lists {len(missing)} tensors its shards lack (e.g. {sorted(missing)[0]!r}) "
+            "— the download is incomplete; fetch the model again"
+        )
+    return out
+
+
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a safetensors file as float32 (bf16/f16 widen exactly); damage is one line."""
     from safetensors import deserialize
 
     if not path.is_file():
-        sharded = path.with_name("model.safetensors.index.json").is_file()
-        hint = "sharded checkpoints are not supported" if sharded else "export it with safetensors"
-        raise MygptError(f"{path} does not exist — {hint} (mygpt never loads pickled .bin files)")
+        raise MygptError(
+            f"{path} does not exist — the model's weights must be safetensors (mygpt never "
+            "loads pickled .bin files)"
+        )
     try:
         raw = deserialize(path.read_bytes())
     except Exception as e:  # SafetensorError: truncated, corrupt header, ...
@@ -176,8 +242,12 @@ def _expected(arch: Architecture, cfg: ModelConfig) -> dict[str, tuple[int, ...]
 def params_from_hf(arch: Architecture, cfg: ModelConfig, tensors: dict, where: Path) -> dict:
     t = _normalise_names(tensors, arch)
     embed = "wte.weight" if arch.model_type == "gpt2" else "model.embed_tokens.weight"
-    head = t.pop("lm_head.weight", None)
-    if head is not None and not (embed in t and np.array_equal(head, t[embed])):
+    head = t.pop("lm_head.weight", None) if cfg.tie_embeddings else t.get("lm_head.weight")
+    if (
+        cfg.tie_embeddings
+        and head is not None
+        and not (embed in t and np.array_equal(head, t[embed]))
+    ):
         raise _fail(where, "its output head (lm_head.weight) differs from the token embedding")
     expected = _expected(arch, cfg)
     for name, shape in expected.items():
@@ -214,15 +284,51 @@ def import_hf(hfdir: str | os.PathLike) -> Checkpoint:
         raise MygptError(
             f"{hfdir}/config.json lacks or garbles {e} — the file is damaged"
         ) from None
+    tokenizer = read_tokenizer(hfdir, hf, cfg.vocab_size)
+    tensors = read_model_tensors(hfdir)
+    params = params_from_hf(arch, cfg, tensors, hfdir)
+    return Checkpoint(cfg, params, tokenizer, format="native", path=hfdir)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise MygptError(f"{path} is not valid JSON — the file is damaged") from None
+    return d if isinstance(d, dict) else {}
+
+
+def read_tokenizer(hfdir: Path, hf: dict, vocab_size: int) -> dict:
+    """One of mygpt's own tokenizers when ``mygpt export`` wrote it, else the model's own
+    ``tokenizer.json`` with its special tokens, chat template and end-of-sequence ids."""
+    from mygpt.tokenizers.hf import read_hf_tokenizer
+
     tok_path = hfdir / "tokenizer.json"
     if not tok_path.is_file():
         raise MygptError(f"{hfdir} has no tokenizer.json — mygpt needs the model's tokenizer too")
-    tokenizer = hf_tokenizer.from_hf(
-        tok_path.read_text(encoding="utf-8"), cfg.vocab_size, str(tok_path)
-    )
-    tensors = read_safetensors(hfdir / "model.safetensors")
-    params = params_from_hf(arch, cfg, tensors, hfdir)
-    return Checkpoint(cfg, params, tokenizer, format="native", path=hfdir)
+    text = tok_path.read_text(encoding="utf-8")
+    try:
+        return hf_tokenizer.from_hf(text, vocab_size, str(tok_path))
+    except MygptError:
+        pass  # not one of mygpt's: the model's own tokenizer
+    tok_config = _read_json(hfdir / "tokenizer_config.json")
+    tok_config.pop("added_tokens_decoder", None)  # tokenizer.json has them
+    jinja = hfdir / "chat_template.jinja"
+    if jinja.is_file():  # transformers 5 writes the template beside, not inside, the config
+        tok_config["chat_template"] = jinja.read_text(encoding="utf-8")
+    generation = _read_json(hfdir / "generation_config.json")
+    d = read_hf_tokenizer(text, tok_config, generation, hf)
+    from mygpt.tokenizers import tokenizer_from_dict
+
+    n = tokenizer_from_dict(d).vocab_size
+    if n > vocab_size:
+        raise MygptError(
+            f"{tok_path} has {n} tokens but the model only {vocab_size} embeddings — the "
+            "tokenizer belongs to another model"
+        )
+    return d
 
 
 @click.command("import")
