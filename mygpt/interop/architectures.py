@@ -307,15 +307,15 @@ ARCHITECTURES: dict[str, Architecture] = {
             _llama_fits,
         ),
         Architecture(
-            "qwen2", "Qwen2ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "qwen2",
+            "qwen2", "Qwen2ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
             _qwen2_fits,
         ),
         Architecture(
-            "qwen3", "Qwen3ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "qwen3",
+            "qwen3", "Qwen3ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
             _qwen3_fits,
         ),
         Architecture(
-            "mistral", "MistralForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "mistral",
+            "mistral", "MistralForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
             _mistral_fits,
         ),
     )
@@ -371,6 +371,8 @@ def hf_config(cfg: ModelConfig, arch: Architecture, special: dict[str, Any]) -> 
         **special,
         # what mygpt needs back on import that the target cannot say (GPT-2 has no K/V heads)
         "mygpt_num_kv_heads": cfg.num_kv_heads,
+        # and where the model came from (None: trained by mygpt), so a round trip is exact
+        "mygpt_hf_model_type": cfg.hf_model_type,
     }
     if arch.model_type == "gpt2":
         return {

@@ -129,6 +129,11 @@ def _llama_family_fields(hf: dict, kind: str, where: Path) -> dict[str, Any]:
     return fields
 
 
+def _origin(hf: dict, kind: str) -> str | None:
+    """The architecture a model came from: what mygpt export recorded, else this one."""
+    return hf.get("mygpt_hf_model_type") if "mygpt_num_kv_heads" in hf else kind
+
+
 def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
     """The architecture and the mygpt config of an HF config.json, or a refusal naming why not."""
     kind = hf.get("model_type")
@@ -155,7 +160,7 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
     try:
         cfg = ModelConfig(
             vocab_size=hf["vocab_size"], norm=arch.norm, position=arch.position, mlp=arch.mlp,
-            tie_embeddings=bool(tied), hf_model_type=kind, **fields,
+            tie_embeddings=bool(tied), hf_model_type=_origin(hf, kind), **fields,
         )  # fmt: skip
     except MygptError as e:
         raise _fail(

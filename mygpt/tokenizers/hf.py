@@ -85,10 +85,20 @@ class HFTokenizer(Tokenizer):
         A chat template's output already spells its special tokens: encode it with
         ``add_special_tokens=False``, as ``apply_chat_template`` does.
         """
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._encode(text, add_special_tokens)
 
     def encode_corpus(self, text: str) -> np.ndarray:
-        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+        return np.asarray(self._encode(text, False), dtype=np.int32)
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        try:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        except Exception as e:  # e.g. a WordLevel model without its unknown token
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MygptError(
+                f"the model's tokenizer can't encode this text ({first}) — remove the characters "
+                "it lacks"
+            ) from None
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(self._check_ids(ids), skip_special_tokens=False)
