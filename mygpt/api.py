@@ -90,7 +90,7 @@ def load(
 ) -> Model:
     """Load a model onto ``backend``/``device``: a native ``.safetensors`` or book ``.ckpt``
     checkpoint, a Hugging Face model directory, or a Hub id (``Qwen/Qwen2.5-0.5B-Instruct``)."""
-    from mygpt.sources import load_source
+    from mygpt.interop.sources import load_source
 
     ckpt = load_source(path)
     ops = get_backend(backend, device)

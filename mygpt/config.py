@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mygpt.errors import MygptError
+from mygpt.settings import cli_fields, setting, track_given, with_given
 
 NORM_TYPES = ("layer", "rms")
 POSITION_TYPES = ("learned", "rope")
@@ -91,42 +92,79 @@ def _llama3_inv_freq(d: int, rope_base: float, scaling: tuple[float, ...]) -> np
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
+@track_given
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int
-    embed_dim: int = 64
-    num_heads: int = 4
-    num_layers: int = 4
-    max_seq_len: int = 64
-    num_kv_heads: int | None = None  # None: one KV head per query head (plain MHA)
-    norm: str = "layer"  # "layer": LayerNorm with bias; "rms": RMSNorm, weight only
-    position: str = "learned"  # "learned": absolute embedding; "rope": rotary, interleaved
-    dropout: float = 0.0  # on the attention probabilities, training only (as the book)
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    # "gelu": the book's C -> 4C -> C MLP with biases; "swiglu": Llama's gated MLP, no biases
-    mlp: str = "gelu"
-    mlp_hidden: int | None = None  # None: default_mlp_hidden(mlp_type, embed_dim)
-    # --- what real open-weight models (Llama, Mistral, Qwen) add; the defaults are the book's ---
-    head_dim: int | None = None  # None: embed_dim // num_heads
-    attn_bias: bool = False  # biases on the Q, K and V projections (Qwen2)
-    attn_out_bias: bool = False  # a bias on the output projection W_O (Llama's attention_bias)
-    mlp_bias: bool = False  # biases on swiglu's gate/up/down (the gelu MLP always has them)
-    qk_norm: bool = False  # per-head RMSNorm on queries and keys before RoPE (Qwen3)
-    tie_embeddings: bool = True  # the output head is the token embedding; False: lm_head.weight
-    rope_scaling: dict | None = None  # None, or Llama 3's {"rope_type": "llama3", ...}
-    hf_model_type: str | None = None  # the Hugging Face architecture it came from (export keeps it)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """One architecture. Each field is also the ``mygpt train`` flag of the same name; the
+    defaults are the book's Part-I values. ``vocab_size`` is None in a run's settings until the
+    tokenizer is known (:meth:`with_vocab`)."""
+
+    vocab_size: int | None = setting(None, "Vocabulary size (from the tokenizer).", cli=False)
+    embed_dim: int = setting(64, "Embedding width.")
+    num_heads: int = setting(4, "Attention heads.")
+    num_layers: int = setting(4, "Transformer blocks.")
+    max_seq_len: int = setting(64, "Context length of the model.")
+    num_kv_heads: int | None = setting(
+        None, "K/V heads (GQA; 1 = MQA); default = --num-heads.", type=int, derived=True
+    )
+    norm: str = setting(
+        "layer", "layer: LayerNorm with bias (the book's); rms: RMSNorm.", choices=NORM_TYPES
+    )
+    position: str = setting(
+        "learned",
+        "learned: absolute embeddings; rope: rotary (interleaved).",
+        choices=POSITION_TYPES,
+    )
+    # a training choice rather than a shape: it may change on --resume and --init-from
+    dropout: float = setting(0.0, "On the attention probabilities (training).", shape=False)
+    norm_eps: float = setting(1e-5, "Norm epsilon.", cli=False)
+    rope_base: float = setting(10000.0, "RoPE base (theta).", cli=False)
+    mlp: str = setting(
+        "gelu", "gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases).", choices=MLP_TYPES
+    )
+    mlp_hidden: int | None = setting(
+        None, "swiglu hidden width (default 8/3 C, rounded up to 8).", type=int, derived=True
+    )
+    # --- what real open-weight models (Llama, Mistral, Qwen) add; the defaults are the book's,
+    # so every earlier checkpoint means what it did. They come from an imported model's config.
+    head_dim: int | None = setting(
+        None, "Per-head width (default embed_dim / num_heads).", cli=False, derived=True
+    )
+    attn_bias: bool = setting(False, "Biases on the Q, K and V projections (Qwen2).", cli=False)
+    attn_out_bias: bool = setting(
+        False, "A bias on the output projection W_O (Llama's attention_bias).", cli=False
+    )
+    mlp_bias: bool = setting(
+        False, "Biases on swiglu's gate/up/down (the gelu MLP always has them).", cli=False
+    )
+    qk_norm: bool = setting(False, "Per-head RMSNorm on Q and K before RoPE (Qwen3).", cli=False)
+    tie_embeddings: bool = setting(
+        True, "The output head is the token embedding; False: its own lm_head.weight.", cli=False
+    )
+    rope_scaling: dict | None = setting(
+        None, "None, or Llama 3's {'rope_type': 'llama3', ...}.", cli=False
+    )
+    hf_model_type: str | None = setting(
+        None, "The Hugging Face architecture it came from (export writes it back).", cli=False
+    )
+    extra: dict[str, Any] = field(
+        default_factory=dict, compare=False, repr=False, metadata={"cli": False}
+    )
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.mlp_hidden is None and isinstance(self.embed_dim, int):
             object.__setattr__(self, "mlp_hidden", default_mlp_hidden(self.mlp, self.embed_dim))
-        self.validate()
-        if self.head_dim is None:
+        heads_ok = isinstance(self.num_heads, int) and self.num_heads > 0
+        if self.head_dim is None and isinstance(self.embed_dim, int) and heads_ok:
             object.__setattr__(self, "head_dim", self.embed_dim // self.num_heads)
-        self._validate_real_model()
+        if self.vocab_size is not None:  # a model; a run's template is checked by the run
+            self.validate()
+
+    def with_vocab(self, vocab_size: int) -> ModelConfig:
+        """This architecture for a tokenizer of ``vocab_size`` tokens (validated)."""
+        return with_given(dataclasses.replace(self, vocab_size=vocab_size), self.given)
 
     @property
     def attn_dim(self) -> int:
@@ -139,15 +177,15 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     def validate(self) -> None:
-        for name in (
-            "vocab_size",
+        names = (
             "embed_dim",
             "num_heads",
             "num_layers",
             "max_seq_len",
             "num_kv_heads",
             "mlp_hidden",
-        ):
+        )
+        for name in names if self.vocab_size is None else ("vocab_size", *names):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise MygptError(
@@ -168,7 +206,7 @@ class ModelConfig:
                 f"--mlp-hidden {self.mlp_hidden} with --mlp gelu: the book's GELU MLP is always "
                 f"4 x embed_dim = {4 * self.embed_dim} wide — drop --mlp-hidden or use --mlp swiglu"
             )
-        if self.embed_dim % self.num_heads and self.head_dim is None:
+        if self.embed_dim % self.num_heads and self.head_dim == self.embed_dim // self.num_heads:
             raise MygptError(
                 f"--num-heads {self.num_heads} does not divide --embed-dim {self.embed_dim} — "
                 "pick a head count that divides the embedding width"
@@ -180,9 +218,10 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise MygptError(f"dropout must be in [0, 1), got {self.dropout} — e.g. --dropout 0.1")
+        self._validate_real_model()
 
     def _validate_real_model(self) -> None:
-        """The fields real open-weight models add (run once head_dim is known)."""
+        """The fields real open-weight models add."""
         if (
             not isinstance(self.head_dim, int)
             or isinstance(self.head_dim, bool)
@@ -209,33 +248,30 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_flags(cls, vocab_size: int, flags: Mapping[str, Any]) -> ModelConfig:
-        """From the train command's flag names (``embed_dim``, ``norm``, ``position`` ...)."""
-        return cls(
-            vocab_size=vocab_size,
-            embed_dim=flags["embed_dim"],
-            num_heads=flags["num_heads"],
-            num_layers=flags["num_layers"],
-            max_seq_len=flags["max_seq_len"],
-            num_kv_heads=flags.get("num_kv_heads"),
-            norm=flags["norm"],
-            position=flags["position"],
-            dropout=flags.get("dropout", 0.0),
-            mlp=flags.get("mlp", "gelu"),
-            mlp_hidden=flags.get("mlp_hidden"),
-        )
+    def from_flags(
+        cls,
+        vocab_size: int | None,
+        flags: Mapping[str, Any],
+        given: Iterable[str] | None = None,
+    ) -> ModelConfig:
+        """From a flat mapping of flag names (``embed_dim``, ``norm``, ...; other keys ignored).
+        ``given`` (default: every model flag in ``flags``) is what the user asked for."""
+        kw = {f.name: flags[f.name] for f in cli_fields(cls) if f.name in flags}
+        cfg = cls(vocab_size=vocab_size, **kw)
+        return with_given(cfg, kw if given is None else set(given) & set(kw))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, d: Mapping[str, Any], checkpoint: bool = True) -> ModelConfig:
         """Build from a native or a book config dict; missing Part-II fields take Part-I values.
 
         Unknown keys (e.g. the book's ``tokenizer_kind``) are kept in ``extra`` rather than rejected,
-        so configs written by newer versions still load.
+        so configs written by newer versions still load. A checkpoint's config must have a
+        vocabulary size; a run's saved settings (``checkpoint=False``) need not.
         """
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         d = {LEGACY_NAMES.get(k, k): v for k, v in d.items()}
         known = {k: v for k, v in d.items() if k in names}
-        if "vocab_size" not in known:
+        if checkpoint and known.get("vocab_size") is None:
             raise MygptError(
                 "checkpoint config has no vocab_size — the file is not a mygpt checkpoint"
             )

@@ -5,7 +5,7 @@ Usage: uv run python scripts/bench_book.py [--config ch17 --config ch27] [--roun
 Variants, all on the same shapes (batch 16 x 64 tokens by default), fp32, no compile:
 
 - ``book``: a plain-PyTorch re-implementation of the book's model *code path*, written here from
-  the architecture description (BOOK.md): an ``nn.Module`` GPT whose attention projects Q/K/V with
+  the book's architecture: an ``nn.Module`` GPT whose attention projects Q/K/V with
   one linear each, scores ``q @ k^T / sqrt(d)``, ``masked_fill`` with a registered causal-mask
   buffer, softmax, ``@ v``; learned positions and LayerNorm for Ch.17; for Ch.27 RMSNorm, rotary
   tables as buffers and K/V heads expanded with ``repeat_interleave``; AdamW with torch's default

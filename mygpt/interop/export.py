@@ -97,7 +97,7 @@ def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bo
     """Write the Hugging Face directory; returns its path. Each file is written atomically."""
     from safetensors.numpy import save_file
 
-    from mygpt.sources import load_source
+    from mygpt.interop.sources import load_source
 
     outdir, source = Path(outdir), Path(ckpt_path)
     ckpt = load_source(ckpt_path)

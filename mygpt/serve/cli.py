@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from mygpt.backends import DEVICES
 from mygpt.errors import MygptError, UsageError
-from mygpt.precision import PRECISIONS
+from mygpt.settings import backend_option, device_option, precision_option
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -69,9 +68,9 @@ def _model_id(checkpoint: str) -> str:
     show_default=True,
     help="Requests generating at once (round-robin, a token each); the rest wait in order.",
 )
-@click.option("--backend", type=click.Choice(["auto", "mlx", "torch"]), default="auto")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@backend_option
+@device_option
+@precision_option
 def serve(
     checkpoint: str, host: str, port: int, model_name: str | None, chat_template: str | None,
     max_tokens_limit: int, default_max_tokens: int, max_concurrent: int, backend: str,
@@ -80,7 +79,7 @@ def serve(
     """Serve a checkpoint over the OpenAI API (completions, chat, streaming) with a chat page."""
     import uvicorn
 
-    import mygpt
+    from mygpt.api import load
     from mygpt.serve.app import ServerInfo, create_app
     from mygpt.serve.chat_template import ChatTemplate, template_for
     from mygpt.serve.engine import Engine
@@ -94,12 +93,12 @@ def serve(
         raise UsageError(f"--port must be in 0..65535, got {port}")
     if chat_template not in (None, "model", "auto"):
         ChatTemplate(chat_template)  # a bad template fails before the model loads
-    from mygpt.sources import resolve_source
+    from mygpt.interop.sources import resolve_source
 
     resolve_source(checkpoint)  # a Hub id downloads (or fails) before the port is taken
     sock = bind(host, port)
     engine = Engine(
-        lambda: mygpt.load(checkpoint, backend=backend, device=device, precision=precision),
+        lambda: load(checkpoint, backend=backend, device=device, precision=precision),
         max_active=max_concurrent,
     )
     engine.start()
