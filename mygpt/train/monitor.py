@@ -80,13 +80,6 @@ class RunLog:
             step, loss=self.last_loss, val=self.last_val, lr=self.tc.lr_at(step), tokens_per_s=rate
         )
 
-
-def agree(dist: Any, losses: list[float], stop_requested: bool) -> tuple[list[float], bool]:
-    """One collective for two agreements: the losses averaged over ranks, and whether any rank
-    asked to stop (then every rank stops at this step)."""
-    *mean, stop = dist.mean([*losses, 1.0 if stop_requested else 0.0])
-    return mean, stop > 0
-
     def val(self, step: int, loss: float, lr: float) -> None:
         self.last_val = loss
         self._append([{"step": step, "val_loss": loss}], callback=False)
@@ -123,3 +116,10 @@ def agree(dist: Any, losses: list[float], stop_requested: bool) -> tuple[list[fl
         """Close the log (after an error, without letting a second failure replace the first)."""
         if self.log is not None:
             self.log.close_after_error() if error else self.log.close()
+
+
+def agree(dist: Any, losses: list[float], stop_requested: bool) -> tuple[list[float], bool]:
+    """One collective for two agreements: the losses averaged over ranks, and whether any rank
+    asked to stop (then every rank stops at this step)."""
+    *mean, stop = dist.mean([*losses, 1.0 if stop_requested else 0.0])
+    return mean, stop > 0
