@@ -15,7 +15,11 @@ from mygpt.settings import backend_option, device_option, precision_option
 
 @click.command(name="eval")
 @click.argument("file", type=click.Path(path_type=str))
-@click.option("--checkpoint", required=True, help="A .safetensors or book .ckpt checkpoint.")
+@click.option(
+    "--checkpoint",
+    required=True,
+    help="A .safetensors or book .ckpt checkpoint, a Hugging Face model directory, or a Hub id.",
+)
 @click.option(
     "--seq-len", type=int, default=None, help="Window length (default: the model's max_seq_len)."
 )

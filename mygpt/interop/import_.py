@@ -340,9 +340,11 @@ def read_tokenizer(hfdir: Path, hf: dict, vocab_size: int) -> dict:
 @click.argument("hfdir", type=click.Path(path_type=str))
 @click.argument("output", type=click.Path(path_type=str))
 def import_cmd(hfdir: str, output: str) -> None:
-    """Import a Hugging Face model directory as a mygpt .safetensors checkpoint."""
+    """Import a Hugging Face model directory (or a Hub id) as a mygpt .safetensors checkpoint."""
     if not output.endswith(".safetensors"):
         raise MygptError(f"output {output!r} must end in .safetensors — mygpt's native checkpoint")
-    ckpt = import_hf(hfdir)
+    from mygpt.interop.sources import resolve_source
+
+    ckpt = import_hf(resolve_source(hfdir))  # a local directory, or a Hub id (downloaded)
     save_checkpoint(output, ckpt.config, ckpt.params, ckpt.tokenizer)
     click.echo(output)
