@@ -6,6 +6,7 @@ Hub's host name is resolved first, because huggingface_hub retries a dead connec
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -117,3 +118,13 @@ def _download_error(e: BaseException, repo: str, offline: bool) -> MygptError:
             f"({name}) — check the path or id; for a gated model, `hf auth login` first"
         )
     return MygptError(f"downloading {repo} failed ({name}: {first}) — {get}")
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A local file or directory for ``source`` (a Hub id is downloaded into the cache first)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    if is_repo_id(str(source)):
+        return download_model(str(source))
+    return path  # load_checkpoint words the "does not exist" error

@@ -385,7 +385,7 @@ def import_cmd(hfdir: str, output: str) -> None:
     """Import a Hugging Face model directory (or a Hub id) as a mygpt .safetensors checkpoint."""
     if not output.endswith(".safetensors"):
         raise MygptError(f"output {output!r} must end in .safetensors — mygpt's native checkpoint")
-    from mygpt.interop.sources import resolve_source
+    from mygpt.interop.hub import resolve_source
 
     ckpt = import_hf(resolve_source(hfdir))  # a local directory, or a Hub id (downloaded)
     save_checkpoint(output, ckpt.config, ckpt.params, ckpt.tokenizer)
