@@ -17,6 +17,8 @@ Built-ins (``mygpt serve --chat-template NAME``; any other value is used as the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from mygpt.errors import UsageError
 
 TEMPLATES = {"transcript": "{Role}: {content}\n", "plain": "{content}\n"}
@@ -92,7 +94,7 @@ class JinjaChatTemplate:
         return []
 
 
-def compile_jinja(template: str):  # -> jinja2.Template
+def compile_jinja(template: str) -> Any:  # a jinja2.Template (jinja2 is imported lazily)
     """Compile ``template`` in transformers' chat-template environment (see JinjaChatTemplate)."""
     import json
     from datetime import datetime
