@@ -1,4 +1,5 @@
-"""``--push-to-hub USER/REPO``: upload an exported directory with ``huggingface_hub``.
+"""The Hugging Face Hub: ``--push-to-hub USER/REPO`` uploads an exported directory; a model id
+(``Qwen/Qwen2.5-0.5B``) given where a checkpoint is taken downloads into huggingface_hub's cache.
 
 With no network this fails in about a second with one line, as ``mygpt data download`` does: the
 Hub's host name is resolved first, because huggingface_hub retries a dead connection for ~25 s.
