@@ -167,6 +167,22 @@ def test_import_save_export_import_is_bit_exact_and_loads_in_transformers(family
     assert np.abs(hf_logits(out, IDS) - hf_logits(models[family], IDS)).max() == 0.0
 
 
+def test_mlx_lm_computes_the_exported_families_exactly(models, tmp_path):
+    """mygpt's export writes rope_theta at the top level, which mlx-lm reads (transformers 5's
+    own save_pretrained writes only rope_parameters, so mlx-lm runs its files at a default
+    theta: 1.8-3.8 off on these models)."""
+    mx = pytest.importorskip("mlx.core")
+    mlx_lm = pytest.importorskip("mlx_lm")
+    for family in FAMILIES:
+        first = import_hf(models[family])
+        save_checkpoint(tmp_path / f"{family}.safetensors", first.config, first.params,
+                        first.tokenizer)  # fmt: skip
+        out = export_hf(tmp_path / f"{family}.safetensors", tmp_path / family)
+        model, _ = mlx_lm.load(str(out))
+        got = np.array(model(mx.array([IDS])).astype(mx.float32))[0]
+        assert np.abs(got - hf_logits(models[family], IDS)).max() < 1e-5, family
+
+
 def test_sharded_and_bf16_weights_load(models, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM

@@ -313,15 +313,15 @@ ARCHITECTURES: dict[str, Architecture] = {
             _llama_fits,
         ),
         Architecture(
-            "qwen2", "Qwen2ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
+            "qwen2", "Qwen2ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
             _qwen2_fits,
         ),
         Architecture(
-            "qwen3", "Qwen3ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
+            "qwen3", "Qwen3ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
             _qwen3_fits,
         ),
         Architecture(
-            "mistral", "MistralForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
+            "mistral", "MistralForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
             _mistral_fits,
         ),
     )
