@@ -100,12 +100,29 @@ class MLXOps(Ops):
     def rms_norm(self, x: Array, weight: Array, eps: float) -> Array:
         return mx.fast.rms_norm(x, weight, eps)
 
-    def rope(self, x: Array, offset: int, base: float) -> Array:
-        return mx.fast.rope(x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offset)
+    def rope(self, x: Array, offset: int, base: float, inv_freq: np.ndarray | None = None) -> Array:
+        if inv_freq is None:
+            return mx.fast.rope(
+                x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offset
+            )
+        # mx.fast.rope's freqs are periods: the angle is position / freqs
+        periods = mx.array(np.float32(1.0) / inv_freq)
+        return mx.fast.rope(
+            x, x.shape[-1], traditional=True, base=None, scale=1.0, offset=offset, freqs=periods
+        )
 
-    def rope_at(self, x: Array, positions: np.ndarray, base: float) -> Array:
+    def rope_at(
+        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
         offsets = mx.array(np.asarray(positions, dtype=np.int32))
-        return mx.fast.rope(x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offsets)
+        if inv_freq is None:
+            return mx.fast.rope(
+                x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offsets
+            )
+        periods = mx.array(np.float32(1.0) / inv_freq)
+        return mx.fast.rope(
+            x, x.shape[-1], traditional=True, base=None, scale=1.0, offset=offsets, freqs=periods
+        )
 
     def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
         last = (

@@ -14,7 +14,7 @@ once the window is full.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -71,6 +71,16 @@ def check_sampling_args(
 #: rows of every decode step: ``generate`` pads its one stream to this many rows and ``mygpt serve``
 #: decodes in groups of this many, so a stream's arithmetic is the same alone or in company
 DECODE_ROWS = 8
+
+
+#: the most KV memory one fixed-shape group may take; beyond it (a real model's long context)
+#: ``generate`` uses the growing cache and ``mygpt serve`` its round-robin scheduler
+FIXED_SHAPE_MAX_BYTES = 512 * 2**20
+
+
+def fixed_shape_fits(cfg: ModelConfig, dtype: str = "float32") -> bool:
+    """Whether a :data:`DECODE_ROWS` x context KV buffer stays under FIXED_SHAPE_MAX_BYTES."""
+    return model.SlotCache.nbytes(cfg, DECODE_ROWS, dtype) <= FIXED_SHAPE_MAX_BYTES
 
 
 class Stream:
@@ -200,6 +210,12 @@ def generate_steps(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(token, the logits it was sampled from)`` for each new token: the exact cached path."""
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    if not fixed_shape_fits(cfg, dtype):  # a long context: the growing cache, one row
+        yield from _generate_uncached_or_sliding(
+            ops, cfg, params, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed, use_cache=True, sliding=False, dtype=dtype,
+        )  # fmt: skip
+        return
     stream = Stream(prompt_ids, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     with ops.inference():
         dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
@@ -223,28 +239,37 @@ def generate(
     use_cache: bool = True,
     sliding: bool = False,
     dtype: str = "float32",
+    stop_ids: Collection[int] = (),
 ) -> Iterator[int]:
-    """Yield ``max_new_tokens`` new token ids, one at a time (for streaming)."""
+    """Yield up to ``max_new_tokens`` new token ids, one at a time (for streaming).
+
+    A token in ``stop_ids`` (a real model's end-of-sequence ids) ends the generation; it is not
+    yielded.
+    """
+    stop = frozenset(int(i) for i in stop_ids)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
     if use_cache and not sliding:
-        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
         steps = generate_steps(
             ops, cfg, params, prompt_ids, max_new_tokens, dtype=dtype, **sampling
         )
-        for token, _ in steps:
-            yield token
-        return
-    yield from _generate_uncached_or_sliding(
-        ops, cfg, params, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-        top_p=top_p, seed=seed, use_cache=use_cache, sliding=sliding, dtype=dtype,
-    )  # fmt: skip
+    else:
+        steps = _generate_uncached_or_sliding(
+            ops, cfg, params, prompt_ids, max_new_tokens, use_cache=use_cache, sliding=sliding,
+            dtype=dtype, **sampling,
+        )  # fmt: skip
+    for token, _ in steps:
+        if token in stop:
+            return
+        yield token
 
 
 def _generate_uncached_or_sliding(
     ops, cfg: ModelConfig, params: dict, prompt_ids: Sequence[int], max_new_tokens: int, *,
     temperature: float, top_k: int | None, top_p: float, seed: int, use_cache: bool,
     sliding: bool, dtype: str,
-) -> Iterator[int]:  # fmt: skip
-    """The book's loop without a cache, or the rotating (sliding) cache of mlx-lm/llama.cpp."""
+) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+    """The book's loop without a cache, with a growing KV cache (refilled past the window), or
+    the rotating (sliding) cache of mlx-lm/llama.cpp; ``(token, logits)`` pairs."""
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
     if sliding and cfg.position != "rope":
         raise MygptError(
@@ -268,14 +293,15 @@ def _generate_uncached_or_sliding(
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits = last_logits(ids[-T:], None)
-            elif cache is None:
+            elif cache is None or (not sliding and len(ids) > T):
+                # (re)fill: the whole cropped window in one pass
                 cache = model.KVCache(cfg.num_layers, max_len=T)
                 logits = last_logits(ids[-T:], cache)
             else:
                 logits = last_logits(ids[-1:], cache)
             nxt = sample_next(logits, rng, temperature=temperature, top_k=top_k, top_p=top_p)
             ids.append(nxt)
-            yield nxt
+            yield nxt, logits
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mygpt.parity.core import ParityCheck
 from mygpt.parity.model_checks import (
+    REAL_FEATURES,
     adamw_check,
     batched_decode_check,
     kv_cache_check,
@@ -27,11 +28,14 @@ def _all_checks() -> list[ParityCheck]:
         # norm and positions (the MLP is independent of them)
         *[model_check("rms", "rope", k, "swiglu") for k in ("mha", "gqa", "mqa")],
         model_check("layer", "learned", "mha", "swiglu"),
+        # what real open-weight models add, each on the Llama shape (GQA)
+        *[model_check("rms", "rope", "gqa", "swiglu", f) for f in REAL_FEATURES],
         ParityCheck("adamw+clip", adamw_check, dtypes=("float32",), kind="optimizer"),
         kv_cache_check("learned", "mha"),
         kv_cache_check("rope", "gqa"),
         kv_cache_check("rope", "mqa"),
         kv_cache_check("rope", "gqa", "swiglu"),
+        kv_cache_check("rope", "gqa", "swiglu", real=True),
         batched_decode_check("learned", "mha"),
         batched_decode_check("rope", "gqa"),
         train_check(30, quick=False),

@@ -91,11 +91,13 @@ def check_token_ids(model, ids: list[int]) -> list[int]:
     return ids
 
 
-def encode_prompt(model, prompt: str | list[int]) -> list[int]:
-    """Token ids of ``prompt``, refusing what the model cannot read (named in the error)."""
+def encode_prompt(model, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
+    """Token ids of ``prompt``, refusing what the model cannot read (named in the error).
+
+    Token ids are checked against the vocabulary. A prompt rendered by the model's own chat
+    template already spells its special tokens (``add_special_tokens=False``)."""
     if isinstance(prompt, list):
-        ids = check_token_ids(model, prompt)
-        return _within_context(model, ids)
+        return _within_context(model, check_token_ids(model, prompt))
     tok = model.tokenizer
     alphabet = getattr(tok, "chars", None)
     if alphabet is not None and tok.kind in ("char", "bpe"):
@@ -111,7 +113,7 @@ def encode_prompt(model, prompt: str | list[int]) -> list[int]:
                 "unknown_characters",
             )
     try:
-        ids = model.encode(prompt)
+        ids = model.encode(prompt) if add_special_tokens else model.encode(prompt, False)
     except MygptError as e:
         raise ApiError(400, str(e), "prompt") from None
     if not ids:
@@ -134,7 +136,7 @@ def _within_context(model, ids: list[int]) -> list[int]:
 
 def gen_requests(
     info: ServerInfo, model, req, prompts: list[str | list[int]], extra_stops: list[str],
-    logprobs: int | None = None, echo: bool = False,
+    logprobs: int | None = None, echo: bool = False, special: bool = True,
 ) -> list[GenRequest]:  # fmt: skip
     """Check a validated body against this server and model; the engine's requests, one per
     choice (``n`` for each prompt, choice j of a prompt sampled with ``seed + j``)."""
@@ -160,7 +162,7 @@ def gen_requests(
         )
     if req.seed is not None and req.seed < 0:
         raise ApiError(400, f"seed must be >= 0, got {req.seed}", "seed")
-    encoded = [encode_prompt(model, p) for p in prompts]
+    encoded = [encode_prompt(model, p, special) for p in prompts]
     return [
         GenRequest(
             prompt_ids=ids,
@@ -397,9 +399,15 @@ def create_app(engine: Engine, info: ServerInfo) -> FastAPI:
         req = await parse_body(request, ChatRequest)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        prompt = template.prompt([(m.role, m.content) for m in req.messages])
+        try:
+            prompt = template.prompt([(m.role, m.content) for m in req.messages])
+        except MygptError as e:  # the model's own template refused them (raise_exception)
+            raise ApiError(400, str(e), "messages") from None
+        special = getattr(template, "add_special_tokens", True)
         k = (req.top_logprobs or 0) if req.logprobs else None
-        gens = gen_requests(info, engine.model, req, [prompt], template.stops(), logprobs=k)
+        gens = gen_requests(
+            info, engine.model, req, [prompt], template.stops(), logprobs=k, special=special
+        )
         return await respond(request, req, gens, chat=True)
 
     @app.get("/v1/models")

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mygpt.errors import MygptError
-from mygpt.generate import DECODE_ROWS, Decoder, Stream, batch_invariance_check, log_softmax
+from mygpt.generate import (
+    DECODE_ROWS,
+    Decoder,
+    Stream,
+    batch_invariance_check,
+    fixed_shape_fits,
+    log_softmax,
+)
 
 SCHEDULERS = ("auto", "batched", "round-robin")
 
@@ -161,6 +168,7 @@ class Engine:
         self.mode = ""  # "batched" | "round-robin", once loaded
         self.mode_reason = ""
         self.kv_bytes = 0
+        self.stop_ids: frozenset[int] = frozenset()
         self.model = None
         self.decoder: Decoder | None = None
         self._pending: deque[Job] = deque()
@@ -228,8 +236,15 @@ class Engine:
         """Batched where batched decoding is checked exact here; round-robin otherwise."""
         m = self.model
         cfg, dtype = getattr(m, "config", None), getattr(m, "dtype", "float32")
+        self.stop_ids = frozenset(getattr(m, "stop_ids", None) or ())
         if self.scheduler == "round-robin" or cfg is None:
             self.mode, self.mode_reason = "round-robin", "requested"
+        elif not fixed_shape_fits(cfg, dtype):
+            self.mode = "round-robin"
+            self.mode_reason = (
+                f"a {DECODE_ROWS}-row decode buffer over the context of {cfg.max_seq_len} would "
+                "be too large; each request decodes alone with a growing cache"
+            )
         else:
             m.ops.activate()
             drift = batch_invariance_check(m.ops, cfg, m.params, dtype)
@@ -249,7 +264,7 @@ class Engine:
                 f"batched decode differs from solo decode on {m.ops.describe()} by up to "
                 f"{drift:.1e} in the logits, so it would not be exact"
             )
-        if cfg is not None:  # each request's generate() holds its own DECODE_ROWS-row decoder
+        if cfg is not None and fixed_shape_fits(cfg, dtype):  # a DECODE_ROWS-row decoder each
             self.kv_bytes = self.max_active * Decoder.nbytes(cfg, DECODE_ROWS, dtype)
 
     def _admit(self) -> None:
@@ -309,6 +324,9 @@ class Engine:
                 self._end(job, "length")
                 continue
             token = job.stream.sample(logits[job.row])
+            if token in self.stop_ids:  # the model ended its turn (an end-of-sequence id)
+                self._end(job, "stop")
+                continue
             if req.logprobs is not None:
                 job.entries.append(
                     token_logprobs(m.tokenizer, logits[job.row], token, req.logprobs)
@@ -354,6 +372,8 @@ class Engine:
                     top_k=req.top_k, top_p=req.top_p, seed=req.seed,
                 )  # fmt: skip
             token, logits = next(job.gen)
+            if token in self.stop_ids:  # the model ended its turn (an end-of-sequence id)
+                return self._end(job, "stop")
         except MygptError as e:
             return self._finish(job, "error", str(e), stat="failed")
         except Exception as e:  # a bug must fail this request, not stop the worker thread
