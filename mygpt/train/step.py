@@ -20,6 +20,8 @@ def make_train_step(
     max_grad_norm: float = 0.0,
     compile: bool = False,
     grad_sync: GradSync | None = None,
+    base: dict | None = None,
+    lora: Any = None,
 ) -> Callable[[dict, list[tuple[Any, Any]], float], tuple[dict, Any]]:
     """One optimizer step: ``step(params, micro_batches, lr) -> (params, mean loss)``.
 
@@ -29,10 +31,16 @@ def make_train_step(
     then clipping (fp32 global norm, the same on every rank after the sync) and AdamW. The loss
     stays a device array, so nothing here waits for the device: the caller decides when to read
     it back. It is this rank's loss; the logger averages it over ranks.
+
+    With ``lora`` (a :class:`mygpt.lora.LoraConfig`), ``params`` are the adapters and ``base``
+    the frozen weights: only the adapters are differentiated, synced and stepped.
     """
 
     def loss_of(p, x, y):
-        return model.loss_fn(ops, cfg, p, x, y, dtype=dtype, train=True)
+        if lora is None:
+            return model.loss_fn(ops, cfg, p, x, y, dtype=dtype, train=True)
+        adapters = model.LoraWeights(p, lora.scale, lora.dropout)
+        return model.loss_fn(ops, cfg, base, x, y, dtype=dtype, train=True, lora=adapters)
 
     grad_fn = ops.value_and_grad(loss_of, compile=compile)
 
