@@ -93,14 +93,20 @@ def hf_tensors(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
 
 
-def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bool = False) -> Path:
-    """Write the Hugging Face directory; returns its path. Each file is written atomically."""
+def export_hf(
+    ckpt_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    force: bool = False,
+    base: str | None = None,
+) -> Path:
+    """Write the Hugging Face directory; returns its path. Each file is written atomically.
+    An adapter checkpoint exports merged into its base (``base`` overrides the one it names)."""
     from safetensors.numpy import save_file
 
     from mygpt.interop.sources import load_source
 
     outdir, source = Path(outdir), Path(ckpt_path)
-    ckpt = load_source(ckpt_path)
+    ckpt = load_source(ckpt_path, base=base)
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
     tok_files = tokenizer_files(ckpt.tokenizer)
@@ -128,18 +134,42 @@ def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bo
     "--push-to-hub", "repo", default=None, metavar="USER/REPO", help="Then upload OUTDIR there."
 )
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repository private.")
-def export(ckpt: str, outdir: str, force: bool, repo: str | None, private: bool) -> None:
-    """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...)."""
+@click.option(
+    "--peft", is_flag=True, help="An adapter checkpoint: write the adapter alone, in peft's format."
+)
+@click.option(
+    "--base", default=None, metavar="MODEL", help="An adapter's base, if not where it was trained."
+)
+def export(
+    ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, peft: bool,
+    base: str | None,
+) -> None:  # fmt: skip
+    """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...); a
+    LoRA adapter checkpoint exports merged into its base, or alone with --peft."""
     if repo is not None:
         from mygpt.interop.hub import check_repo_id
 
         check_repo_id(repo)  # a bad name fails before the export, not after it
-    out = export_hf(ckpt, outdir, force=force)
-    arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
-    click.echo(f"exported {ckpt} as {arch} to {out}", err=True)
+    if peft:
+        out = _export_peft(ckpt, outdir, force, base)
+    else:
+        out = export_hf(ckpt, outdir, force=force, base=base)
+        arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+        click.echo(f"exported {ckpt} as {arch} to {out}", err=True)
     if repo is not None:
         from mygpt.interop.hub import push
 
         click.echo(push(out, repo, private=private))
     else:
         click.echo(str(out))
+
+
+def _export_peft(ckpt_path: str, outdir: str, force: bool, base: str | None) -> Path:
+    from mygpt.interop.peft import export_peft
+    from mygpt.interop.sources import load_source
+
+    ckpt = load_source(ckpt_path, merge=False, base=base)
+    _check_outdir(Path(outdir), force)
+    out = export_peft(ckpt, Path(outdir))
+    click.echo(f"exported {ckpt_path} as a peft LoRA adapter to {out}", err=True)
+    return out

@@ -339,10 +339,19 @@ def read_tokenizer(hfdir: Path, hf: dict, vocab_size: int) -> dict:
 @click.command("import")
 @click.argument("hfdir", type=click.Path(path_type=str))
 @click.argument("output", type=click.Path(path_type=str))
-def import_cmd(hfdir: str, output: str) -> None:
-    """Import a Hugging Face model directory (or a Hub id) as a mygpt .safetensors checkpoint."""
+@click.option(
+    "--base", default=None, metavar="MODEL", help="A peft adapter's base (default: its config's)."
+)
+def import_cmd(hfdir: str, output: str, base: str | None) -> None:
+    """Import a Hugging Face model directory (or a Hub id) as a mygpt .safetensors checkpoint;
+    a peft LoRA adapter directory becomes a mygpt adapter checkpoint on its base."""
     if not output.endswith(".safetensors"):
         raise MygptError(f"output {output!r} must end in .safetensors — mygpt's native checkpoint")
+    from mygpt.interop.peft import import_peft, is_peft_dir
+
+    if is_peft_dir(hfdir):
+        click.echo(str(import_peft(hfdir, output, base)))
+        return
     from mygpt.interop.sources import resolve_source
 
     ckpt = import_hf(resolve_source(hfdir))  # a local directory, or a Hub id (downloaded)
