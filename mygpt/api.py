@@ -25,7 +25,10 @@ from mygpt.precision import resolve_precision
 class Model:
     """A loaded model: config, tokenizer and weights on one backend."""
 
-    def __init__(self, ckpt: Checkpoint, ops: Ops, dtype: str = "float32") -> None:
+    def __init__(
+        self, ckpt: Checkpoint, ops: Ops, dtype: str = "float32", consume: bool = False
+    ) -> None:
+        """``consume``: drop ``ckpt.params`` (numpy) once they are on the backend."""
         from mygpt.tokenizers import tokenizer_from_dict
 
         self.checkpoint = ckpt
@@ -36,7 +39,11 @@ class Model:
         # a rotary model computing in bf16 holds its weights in bf16 (half the memory of an fp32
         # copy; the forward pass casts every weight to bf16 anyway, so the logits are the same)
         held = "bfloat16" if dtype == "bfloat16" and self.config.position == "rope" else None
-        self.params = {k: ops.asarray(v, held) for k, v in ckpt.params.items()}
+        self.params = {}
+        for k in list(ckpt.params):
+            # consume: each host copy goes as it moves, so a 0.5B model is in memory once
+            v = ckpt.params.pop(k) if consume else ckpt.params[k]
+            self.params[k] = ops.asarray(v, held)
         stop = getattr(self.tokenizer, "stop_ids", None)
         #: token ids generation ends at (a real model's EOS ids; none for mygpt's tokenizers)
         self.stop_ids: list[int] = stop() if stop else []
@@ -95,4 +102,4 @@ def load(
     ckpt = load_source(path)
     ops = get_backend(backend, device)
     dtype, _ = resolve_precision(ops, precision)
-    return Model(ckpt, ops, dtype)
+    return Model(ckpt, ops, dtype, consume=True)

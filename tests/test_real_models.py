@@ -267,7 +267,7 @@ def test_serve_chat_uses_the_models_template_and_stops_at_eos(models):
 
     import mygpt
     from mygpt.serve.app import ServerInfo, create_app
-    from mygpt.serve.chat_template import template_for
+    from mygpt.serve.chat_template import JinjaChatTemplate, template_for
     from mygpt.serve.engine import Engine
 
     engine = Engine(lambda: mygpt.load(models["qwen2"], backend="torch", device="cpu"))
@@ -282,6 +282,14 @@ def test_serve_chat_uses_the_models_template_and_stops_at_eos(models):
     rendered = info.template.render([{"role": "user", "content": "hi"}])
     assert r.json()["usage"]["prompt_tokens"] == len(tok.encode(rendered, False))
     assert rendered.startswith("<|begin_of_text|><|im_start|>user\nhi<|im_end|>")
+    strict = JinjaChatTemplate(
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}x"
+    )
+    client = TestClient(create_app(engine, dataclasses.replace(info, template=strict)))
+    bad = {**body, "messages": [{"role": "system", "content": "x"}]}
+    r = client.post("/v1/chat/completions", json=bad)
+    assert r.status_code == 400 and "System role not supported" in r.json()["error"]["message"]
 
 
 # --- 3. sources --------------------------------------------------------------------------------

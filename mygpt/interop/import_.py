@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from mygpt.interop.architectures import ARCHITECTURES, Architecture
 # tensors transformers keeps as non-persistent buffers, which older files still carry
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 _DTYPES = {"F32": np.float32, "F16": np.float16}
+_WIDTHS = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "I8": 1}
 
 
 def _fail(where: Path, feature: str) -> MygptError:
@@ -192,36 +194,76 @@ def read_model_tensors(hfdir: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file as float32 (bf16/f16 widen exactly); damage is one line."""
-    from safetensors import deserialize
+def _safetensors_index(path: Path) -> tuple[dict, int]:
+    """The header of a safetensors file and where its data starts; damage is one line."""
+    size = path.stat().st_size
 
+    def damaged(detail: str) -> MygptError:
+        return MygptError(
+            f"{path} is truncated or damaged ({detail}) — download or export it again"
+        )
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return {}, -1  # the caller words it
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000 or 8 + n > size:
+            raise damaged(f"its header claims {n} bytes of {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise damaged("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise damaged("its header is not a JSON object")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(v) for v in info["data_offsets"])
+            shape = [int(d) for d in info["shape"]]
+        except (TypeError, KeyError, ValueError):
+            raise damaged(f"entry {name!r} is malformed") from None
+        if not 0 <= start <= stop or 8 + n + stop > size:
+            raise damaged(f"tensor {name!r} ends past the end of the file")
+        width = _WIDTHS.get(info.get("dtype"), 0)
+        if width and (stop - start) != width * int(np.prod(shape, dtype=np.int64)):
+            raise damaged(f"tensor {name!r} has {stop - start} bytes for shape {shape}")
+    return header, 8 + n
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as float32 (bf16/f16 widen exactly); damage is one line.
+
+    The file is memory-mapped and each tensor widened straight from the map: one fp32 copy in
+    memory, not the file's bytes as well.
+    """
     if not path.is_file():
         raise MygptError(
             f"{path} does not exist — the model's weights must be safetensors (mygpt never "
             "loads pickled .bin files)"
         )
-    try:
-        raw = deserialize(path.read_bytes())
-    except Exception as e:  # SafetensorError: truncated, corrupt header, ...
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MygptError(
-            f"{path} is truncated or damaged ({detail}) — download or export it again"
-        ) from None
+    header, base = _safetensors_index(path)
+    if base < 0:
+        raise MygptError(f"{path} is truncated or damaged (under 8 bytes) — download it again")
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
-    for name, t in raw:
-        dtype = t["dtype"]
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, (start, stop) = info.get("dtype"), info["data_offsets"]
+        raw = mm[base + start : base + stop]
         if dtype == "BF16":  # numpy has no bfloat16: its bits are the top half of a float32
-            bits = np.frombuffer(t["data"], dtype="<u2").astype(np.uint32) << 16
-            arr = bits.view(np.float32)
+            arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
         elif dtype in _DTYPES:
-            arr = np.frombuffer(t["data"], dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"))
+            arr = raw.view(np.dtype(_DTYPES[dtype]).newbyteorder("<")).astype(np.float32)
         else:
             raise MygptError(
                 f"{path}: tensor {name!r} is {dtype}; mygpt holds float32 weights and would round "
                 "it — convert the model to float32, float16 or bfloat16 first"
             )
-        out[name] = arr.astype(np.float32).reshape(t["shape"])
+        out[name] = arr.reshape(info["shape"])
+    del mm
     return out
 
 

@@ -267,7 +267,10 @@ def create_app(engine: Engine, info: ServerInfo) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = await parse_body(request, ChatRequest)
-        prompt = template.prompt([(m.role, m.content) for m in req.messages])
+        try:
+            prompt = template.prompt([(m.role, m.content) for m in req.messages])
+        except MygptError as e:  # the model's own template refused them (raise_exception)
+            raise ApiError(400, str(e), "messages") from None
         special = getattr(template, "add_special_tokens", True)
         gen = gen_request(info, engine.model, req, prompt, template.stops(), special)
         return await respond(request, req, gen, chat=True)
