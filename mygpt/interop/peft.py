@@ -20,7 +20,7 @@ import numpy as np
 from mygpt.checkpoint import Checkpoint
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
-from mygpt.fileio import atomic_path, atomic_write_text
+from mygpt.fileio import atomic_directory
 from mygpt.interop.architectures import (
     _mlp_names,
     _rope_rows,
@@ -95,7 +95,7 @@ def peft_config(cfg: ModelConfig, adapter: Adapter) -> dict:
 def export_peft(ckpt: Checkpoint, outdir: Path) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` for an unmerged adapter
     checkpoint (``load_source(..., merge=False)``)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     if ckpt.adapter is None:
         raise MygptError(
@@ -104,11 +104,10 @@ def export_peft(ckpt: Checkpoint, outdir: Path) -> Path:
         )
     _check_llama_family(ckpt.config)
     tensors = peft_tensors(ckpt.config, ckpt.adapter)
-    outdir.mkdir(parents=True, exist_ok=True)
     cfg_text = json.dumps(peft_config(ckpt.config, ckpt.adapter), indent=2) + "\n"
-    atomic_write_text(outdir / "adapter_config.json", cfg_text)
-    with atomic_path(outdir / "adapter_model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
+    with atomic_directory(outdir, "OUTDIR") as d:  # the directory as a whole, or nothing
+        d.write_text("adapter_config.json", cfg_text)
+        d.write_bytes("adapter_model.safetensors", save(tensors, metadata={"format": "pt"}))
     return outdir
 
 
