@@ -347,10 +347,12 @@ def loss_fn(
     dtype: str = "float32",
     train: bool = True,
     lora: LoraWeights | None = None,
+    mask: Array | None = None,
 ) -> Array:
-    """Mean cross-entropy of next-token prediction over every position (fp32)."""
+    """Mean cross-entropy of next-token prediction over every position (fp32), or over the
+    positions ``mask`` marks (a chat's assistant tokens)."""
     logits = forward(ops, cfg, params, x, dtype=dtype, train=train, lora=lora)
-    return ops.cross_entropy(logits, y)
+    return ops.cross_entropy(logits, y) if mask is None else ops.cross_entropy(logits, y, mask)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:

@@ -143,3 +143,52 @@ def test_bad_lora_flags_are_one_line(root, tmp_path, capsys, args, match):
                str(tmp_path / "o.safetensors"), *args])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and err[-1].startswith("error: ") and match in err[-1]
+
+
+# --- chat data: the loss counts the assistant's tokens ------------------------------------------
+
+CHATS = [
+    [{"role": "user", "content": f"What is {i} plus {i}?"},
+     {"role": "assistant", "content": f"It is {2 * i}."},
+     {"role": "user", "content": "Thanks"},
+     {"role": "assistant", "content": "You are welcome."}]
+    for i in range(30)
+]  # fmt: skip
+
+
+def test_chat_data_counts_the_assistant_tokens_only(root, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from mygpt.tokenizers import tokenizer_from_dict
+    from mygpt.train.chat_data import encode_chats
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": m}) + "\n" for m in CHATS), encoding="utf-8")
+    tok = tokenizer_from_dict(import_hf(root / "llama").tokenizer)
+    ids, mask, n = encode_chats(chats, tok)
+    assert n == len(CHATS) and 0 < mask.sum() < len(ids)
+    # the whole stream is transformers' rendering; the counted tokens are the replies + end token
+    hf = AutoTokenizer.from_pretrained(root / "llama")
+    rendered = "".join(hf.apply_chat_template(m, tokenize=False) for m in CHATS)
+    assert tok.decode(list(ids)) == rendered
+    replies = "".join(t["content"] + "<|im_end|>\n" for m in CHATS for t in m[1::2])
+    assert tok.decode(list(ids[mask == 1])) == replies
+
+    out = tmp_path / "chat.safetensors"
+    capsys.readouterr()
+    args = ["train", str(chats), "--init-from", str(root / "llama"), "--lora-rank", "4",
+            "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--backend", "torch",
+            "--device", "cpu", "--output", str(out), "--print-every", "1"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    counted = int(mask[1:].sum())
+    assert f"loss on {counted:,} assistant tokens / {len(ids):,} total" in err
+
+
+def test_chat_lines_that_are_not_conversations_are_one_line(root, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"text": "x"}\n')
+    rc = main(["train", str(bad), "--init-from", str(root / "llama"), "--steps", "1",
+               "--output", str(tmp_path / "o.safetensors")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("error: ") and "line 2" in err[-1]

@@ -130,9 +130,10 @@ def evaluate(run: Run, tc: TrainConfig, rd: RunData, state: TrainState, params: 
     with ops.inference():
         losses = []
         for _ in range(tc.eval_batches):
-            x, y = rd.val_batch(ops)
+            x, y, *mask = rd.val_batch(ops)
             losses.append(model.loss_fn(ops, state.cfg, state.weights(params), x, y,
-                                        dtype=run.dtype, train=False, lora=state.lora_weights(params)))  # fmt: skip
+                                        dtype=run.dtype, train=False, lora=state.lora_weights(params),
+                                        mask=mask[0] if mask else None))  # fmt: skip
         ops.eval(*losses)
         local = float(np.mean([ops.item(v) for v in losses]))
     return run.dist.mean([local])[0]
