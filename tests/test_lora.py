@@ -192,3 +192,30 @@ def test_chat_lines_that_are_not_conversations_are_one_line(root, tmp_path, caps
                "--output", str(tmp_path / "o.safetensors")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("error: ") and "line 2" in err[-1]
+
+
+def test_adapters_on_a_book_checkpoint_with_its_gelu_mlp(tmp_path, capsys):
+    from mygpt.backends import get_backend
+    from mygpt.model import LoraWeights, forward
+    from tests.conftest import BOOK_FIXTURES
+
+    book = BOOK_FIXTURES / "part1_ch18.ckpt"
+    out = tmp_path / "book-lora.safetensors"
+    args = ["train", str(TINY_SHAKESPEARE), "--init-from", str(book), "--lora-rank", "2",
+            "--lora-targets", "q,k,v,o,fc1,fc2", "--steps", "2", "--batch-size", "2",
+            "--seq-len", "16", "--lr", "1e-2", "--backend", "torch", "--device", "cpu",
+            "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    base, ad = load_source(book), load_adapter(out)
+    ids = base.params["token_embedding.embedding.weight"].shape[0] // 2 + np.arange(12) % 7
+    merged = mygpt.load(out, backend="torch", device="cpu").logits(ids)
+    ops = get_backend("mlx", "cpu")  # unmerged, on the other backend
+    params = {k: ops.asarray(v) for k, v in base.params.items()}
+    lora = LoraWeights({k: ops.asarray(v) for k, v in ad.tensors.items()}, ad.lora.scale)
+    adapted = ops.to_numpy(forward(ops, base.config, params, ops.asarray(ids[None]), lora=lora))[0]
+    assert np.abs(merged - adapted).max() < 1e-5
+    assert np.abs(merged - mygpt.load(book, backend="torch", device="cpu").logits(ids)).max() > 1e-4
+    capsys.readouterr()
+    assert main(["export", str(out), str(tmp_path / "p"), "--peft"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "GPT-2" in err and "\n" not in err
