@@ -21,7 +21,10 @@ from mygpt.settings import backend_option, device_option, precision_option
     help="A .safetensors or book .ckpt checkpoint, a Hugging Face model directory, or a Hub id.",
 )
 @click.option(
-    "--seq-len", type=int, default=None, help="Window length (default: the model's max_seq_len)."
+    "--seq-len",
+    type=int,
+    default=None,
+    help="Window length (default: the model's max_seq_len, at most 2048).",
 )
 @click.option(
     "--stride",

@@ -167,6 +167,48 @@ def test_import_save_export_import_is_bit_exact_and_loads_in_transformers(family
     assert np.abs(hf_logits(out, IDS) - hf_logits(models[family], IDS)).max() == 0.0
 
 
+def test_mlx_lm_computes_the_exported_families_exactly(models, tmp_path):
+    """mygpt's export writes rope_theta at the top level, which mlx-lm reads (transformers 5's
+    own save_pretrained writes only rope_parameters, so mlx-lm runs its files at a default
+    theta: 1.8-3.8 off on these models)."""
+    mx = pytest.importorskip("mlx.core")
+    mlx_lm = pytest.importorskip("mlx_lm")
+    for family in FAMILIES:
+        first = import_hf(models[family])
+        save_checkpoint(tmp_path / f"{family}.safetensors", first.config, first.params,
+                        first.tokenizer)  # fmt: skip
+        out = export_hf(tmp_path / f"{family}.safetensors", tmp_path / family)
+        model, _ = mlx_lm.load(str(out))
+        got = np.array(model(mx.array([IDS])).astype(mx.float32))[0]
+        assert np.abs(got - hf_logits(models[family], IDS)).max() < 1e-5, family
+
+
+def test_bf16_export_halves_the_file_and_a_bf16_source_comes_back_bit_for_bit(models, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mygpt.interop.export import bf16_bits
+
+    src = models["qwen3"]
+    bf16_src = tmp_path / "bf16"
+    shutil.copytree(src, bf16_src, ignore=shutil.ignore_patterns("model.safetensors"))
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(bf16_src)
+    first = import_hf(bf16_src)
+    save_checkpoint(tmp_path / "m.safetensors", first.config, first.params, first.tokenizer)
+    out = export_hf(tmp_path / "m.safetensors", tmp_path / "hf", dtype="bfloat16")
+    f32 = export_hf(tmp_path / "m.safetensors", tmp_path / "hf32")
+    size = (out / "model.safetensors").stat().st_size
+    assert size < 0.52 * (f32 / "model.safetensors").stat().st_size
+    back = import_hf(out)
+    for k, v in first.params.items():
+        assert v.tobytes() == back.params[k].tobytes(), k
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert np.abs(hf_logits(out, IDS) - hf_logits(bf16_src, IDS)).max() == 0.0
+    x = np.array([1.0, 1.00390625, 1.01171875, -3.3e-3], np.float32)  # ties round to even
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert bf16_bits(x).tolist() == want.tolist()
+
+
 def test_sharded_and_bf16_weights_load(models, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM

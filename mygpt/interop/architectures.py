@@ -10,12 +10,18 @@ Each mygpt combination maps to one architecture that ``transformers`` loads with
 | rms norm + rope, gelu                 | ``arcee``      | Llama with a non-gated MLP, MLP biases |
 | rms norm + rope, swiglu               | ``llama``      | exactly a Llama                        |
 
+Real models add ``mistral``, ``qwen2`` (q/k/v biases) and ``qwen3`` (q/k norms); with
+``head_dim``, biases, an untied head and llama3 rope scaling they share the Llama weight map.
+Export writes back the architecture a model was imported from (``hf_model_type``) when it holds
+the model's features (``Architecture.fits``), else the first standard one that does.
+
 Everything else (RMSNorm with learned positions, SwiGLU without RMSNorm + RoPE) has no standard
 architecture that computes it exactly, and export refuses it.
 
 mygpt rotates interleaved pairs (2i, 2i+1); every rotary architecture here rotates half-split
 pairs (i, i + D/2). Reordering each head's rows of W_Q and W_K to ``[0, 2, 4, ..., 1, 3, 5, ...]``
-turns one into the other exactly (transformers' ``convert_llama_weights_to_hf.permute``).
+turns one into the other exactly (transformers' ``convert_llama_weights_to_hf.permute``); q/k
+biases and q/k-norm weights follow their rows.
 
 Every map is a pure permutation/transposition/copy of float32 arrays, so export followed by
 import gives back the very same bits.
@@ -307,15 +313,15 @@ ARCHITECTURES: dict[str, Architecture] = {
             _llama_fits,
         ),
         Architecture(
-            "qwen2", "Qwen2ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
+            "qwen2", "Qwen2ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
             _qwen2_fits,
         ),
         Architecture(
-            "qwen3", "Qwen3ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
+            "qwen3", "Qwen3ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
             _qwen3_fits,
         ),
         Architecture(
-            "mistral", "MistralForCausalLM", "rms", "rope", "swiglu", *_LLAMA, False, "not checked against mlx-lm",
+            "mistral", "MistralForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
             _mistral_fits,
         ),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -101,36 +102,70 @@ def hf_tensors(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
 
 
+#: ``--dtype``: the weights' dtype in model.safetensors
+EXPORT_DTYPES = ("float32", "bfloat16")
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even, as torch rounds."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], dtype: str, metadata: dict) -> bytes:
+    """A safetensors file; ``bfloat16`` is written by hand (safetensors.numpy has no bf16)."""
+    from safetensors.numpy import save
+
+    if dtype == "float32":
+        return save(tensors, metadata=metadata)
+    header: dict[str, Any] = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for name, arr in tensors.items():
+        data = bf16_bits(arr).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(data)]}  # fmt: skip
+        chunks.append(data)
+        offset += len(data)
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+
+
 def export_hf(
     ckpt_path: str | os.PathLike,
     outdir: str | os.PathLike,
     force: bool = False,
+    dtype: str = "float32",
     base: str | None = None,
 ) -> Path:
     """Write the Hugging Face directory as a whole (see the module doc); returns its path.
-    An adapter checkpoint exports merged into its base (``base`` overrides the one it names)."""
-    from safetensors.numpy import save
+    An adapter checkpoint exports merged into its base (``base`` overrides the one it names).
 
+    ``dtype="bfloat16"`` rounds the weights to bf16 (half the file; what a bf16 source such as a
+    Hub model was, so importing it and exporting it again in bf16 gives back the same bits)."""
+    if dtype not in EXPORT_DTYPES:
+        raise MygptError(f"unknown export dtype {dtype!r} — use one of {', '.join(EXPORT_DTYPES)}")
     from mygpt.interop.sources import load_source
 
-    source = Path(ckpt_path)
+    outdir, source = Path(outdir), Path(ckpt_path)
     outdir, dropped = _check_outdir(outdir, force)  # before loading anything
+    # a checkpoint, a Hugging Face directory, a Hub id, or an adapter (merged into its base)
     ckpt = load_source(ckpt_path, base=base)
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
     tok_files = tokenizer_files(ckpt.tokenizer)
     tensors = hf_tensors(ckpt)
     special = {**special_token_ids(ckpt.tokenizer), "pad_token_id": None}
+    config = {**hf_config(cfg, arch, special), "torch_dtype": dtype, "dtype": dtype}
     with atomic_directory(outdir, "OUTDIR") as d:
-        d.write_text("config.json", _json(hf_config(cfg, arch, special)))
+        d.write_text("config.json", _json(config))
         d.write_text("generation_config.json", _json(generation_config(ckpt.tokenizer)))
         # transformers checks the "format" metadata
-        d.write_bytes("model.safetensors", save(tensors, metadata={"format": "pt"}))
+        d.write_bytes("model.safetensors", safetensors_bytes(tensors, dtype, {"format": "pt"}))
         del tensors
-        for name, text in tok_files.items():
+        for name, text in tok_files.items():  # tokenizer.json, tokenizer_config.json, template
             d.write_text(name, text)
         d.write_text("README.md", model_card(ckpt, arch, source))
-    dropped = [n for n in dropped if n not in tok_files]
     if dropped:
         click.echo(f"--force: removed with the old {outdir}: {', '.join(dropped)}", err=True)
     return outdir
@@ -149,14 +184,22 @@ def export_hf(
 )
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repository private.")
 @click.option(
+    "--dtype",
+    type=click.Choice(EXPORT_DTYPES),
+    default="float32",
+    show_default=True,
+    help="The weights' dtype: bfloat16 halves the file (rounds fp32 weights; a bf16 source's "
+    "weights come back bit for bit).",
+)
+@click.option(
     "--peft", is_flag=True, help="An adapter checkpoint: write the adapter alone, in peft's format."
 )
 @click.option(
     "--base", default=None, metavar="MODEL", help="An adapter's base, if not where it was trained."
 )
 def export(
-    ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, peft: bool,
-    base: str | None,
+    ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, dtype: str,
+    peft: bool, base: str | None,
 ) -> None:  # fmt: skip
     """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...); a
     LoRA adapter checkpoint exports merged into its base, or alone with --peft."""
@@ -167,7 +210,7 @@ def export(
     if peft:
         out = _export_peft(ckpt, outdir, force, base)
     else:
-        out = export_hf(ckpt, outdir, force=force, base=base)
+        out = export_hf(ckpt, outdir, force=force, dtype=dtype, base=base)
         arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
         click.echo(f"exported {ckpt} as {arch} to {out}", err=True)
     if repo is not None:

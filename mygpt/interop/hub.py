@@ -1,4 +1,5 @@
-"""``--push-to-hub USER/REPO``: upload an exported directory with ``huggingface_hub``.
+"""The Hugging Face Hub: ``--push-to-hub USER/REPO`` uploads an exported directory; a model id
+(``Qwen/Qwen2.5-0.5B``) given where a checkpoint is taken downloads into huggingface_hub's cache.
 
 With no network this fails in about a second with one line, as ``mygpt data download`` does: the
 Hub's host name is resolved first, because huggingface_hub retries a dead connection for ~25 s.
@@ -6,6 +7,7 @@ Hub's host name is resolved first, because huggingface_hub retries a dead connec
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -117,3 +119,13 @@ def _download_error(e: BaseException, repo: str, offline: bool) -> MygptError:
             f"({name}) — check the path or id; for a gated model, `hf auth login` first"
         )
     return MygptError(f"downloading {repo} failed ({name}: {first}) — {get}")
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A local file or directory for ``source`` (a Hub id is downloaded into the cache first)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    if is_repo_id(str(source)):
+        return download_model(str(source))
+    return path  # load_checkpoint words the "does not exist" error

@@ -7,9 +7,9 @@ import click
 
 from mygpt.checkpoint import save_checkpoint
 from mygpt.errors import MygptError
+from mygpt.interop.hub import resolve_source
 from mygpt.interop.import_ import import_hf
 from mygpt.interop.peft import import_peft, is_peft_dir
-from mygpt.interop.sources import resolve_source
 
 
 @click.command("import")

@@ -17,18 +17,7 @@ from pathlib import Path
 
 from mygpt.checkpoint import Checkpoint, load_checkpoint
 from mygpt.errors import MygptError
-
-
-def resolve_source(source: str | os.PathLike) -> Path:
-    """A local file or directory for ``source`` (a Hub id is downloaded into the cache first)."""
-    path = Path(source)
-    if path.exists():
-        return path
-    from mygpt.interop.hub import download_model, is_repo_id
-
-    if is_repo_id(str(source)):
-        return download_model(str(source))
-    return path  # load_checkpoint words the "does not exist" error
+from mygpt.interop.hub import resolve_source
 
 
 def load_source(

@@ -93,7 +93,7 @@ def serve(
         raise UsageError(f"--port must be in 0..65535, got {port}")
     if chat_template not in (None, "model", "auto"):
         ChatTemplate(chat_template)  # a bad template fails before the model loads
-    from mygpt.interop.sources import resolve_source
+    from mygpt.interop.hub import resolve_source
 
     resolve_source(checkpoint)  # a Hub id downloads (or fails) before the port is taken
     sock = bind(host, port)

@@ -3,10 +3,12 @@ training renders chat data with it)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from mygpt.errors import UsageError
 
 
-def compile_jinja(template: str):  # -> jinja2.Template
+def compile_jinja(template: str) -> Any:  # a jinja2.Template (jinja2 is imported lazily)
     """Compile ``template`` in transformers' chat-template environment (see JinjaChatTemplate)."""
     import json
     from datetime import datetime
