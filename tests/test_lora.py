@@ -219,3 +219,23 @@ def test_adapters_on_a_book_checkpoint_with_its_gelu_mlp(tmp_path, capsys):
     assert main(["export", str(out), str(tmp_path / "p"), "--peft"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "GPT-2" in err and "\n" not in err
+
+
+def test_two_processes_train_the_same_adapters_as_one(root, tmp_path):
+    """torchrun (gloo): the adapters' gradients are all-reduced as a full model's are."""
+    from tests.test_distributed import check_launch, launch, logged
+
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    common = ["--lora-targets", "q,v,down", "--grad-accum", "2"]
+    _train(root, one, 4, "torch", *common)
+    args = ["train", str(root / "text.txt"), "--init-from", str(root / "llama"),
+            "--lora-rank", "4", "--lora-alpha", "16", "--steps", "4", "--batch-size", "2",
+            "--seq-len", "16", "--lr", "1e-2", "--backend", "torch", "--device", "cpu",
+            "--output", str(two), "--print-every", "1", *common]  # fmt: skip
+    proc = launch("torch", 2, args)
+    check_launch(proc)
+    assert "rank 0 of 2" in proc.stderr
+    la, lb = logged(one), logged(two)
+    assert la.keys() == lb.keys() and max(abs(la[k] - lb[k]) for k in la) <= 1e-5
+    a, b = load_adapter(one), load_adapter(two)
+    assert max(float(np.abs(a.tensors[k] - b.tensors[k]).max()) for k in a.tensors) <= 1e-5
