@@ -135,6 +135,7 @@ def test_an_adapter_on_another_base_is_refused_in_one_line(root, adapter, tmp_pa
         (["--lora-rank", "4"], "--init-from"),
         (["--lora-rank", "4", "--init-from", "BASE", "--lora-targets", "q,x"], "unknown target x"),
         (["--lora-rank", "4", "--init-from", "BASE", "--lora-targets", "fc1"], "no mlp.fc1"),
+        (["--lora-rank", "4", "--init-from", "BASE", "--output", "a.ckpt"], "name it .safetensors"),
     ],
 )
 def test_bad_lora_flags_are_one_line(root, tmp_path, capsys, args, match):
@@ -143,6 +144,15 @@ def test_bad_lora_flags_are_one_line(root, tmp_path, capsys, args, match):
                str(tmp_path / "o.safetensors"), *args])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and err[-1].startswith("error: ") and match in err[-1]
+
+
+def test_resuming_an_adapter_with_other_lora_settings_is_refused(adapter, capsys):
+    before = adapter.read_bytes()
+    capsys.readouterr()
+    rc = main(["train", "--resume", str(adapter), "--steps", "9", "--lora-rank", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and err[-1].startswith("error: ") and "contradict the adapter" in err[-1]
+    assert adapter.read_bytes() == before
 
 
 # --- chat data: the loss counts the assistant's tokens ------------------------------------------

@@ -151,6 +151,11 @@ class TrainConfig:
     def validate_lora(self) -> None:
         if self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0:
             raise MygptError("--lora-rank must be >= 0 and --lora-dropout in [0, 1) — fix the flag")
+        if self.lora_rank and Path(self.output).suffix.lower() in (".ckpt", ".pt", ".pth"):
+            raise MygptError(
+                f"--output {self.output}: an adapter checkpoint is safetensors (the book's .ckpt "
+                "holds whole models) — name it .safetensors"
+            )
         if self.lora_rank and not self.init_from:
             raise MygptError(
                 "--lora-rank trains adapters on a pretrained model — pass --init-from MODEL "
