@@ -112,6 +112,11 @@ def test_merged_export_and_peft_adapter_compute_mygpt_logits(root, adapter, tmp_
     for k in a.tensors:
         np.testing.assert_array_equal(a.tensors[k], b.tensors[k])
 
+    # what mygpt can't compute exactly is refused by name
+    conf["use_dora"] = True
+    (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps(conf))
+    assert main(["import", str(tmp_path / "peft"), str(tmp_path / "dora.safetensors")]) == 1
+
 
 def test_an_adapter_on_another_base_is_refused_in_one_line(root, adapter, tmp_path, capsys):
     other = build_model(tmp_path / "other", "llama", seed=1)

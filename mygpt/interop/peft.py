@@ -171,8 +171,11 @@ def import_peft(peftdir: str | os.PathLike, output: str, base: str | None = None
     tensors = read_safetensors(peftdir / "adapter_model.safetensors")
     keys = [k for k in tensors if ".lora_A." in k or ".lora_B." in k]
     targets = _targets_of(conf, keys, peftdir)
-    lora = LoraConfig(int(conf["r"]), float(conf["lora_alpha"]), float(conf.get("lora_dropout", 0)),
-                      targets)  # fmt: skip
+    try:
+        lora = LoraConfig(int(conf["r"]), float(conf["lora_alpha"]),
+                          float(conf.get("lora_dropout") or 0.0), targets)  # fmt: skip
+    except (KeyError, TypeError, ValueError) as e:
+        raise MygptError(f"{peftdir}/adapter_config.json lacks or garbles {e} — damaged") from None
     adapters = {}
     for i in range(cfg.num_layers):
         for t in targets:
