@@ -165,8 +165,8 @@ class Adapter:
         if base_digest(params) != self.base_digest:
             raise MygptError(
                 f"{self.path}: the base model {self.base} is not the one this adapter was "
-                "trained on (its weights' sha256 differs) — restore that base, or pass the "
-                "right one with --base"
+                "trained on (its weights' sha256 differs) — restore that base (`mygpt export "
+                "--base MODEL` takes another path to it)"
             )
         expected = adapter_shapes(cfg, self.lora)
         if {k: tuple(v.shape) for k, v in self.tensors.items()} != expected:

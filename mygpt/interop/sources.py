@@ -56,7 +56,8 @@ def _load_adapter(path: Path, merge: bool, base: str | None) -> Checkpoint:
     ref = base or adapter.base
     if not Path(ref).exists() and Path(ref).is_absolute():
         raise MygptError(
-            f"{path}: its base model {ref} does not exist — restore it, or pass the base with --base"
+            f"{path}: its base model {ref} does not exist — restore it there (`mygpt export "
+            "--base MODEL` can export an adapter whose base moved)"
         )
     base_ckpt = load_source(ref)
     adapter.check_base(base_ckpt.params, base_ckpt.config)
