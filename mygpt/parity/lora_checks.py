@@ -78,7 +78,7 @@ def lora_model_check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
     x, y = token_batch(cfg, seed=13, B=2, T=8)
     lc, fc, gc = _adapted(cand, cfg, base, adapters, x, y, dtype)
     lm, fm, gm = _merged(cand, cfg, base, adapters, x, y, dtype)
-    vs = "merged in f64"
+    vs = "merged in numpy-f64"
     rows = [
         compare_logits("lora forward", dtype, cand, vs, lc, lm),
         compare_loss("lora loss", dtype, cand, vs, [fc], [fm]),
@@ -90,7 +90,9 @@ def lora_model_check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
     # and lands at ~6e-2 of its max, past the 5e-2 table; fp32 gradients are checked to 1e-4
     if dtype == "float32":
         rows.append(
-            compare_rel_max("lora grads", dtype, cand, "chain rule f64", gc, gm, GRAD_TOL[dtype])
+            compare_rel_max(
+                "lora grads", dtype, cand, "chain rule, numpy-f64", gc, gm, GRAD_TOL[dtype]
+            )
         )
         if ref is not None:
             rows.append(
