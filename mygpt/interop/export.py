@@ -207,6 +207,8 @@ def export(
         from mygpt.interop.hub import check_repo_id
 
         check_repo_id(repo)  # a bad name fails before the export, not after it
+    if peft and dtype != "float32":
+        raise MygptError("--peft writes the adapter in float32 (it is small) — drop --dtype")
     if peft:
         out = _export_peft(ckpt, outdir, force, base)
     else:
