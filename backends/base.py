@@ -240,8 +240,11 @@ class Ops(abc.ABC):
         """Inverted dropout with the framework's RNG (training only; no cross-backend parity)."""
 
     @abc.abstractmethod
-    def cross_entropy(self, logits: Array, targets: Array) -> Array:
+    def cross_entropy(self, logits: Array, targets: Array, mask: Array | None = None) -> Array:
         """Mean cross-entropy over all positions, computed in fp32; returns a scalar array.
+
+        With ``mask`` (0/1, the targets' shape) only the positions it marks count: the sum of
+        their losses over their number (0 when none is marked), as a chat's assistant tokens.
 
         For (B, T) targets it is the mean over rows of each row's mean (the same number, summed
         hierarchically): a batch split evenly across data-parallel ranks then averages to the

@@ -172,10 +172,13 @@ class MLXOps(Ops):
         keep = mx.random.bernoulli(1 - p, x.shape)
         return mx.where(keep, x / (1 - p), mx.zeros_like(x))
 
-    def cross_entropy(self, logits: Array, targets: Array) -> Array:
+    def cross_entropy(self, logits: Array, targets: Array, mask: Array | None = None) -> Array:
         logits = logits.astype(mx.float32)
         picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
         per_token = mx.logsumexp(logits, axis=-1) - picked
+        if mask is not None:
+            m = mask.astype(mx.float32)
+            return (per_token * m).sum() / mx.maximum(m.sum(), 1.0)
         return per_token.mean(axis=-1).mean() if per_token.ndim > 1 else per_token.mean()
 
     # --- training --------------------------------------------------------------------------

@@ -300,7 +300,13 @@ class TorchOps(Ops):
     def dropout(self, x: Array, p: float) -> Array:
         return F.dropout(x, p=p, training=True) if p > 0 else x
 
-    def cross_entropy(self, logits: Array, targets: Array) -> Array:
+    def cross_entropy(self, logits: Array, targets: Array, mask: Array | None = None) -> Array:
+        if mask is not None:
+            per_token = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+            )
+            m = mask.reshape(-1).float()
+            return (per_token * m).sum() / m.sum().clamp(min=1.0)
         if targets.dim() < 2:
             return F.cross_entropy(logits.float(), targets)
         per_token = F.cross_entropy(

@@ -72,6 +72,8 @@ class Checkpoint:
     optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)
     format: str = "native"
     path: Path | None = None
+    #: a LoRA adapter (``mygpt.lora.Adapter``) on these weights, loaded unmerged
+    adapter: Any = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ from mygpt.bench import bench  # noqa: E402
 from mygpt.data.cli import data  # noqa: E402
 from mygpt.eval_cli import eval_cmd  # noqa: E402
 from mygpt.interop.export import export  # noqa: E402
-from mygpt.interop.import_ import import_cmd  # noqa: E402
+from mygpt.interop.import_cli import import_cmd  # noqa: E402
 from mygpt.parity.cli import parity  # noqa: E402
 from mygpt.recipes import recipes  # noqa: E402
 from mygpt.serve.cli import serve  # noqa: E402

@@ -208,6 +208,33 @@ class SlotCache:
 # --- forward ---------------------------------------------------------------------------------
 
 
+@dataclass
+class LoraWeights:
+    """Low-rank adapters on some linears (``mygpt.lora``): ``{"blocks.0.mha.W_Q.lora_A": A,
+    ".lora_B": B, ...}``; each adapted linear adds ``(x @ A^T) @ B^T * scale`` to its output."""
+
+    tensors: Params
+    scale: float
+    dropout: float = 0.0
+
+    def delta(self, ops, name: str, x: Array, dtype: str, train: bool) -> Array | None:
+        """The adapter's contribution to linear ``name`` (``blocks.0.mha.W_Q``), or None."""
+        a = self.tensors.get(f"{name}.lora_A")
+        if a is None:
+            return None
+        if train and self.dropout > 0:  # peft's lora_dropout: on the adapter's input only
+            x = ops.dropout(x, self.dropout)
+        h = ops.linear(
+            ops.linear(x, ops.cast(a, dtype)), ops.cast(self.tensors[f"{name}.lora_B"], dtype)
+        )
+        return h * self.scale
+
+
+def _plus(ops, lora: LoraWeights | None, name: str, x: Array, y: Array, dtype: str, train: bool):
+    d = lora.delta(ops, name, x, dtype, train) if lora is not None else None
+    return y if d is None else y + d
+
+
 def _norm(ops, cfg: ModelConfig, params: Params, prefix: str, x: Array, dtype: str) -> Array:
     w = ops.cast(params[f"{prefix}.weight"], dtype)
     if cfg.norm == "rms":
@@ -216,9 +243,18 @@ def _norm(ops, cfg: ModelConfig, params: Params, prefix: str, x: Array, dtype: s
 
 
 def _qkv(
-    ops, cfg: ModelConfig, p: Callable[[str], Array], b: str, x: Array, w_qkv: Array | None = None
+    ops,
+    cfg: ModelConfig,
+    p: Callable[[str], Array],
+    b: str,
+    x: Array,
+    w_qkv: Array | None = None,
+    *,
+    lora: LoraWeights | None = None,
+    train: bool = False,
 ):
-    """(Q and K heads together, V heads), (B, H + Hkv, T, D) and (B, Hkv, T, D), before rope."""
+    """(Q and K heads together, V heads), (B, H + Hkv, T, D) and (B, Hkv, T, D), before rope;
+    with ``lora``, the adapters' deltas are added to the fused projection."""
     B, T, _ = x.shape
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     # Q, K and V from one matmul and one rotary call for Q and K together: a decoded token is
@@ -227,6 +263,8 @@ def _qkv(
         w_qkv = ops.concat([p(f"{b}.mha.W_{n}.weight") for n in "QKV"], axis=0)
     b_qkv = ops.concat([p(f"{b}.mha.W_{n}.bias") for n in "QKV"], axis=0) if cfg.attn_bias else None
     qkv = ops.linear(x, w_qkv, b_qkv)
+    if lora is not None:
+        qkv = _qkv_lora(ops, cfg, lora, b, x, qkv, train)
     heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
     qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D features, before the rotation
@@ -246,10 +284,12 @@ def _attention(
     cache: KVCache | None,
     offset: int,
     dropout: float,
+    lora: LoraWeights | None = None,
+    train: bool = False,
 ) -> Array:
     B, T, C = x.shape
     H, D = cfg.num_heads, cfg.head_dim
-    qk, v = _qkv(ops, cfg, p, b, x)
+    qk, v = _qkv(ops, cfg, p, b, x, lora=lora, train=train)
     if cfg.position == "rope":
         qk = ops.rope(qk, offset, cfg.rope_base, rope_inv_freq(cfg))
     q, k = qk[:, :H], qk[:, H:]
@@ -260,19 +300,44 @@ def _attention(
     out = ops.attention(q, k, v, scale=1.0 / math.sqrt(D), dropout=dropout)
     out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, H * D))
     bias = p(f"{b}.mha.W_O.bias") if cfg.attn_out_bias else None
-    return ops.linear(out, p(f"{b}.mha.W_O.weight"), bias)
+    dt = ops.dtype_of(out)
+    return _plus(
+        ops, lora, f"{b}.mha.W_O", out, ops.linear(out, p(f"{b}.mha.W_O.weight"), bias), dt, train
+    )
 
 
-def _mlp(ops, cfg: ModelConfig, p: Callable[[str], Array], b: str, h: Array) -> Array:
+def _qkv_lora(ops, cfg: ModelConfig, lora: LoraWeights, b: str, x: Array, qkv: Array, train: bool):
+    """The fused Q|K|V projection plus the adapters on whichever of them have one."""
+    dtype = ops.dtype_of(x)
+    deltas = [lora.delta(ops, f"{b}.mha.W_{n}", x, dtype, train) for n in "QKV"]
+    if all(d is None for d in deltas):
+        return qkv
+    rows = (cfg.attn_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim)
+    parts = [
+        d if d is not None else ops.zeros((*x.shape[:2], r), dtype) for d, r in zip(deltas, rows)
+    ]
+    return qkv + ops.concat(parts, axis=-1)
+
+
+def _mlp(
+    ops,
+    cfg: ModelConfig,
+    p: Callable[[str], Array],
+    b: str,
+    h: Array,
+    lora: LoraWeights | None = None,
+    train: bool = False,
+) -> Array:
+    bias_of = cfg.mlp == "gelu" or cfg.mlp_bias
+
+    def lin(n: str, a: Array) -> Array:
+        bias = p(f"{b}.mlp.{n}.bias") if bias_of else None
+        y = ops.linear(a, p(f"{b}.mlp.{n}.weight"), bias)
+        return _plus(ops, lora, f"{b}.mlp.{n}", a, y, ops.dtype_of(a), train)
+
     if cfg.mlp == "swiglu":
-
-        def lin(n: str, a: Array) -> Array:
-            bias = p(f"{b}.mlp.{n}.bias") if cfg.mlp_bias else None
-            return ops.linear(a, p(f"{b}.mlp.{n}.weight"), bias)
-
         return lin("down", ops.silu(lin("gate", h)) * lin("up", h))
-    h = ops.gelu(ops.linear(h, p(f"{b}.mlp.fc1.weight"), p(f"{b}.mlp.fc1.bias")))
-    return ops.linear(h, p(f"{b}.mlp.fc2.weight"), p(f"{b}.mlp.fc2.bias"))
+    return lin("fc2", ops.gelu(lin("fc1", h)))
 
 
 def forward(
@@ -284,12 +349,13 @@ def forward(
     cache: KVCache | None = None,
     dtype: str = "float32",
     train: bool = False,
+    lora: LoraWeights | None = None,
 ) -> Array:
     """Logits (B, T, vocab) for token ids (B, T).
 
     ``dtype="bfloat16"`` is mixed precision: fp32 master weights are cast as they are used, the
     norms' statistics, softmax and loss stay fp32 inside the backend ops. With ``cache``, ``ids``
-    are the tokens after those already cached.
+    are the tokens after those already cached. ``lora``: adapters added to their linears.
     """
     T = ids.shape[1]
     offset = cache.offset if cache is not None else 0
@@ -317,9 +383,9 @@ def forward(
     for i in range(cfg.num_layers):
         b = f"blocks.{i}"
         h = _norm(ops, cfg, params, f"{b}.ln1", x, dtype)
-        x = x + _attention(ops, cfg, p, b, h, i, cache, offset, dropout)
+        x = x + _attention(ops, cfg, p, b, h, i, cache, offset, dropout, lora, train)
         h = _norm(ops, cfg, params, f"{b}.ln2", x, dtype)
-        x = x + _mlp(ops, cfg, p, b, h)
+        x = x + _mlp(ops, cfg, p, b, h, lora, train)
     x = _norm(ops, cfg, params, "ln_f", x, dtype)
     if cache is not None:
         cache.offset += T
@@ -399,9 +465,13 @@ def loss_fn(
     y: Array,
     dtype: str = "float32",
     train: bool = True,
+    lora: LoraWeights | None = None,
+    mask: Array | None = None,
 ) -> Array:
-    """Mean cross-entropy of next-token prediction over every position (fp32)."""
-    return ops.cross_entropy(forward(ops, cfg, params, x, dtype=dtype, train=train), y)
+    """Mean cross-entropy of next-token prediction over every position (fp32), or over the
+    positions ``mask`` marks (a chat's assistant tokens)."""
+    logits = forward(ops, cfg, params, x, dtype=dtype, train=train, lora=lora)
+    return ops.cross_entropy(logits, y) if mask is None else ops.cross_entropy(logits, y, mask)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:

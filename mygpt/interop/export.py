@@ -136,8 +136,10 @@ def export_hf(
     outdir: str | os.PathLike,
     force: bool = False,
     dtype: str = "float32",
+    base: str | None = None,
 ) -> Path:
     """Write the Hugging Face directory as a whole (see the module doc); returns its path.
+    An adapter checkpoint exports merged into its base (``base`` overrides the one it names).
 
     ``dtype="bfloat16"`` rounds the weights to bf16 (half the file; what a bf16 source such as a
     Hub model was, so importing it and exporting it again in bf16 gives back the same bits)."""
@@ -147,7 +149,8 @@ def export_hf(
 
     outdir, source = Path(outdir), Path(ckpt_path)
     outdir, dropped = _check_outdir(outdir, force)  # before loading anything
-    ckpt = load_source(ckpt_path)  # a checkpoint, a Hugging Face directory or a Hub id
+    # a checkpoint, a Hugging Face directory, a Hub id, or an adapter (merged into its base)
+    ckpt = load_source(ckpt_path, base=base)
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
     tok_files = tokenizer_files(ckpt.tokenizer)
@@ -188,20 +191,44 @@ def export_hf(
     help="The weights' dtype: bfloat16 halves the file (rounds fp32 weights; a bf16 source's "
     "weights come back bit for bit).",
 )
+@click.option(
+    "--peft", is_flag=True, help="An adapter checkpoint: write the adapter alone, in peft's format."
+)
+@click.option(
+    "--base", default=None, metavar="MODEL", help="An adapter's base, if not where it was trained."
+)
 def export(
-    ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, dtype: str
-) -> None:
-    """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...)."""
+    ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, dtype: str,
+    peft: bool, base: str | None,
+) -> None:  # fmt: skip
+    """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...); a
+    LoRA adapter checkpoint exports merged into its base, or alone with --peft."""
     if repo is not None:
         from mygpt.interop.hub import check_repo_id
 
         check_repo_id(repo)  # a bad name fails before the export, not after it
-    out = export_hf(ckpt, outdir, force=force, dtype=dtype)
-    arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
-    click.echo(f"exported {ckpt} as {arch} to {out}", err=True)
+    if peft and dtype != "float32":
+        raise MygptError("--peft writes the adapter in float32 (it is small) — drop --dtype")
+    if peft:
+        out = _export_peft(ckpt, outdir, force, base)
+    else:
+        out = export_hf(ckpt, outdir, force=force, dtype=dtype, base=base)
+        arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+        click.echo(f"exported {ckpt} as {arch} to {out}", err=True)
     if repo is not None:
         from mygpt.interop.hub import push
 
         click.echo(push(out, repo, private=private))
     else:
         click.echo(str(out))
+
+
+def _export_peft(ckpt_path: str, outdir: str, force: bool, base: str | None) -> Path:
+    from mygpt.interop.peft import export_peft
+    from mygpt.interop.sources import load_source
+
+    out_path, _ = _check_outdir(Path(outdir), force)
+    ckpt = load_source(ckpt_path, merge=False, base=base)
+    out = export_peft(ckpt, out_path)
+    click.echo(f"exported {ckpt_path} as a peft LoRA adapter to {out}", err=True)
+    return out

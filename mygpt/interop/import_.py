@@ -17,10 +17,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
-from mygpt.checkpoint import Checkpoint, save_checkpoint
+from mygpt.checkpoint import Checkpoint
 from mygpt.config import LLAMA3_ROPE_KEYS, ModelConfig, check_rope_scaling
 from mygpt.errors import MygptError
 from mygpt.interop import hf_tokenizer
@@ -379,17 +378,3 @@ def read_tokenizer(hfdir: Path, hf: dict, vocab_size: int) -> dict:
             "tokenizer belongs to another model"
         )
     return d
-
-
-@click.command("import")
-@click.argument("hfdir", type=click.Path(path_type=str))
-@click.argument("output", type=click.Path(path_type=str))
-def import_cmd(hfdir: str, output: str) -> None:
-    """Import a Hugging Face model directory (or a Hub id) as a mygpt .safetensors checkpoint."""
-    if not output.endswith(".safetensors"):
-        raise MygptError(f"output {output!r} must end in .safetensors — mygpt's native checkpoint")
-    from mygpt.interop.hub import resolve_source
-
-    ckpt = import_hf(resolve_source(hfdir))  # a local directory, or a Hub id (downloaded)
-    save_checkpoint(output, ckpt.config, ckpt.params, ckpt.tokenizer)
-    click.echo(output)

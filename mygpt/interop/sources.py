@@ -13,15 +13,29 @@ the same three spellings:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from mygpt.checkpoint import Checkpoint, load_checkpoint
 from mygpt.errors import MygptError
 from mygpt.interop.hub import resolve_source
 
 
-def load_source(source: str | os.PathLike) -> Checkpoint:
-    """The checkpoint ``source`` names (a file, a Hugging Face directory or a Hub id)."""
+def load_source(
+    source: str | os.PathLike, merge: bool = True, base: str | None = None
+) -> Checkpoint:
+    """The checkpoint ``source`` names (a file, a Hugging Face directory or a Hub id).
+
+    An adapter checkpoint (``mygpt train --lora-rank``) loads its base (``base``, else the one it
+    names) and checks it against the adapter's digest; ``merge`` folds the adapters into the
+    weights (what generate, serve, eval and export use), else they come as ``.adapter`` with
+    the adapter's training state (what ``--resume`` and ``export --peft`` use).
+    """
     path = resolve_source(source)
+    if path.is_file():
+        from mygpt.lora import adapter_metadata
+
+        if adapter_metadata(path) is not None:
+            return _load_adapter(path, merge, base)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise MygptError(
@@ -32,3 +46,33 @@ def load_source(source: str | os.PathLike) -> Checkpoint:
 
         return import_hf(path)
     return load_checkpoint(path)
+
+
+def _load_adapter(path: Path, merge: bool, base: str | None) -> Checkpoint:
+    from mygpt.lora import load_adapter
+    from mygpt.lora import merge as merge_adapter
+
+    adapter = load_adapter(path)
+    ref = base or adapter.base
+    if not Path(ref).exists() and Path(ref).is_absolute():
+        raise MygptError(
+            f"{path}: its base model {ref} does not exist — restore it there (`mygpt export "
+            "--base MODEL` can export an adapter whose base moved)"
+        )
+    base_ckpt = load_source(ref)
+    adapter.check_base(base_ckpt.params, base_ckpt.config)
+    if merge:
+        params = merge_adapter(base_ckpt.params, adapter.tensors, adapter.lora.scale)
+        return Checkpoint(
+            base_ckpt.config, params, base_ckpt.tokenizer, format="lora-merged", path=path
+        )
+    return Checkpoint(
+        base_ckpt.config,
+        base_ckpt.params,
+        base_ckpt.tokenizer,
+        train_state=adapter.train_state,
+        optimizer_state=adapter.optimizer_state,
+        format="lora",
+        path=path,
+        adapter=adapter,
+    )

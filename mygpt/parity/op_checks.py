@@ -16,6 +16,7 @@ from mygpt.parity.reference import (
     np_cross_entropy,
     np_gelu,
     np_layer_norm,
+    np_masked_cross_entropy,
     np_rms_norm,
     np_rope,
     np_silu,
@@ -150,6 +151,17 @@ def _pointwise_checks(C: int = 48) -> list[ParityCheck]:
             },
             lambda ops, a: ops.cross_entropy(a["logits"], a["targets"]),
             lambda i: np_cross_entropy(i["logits"], i["targets"]),
+            compare="loss",
+        ),
+        op_check(  # chat data: only the assistant's tokens count
+            "cross_entropy masked",
+            lambda r: {
+                "logits": r.standard_normal((3, 7, 40)) * 3.0,
+                "targets": r.integers(0, 40, (3, 7)).astype(np.int64),
+                "mask": (r.random((3, 7)) < 0.4).astype(np.float32),
+            },
+            lambda ops, a: ops.cross_entropy(a["logits"], a["targets"], a["mask"]),
+            lambda i: np_masked_cross_entropy(i["logits"], i["targets"], i["mask"]),
             compare="loss",
         ),
         op_check(

@@ -87,6 +87,15 @@ def np_cross_entropy(logits, targets) -> float:
     return float((lse - z[np.arange(len(t)), t]).mean())
 
 
+def np_masked_cross_entropy(logits, targets, mask) -> float:
+    """The mean over the positions ``mask`` marks (a chat's assistant tokens)."""
+    z = f64(logits).reshape(-1, np.shape(logits)[-1])
+    t, m = np.asarray(targets).reshape(-1), f64(mask).reshape(-1)
+    mx = z.max(-1, keepdims=True)
+    lse = (mx + np.log(np.exp(z - mx).sum(-1, keepdims=True)))[:, 0]
+    return float(((lse - z[np.arange(len(t)), t]) * m).sum() / max(m.sum(), 1.0))
+
+
 def np_clip_grad_norm(grads: dict, max_norm: float) -> tuple[dict, float]:
     total = math.sqrt(sum(float((f64(g) ** 2).sum()) for g in grads.values()))
     scale = min(1.0, max_norm / (total + 1e-6))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from mygpt.parity.core import ParityCheck
+from mygpt.parity.lora_checks import lora_checks
 from mygpt.parity.model_checks import (
     REAL_FEATURES,
     adamw_check,
@@ -41,6 +42,7 @@ def _all_checks() -> list[ParityCheck]:
         train_check(30, quick=False),
         train_check(8, quick=True),
         *step_checks(),
+        *lora_checks(),
     ]
 
 

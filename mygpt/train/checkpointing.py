@@ -20,7 +20,14 @@ from mygpt.train.state import TrainState
 
 
 def load_resumable(path: str | os.PathLike) -> Checkpoint:
-    """A checkpoint that ``--resume`` can continue (weights *and* training state)."""
+    """A checkpoint that ``--resume`` can continue (weights *and* training state); an adapter
+    checkpoint comes with its base (checked against the adapter's digest)."""
+    from mygpt.lora import adapter_metadata
+
+    if adapter_metadata(path) is not None:
+        from mygpt.interop.sources import load_source
+
+        return require_resumable(load_source(path, merge=False))
     return require_resumable(load_checkpoint(path))
 
 
@@ -73,7 +80,13 @@ class Saver:
             "world_size": self.run.dist.world_size,
         }
         tokenizer = rd.tokenizer.to_dict()
-        if writes_book_format(self.output):
+        if state.lora is not None:
+            from mygpt.lora import Adapter, save_adapter
+
+            adapter = Adapter(state.lora, np_now, state.base_ref, state.base_digest, train_state,
+                              opt_tensors)  # fmt: skip
+            save_adapter(self.output, adapter)
+        elif writes_book_format(self.output):
             # the book's layout, plus the training state under keys its loader ignores
             ckpt = Checkpoint(state.cfg, np_now, tokenizer, train_state, opt_tensors)
             save_book_checkpoint(self.output, ckpt, resumable=True)

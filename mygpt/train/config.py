@@ -88,6 +88,14 @@ class TrainConfig:
         "Start from this checkpoint's weights, architecture and tokenizer (fresh optimizer).",
         type=str,
     )
+    lora_rank: int = setting(
+        0, "Train LoRA adapters of this rank on a frozen --init-from model; 0 = full training."
+    )
+    lora_alpha: float = setting(8.0, "LoRA scale numerator: adapters add (alpha / rank) x B A x.")
+    lora_dropout: float = setting(0.0, "Dropout on the adapters' input (training only).")
+    lora_targets: str = setting(
+        "q,v", "Projections that get adapters: any of q,k,v,o,gate,up,down (fc1,fc2: GELU MLP)."
+    )
     model: ModelConfig = nested(ModelConfig, "The architecture (its fields are flags too).")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
@@ -138,6 +146,30 @@ class TrainConfig:
             )
         if self.warmup < 0 or self.max_grad_norm < 0 or self.min_lr < 0:
             raise MygptError("--warmup, --max-grad-norm and --min-lr must not be negative")
+        self.validate_lora()
+
+    def validate_lora(self) -> None:
+        if self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise MygptError("--lora-rank must be >= 0 and --lora-dropout in [0, 1) — fix the flag")
+        if self.lora_rank and Path(self.output).suffix.lower() in (".ckpt", ".pt", ".pth"):
+            raise MygptError(
+                f"--output {self.output}: an adapter checkpoint is safetensors (the book's .ckpt "
+                "holds whole models) — name it .safetensors"
+            )
+        if self.lora_rank and not self.init_from:
+            raise MygptError(
+                "--lora-rank trains adapters on a pretrained model — pass --init-from MODEL "
+                "(a checkpoint, a Hugging Face directory or a Hub id)"
+            )
+
+    def lora(self):
+        """The run's :class:`mygpt.lora.LoraConfig`, or None for full training."""
+        if not self.lora_rank:
+            return None
+        from mygpt.lora import LoraConfig, parse_targets
+
+        targets = parse_targets(self.lora_targets)
+        return LoraConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, targets)
 
     @classmethod
     def from_flags(

@@ -29,6 +29,7 @@ class RunData:
     val_sampler: data.BatchSampler | None
     rows: slice  # this rank's rows of each global batch
     num_train_tokens: int
+    chat: bool = False  # the stream packs id * 2 + assistant mask (mygpt.train.chat_data)
 
     def micro_batches(self, ops: Any, n: int) -> list[tuple[Any, Any]]:
         """``n`` global batches (gradient accumulation), this rank's rows, on the device."""
@@ -37,7 +38,11 @@ class RunData:
     def val_batch(self, ops: Any) -> tuple[Any, Any]:
         return self._rows(ops, self.val_sampler.sample())
 
-    def _rows(self, ops: Any, batch: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
+    def _rows(self, ops: Any, batch: tuple[np.ndarray, np.ndarray]) -> tuple[Any, ...]:
+        if self.chat:  # (x, y, mask): the loss counts the assistant's tokens only
+            from mygpt.train.chat_data import split_masked
+
+            return tuple(ops.asarray(a[self.rows]) for a in split_masked(batch))
         x, y = batch
         return ops.asarray(x[self.rows]), ops.asarray(y[self.rows])
 
@@ -85,8 +90,20 @@ def _prepare_once(run: Run, tc: TrainConfig, tokenizer: Any | None):
 
 def load_data(run: Run, tc: TrainConfig, tokenizer: Any | None = None) -> RunData:
     """The run's samplers; ``tokenizer`` is a resumed checkpoint's (else built as the book does)."""
-    tokenizer, token_file, val_file = _prepare_once(run, tc, tokenizer)
-    tokens = token_file.open()
+    from mygpt.train.chat_data import chat_stream, is_chat_file
+
+    chat = is_chat_file(tc.data)
+    if chat:  # rendered in memory on every rank (deterministic), no token cache
+        if tokenizer is None:
+            raise MygptError(
+                f"{tc.data} is chat data — pass --init-from a model with a chat template"
+            )
+        tokens, token_file, line = chat_stream(Path(tc.data), tokenizer)
+        val_file = None
+        console.status(line)
+    else:
+        tokenizer, token_file, val_file = _prepare_once(run, tc, tokenizer)
+        tokens = token_file.open()
     if val_file is not None:
         train_tokens, val_tokens = tokens, val_file.open()
     elif tc.val_split > 0:
@@ -97,6 +114,5 @@ def load_data(run: Run, tc: TrainConfig, tokenizer: Any | None = None) -> RunDat
     val_sampler = None
     if val_tokens is not None:
         val_sampler = data.BatchSampler(val_tokens, tc.batch_size, tc.seq_len, seed=tc.seed + 4242)
-    return RunData(
-        tokenizer, token_file, sampler, val_sampler, run.rows(tc.batch_size), len(train_tokens)
-    )
+    return RunData(tokenizer, token_file, sampler, val_sampler, run.rows(tc.batch_size),
+                   len(train_tokens), chat)  # fmt: skip

@@ -130,8 +130,10 @@ def evaluate(run: Run, tc: TrainConfig, rd: RunData, state: TrainState, params: 
     with ops.inference():
         losses = []
         for _ in range(tc.eval_batches):
-            x, y = rd.val_batch(ops)
-            losses.append(model.loss_fn(ops, state.cfg, params, x, y, dtype=run.dtype, train=False))
+            x, y, *mask = rd.val_batch(ops)
+            losses.append(model.loss_fn(ops, state.cfg, state.weights(params), x, y,
+                                        dtype=run.dtype, train=False, lora=state.lora_weights(params),
+                                        mask=mask[0] if mask else None))  # fmt: skip
         ops.eval(*losses)
         local = float(np.mean([ops.item(v) for v in losses]))
     return run.dist.mean([local])[0]
@@ -148,6 +150,8 @@ def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
         max_grad_norm=tc.max_grad_norm,
         compile=tc.compile,
         grad_sync=sync,
+        base=state.base,
+        lora=state.lora,
     )
     log = RunLog(run, tc, state.start_step, resumed, on_log)
     saver = Saver(run, tc, rd, state)
@@ -156,7 +160,7 @@ def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
         try:
             for step in range(state.start_step + 1, tc.steps + 1):
                 lr = tc.lr_at(step)
-                if state.cfg.dropout > 0:
+                if state.cfg.dropout > 0 or (state.lora is not None and state.lora.dropout > 0):
                     # masks depend on (seed, step, rank) only, so a resumed run draws the same
                     ops.seed(dropout_seed(tc.seed, step, dist.rank))
                 params, loss = train_step(params, rd.micro_batches(ops, tc.grad_accum), lr)

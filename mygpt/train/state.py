@@ -27,9 +27,43 @@ from mygpt.train.setup import Run
 @dataclass
 class TrainState:
     cfg: ModelConfig
-    params: dict[str, Any]  # backend arrays
+    params: dict[str, Any]  # backend arrays: what is trained (the adapters, with --lora-rank)
     opt: Any
     start_step: int
+    base: dict[str, Any] | None = None  # --lora-rank: the frozen weights (backend arrays)
+    lora: Any = None  # --lora-rank: the LoraConfig
+    base_ref: str = ""  # --lora-rank: the base's path or Hub id, and its digest
+    base_digest: str = ""
+
+    def lora_weights(self, params: dict[str, Any]) -> model.LoraWeights | None:
+        return None if self.lora is None else model.LoraWeights(params, self.lora.scale, 0.0)
+
+    def weights(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The weights the forward pass takes (the base, with --lora-rank)."""
+        return params if self.base is None else self.base
+
+
+def _lora_start(tc: TrainConfig, cfg: ModelConfig, np_params: dict, ckpt, init) -> dict:
+    """The adapters a --lora-rank run starts from (a resumed adapter's, or peft's init) and the
+    base's reference: TrainState fields."""
+    from mygpt.lora import base_digest, base_reference, init_adapters
+
+    lora = tc.lora()
+    adapter = getattr(ckpt, "adapter", None)
+    if ckpt is not None and adapter is None:
+        raise MygptError(
+            f"{ckpt.path} is a full checkpoint, not an adapter — resume it without --lora-rank"
+        )
+    if adapter is not None and adapter.lora != lora:
+        raise MygptError(
+            f"--lora settings {lora.to_dict()} contradict the adapter {ckpt.path} "
+            f"({adapter.lora.to_dict()}) — --resume takes them from the adapter; drop the flags"
+        )
+    if adapter is not None:
+        return {"adapters": adapter.tensors, "lora": lora, "base_ref": adapter.base,
+                "base_digest": adapter.base_digest}  # fmt: skip
+    return {"adapters": init_adapters(cfg, lora, tc.seed), "lora": lora,
+            "base_ref": base_reference(tc.init_from), "base_digest": base_digest(np_params)}  # fmt: skip
 
 
 def init_state(
@@ -54,6 +88,11 @@ def init_state(
         raise MygptError(
             f"--seq-len {tc.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len} — lower --seq-len"
         )
+    extra: dict[str, Any] = {}
+    if tc.lora_rank or getattr(ckpt, "adapter", None) is not None:
+        extra = _lora_start(tc, cfg, np_params, ckpt, init)
+        base = {k: ops.asarray(v) for k, v in np_params.items()}  # frozen: no grads, no moments
+        np_params, extra["base"] = extra.pop("adapters"), base
     check_ranks_agree(run, tc, rd, np_params)
     params = ops.trainable({k: ops.asarray(v) for k, v in np_params.items()})
     opt = ops.adamw(params, AdamWConfig(weight_decay=tc.weight_decay))
@@ -76,7 +115,11 @@ def init_state(
         raise MygptError(
             f"the checkpoint is already at step {start_step} of {tc.steps} — pass a larger --steps to continue"
         )
-    return TrainState(cfg, params, opt, start_step)
+    if extra:
+        n = sum(int(v.size) for v in np_params.values())
+        console.status(f"lora: rank {tc.lora_rank} on {tc.lora_targets} · {n:,} trainable parameters "
+                       f"({n / model.count_params(cfg):.2%}) · base frozen")  # fmt: skip
+    return TrainState(cfg, params, opt, start_step, **extra)
 
 
 def _digest(*parts: Any) -> bytes:

@@ -20,26 +20,36 @@ def make_train_step(
     max_grad_norm: float = 0.0,
     compile: bool = False,
     grad_sync: GradSync | None = None,
+    base: dict | None = None,
+    lora: Any = None,
 ) -> Callable[[dict, list[tuple[Any, Any]], float], tuple[dict, Any]]:
     """One optimizer step: ``step(params, micro_batches, lr) -> (params, mean loss)``.
 
-    Gradients of the micro-batches (backend arrays ``(x, y)``) are averaged, which is gradient
+    Gradients of the micro-batches (backend arrays ``(x, y)`` or ``(x, y, mask)``) are averaged, which is gradient
     accumulation; ``grad_sync`` then averages them across data-parallel ranks (each rank holds
     equal shares of every global batch, so the mean of the ranks' means is the global mean);
     then clipping (fp32 global norm, the same on every rank after the sync) and AdamW. The loss
     stays a device array, so nothing here waits for the device: the caller decides when to read
     it back. It is this rank's loss; the logger averages it over ranks.
+
+    With ``lora`` (a :class:`mygpt.lora.LoraConfig`), ``params`` are the adapters and ``base``
+    the frozen weights: only the adapters are differentiated, synced and stepped.
     """
 
-    def loss_of(p, x, y):
-        return model.loss_fn(ops, cfg, p, x, y, dtype=dtype, train=True)
+    def loss_of(p, x, y, mask=None):
+        if lora is None:
+            return model.loss_fn(ops, cfg, p, x, y, dtype=dtype, train=True, mask=mask)
+        adapters = model.LoraWeights(p, lora.scale, lora.dropout)
+        return model.loss_fn(
+            ops, cfg, base, x, y, dtype=dtype, train=True, lora=adapters, mask=mask
+        )
 
     grad_fn = ops.value_and_grad(loss_of, compile=compile)
 
     def step(params: dict, micro_batches: list[tuple[Any, Any]], lr: float) -> tuple[dict, Any]:
         loss, grads = None, None
-        for x, y in micro_batches:
-            l_i, g_i = grad_fn(params, x, y)
+        for batch in micro_batches:  # (x, y), or (x, y, mask) for chat data
+            l_i, g_i = grad_fn(params, *batch)
             if grads is None:
                 loss, grads = l_i, g_i
             else:
