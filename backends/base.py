@@ -287,6 +287,21 @@ class Ops(abc.ABC):
         """Wait for the device to finish (for timing); a no-op on the CPU."""
         return None
 
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory measurement (see ``peak_memory``)."""
+        return None
+
+    def peak_memory(self) -> int | None:
+        """Bytes the framework's allocator held at most since ``reset_peak_memory``, or None
+        where the framework keeps no such counter (torch on the CPU: measure the process RSS)."""
+        return None
+
+    @contextlib.contextmanager
+    def no_grad(self) -> Iterator[None]:
+        """No autograd recording inside (an optimizer's arithmetic on parameters); unlike
+        ``inference`` the arrays made here may later be leaves of a backward pass."""
+        yield
+
     @abc.abstractmethod
     def seed(self, seed: int) -> None:
         """Seed the framework RNG (dropout only: weights and batches come from numpy)."""

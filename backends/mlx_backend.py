@@ -161,6 +161,12 @@ class MLXOps(Ops):
     def synchronize(self) -> None:
         mx.synchronize()
 
+    def reset_peak_memory(self) -> None:
+        mx.reset_peak_memory()
+
+    def peak_memory(self) -> int | None:
+        return int(mx.get_peak_memory())
+
     def seed(self, seed: int) -> None:
         mx.random.seed(seed)
 

@@ -300,6 +300,18 @@ class TorchOps(Ops):
     def seed(self, seed: int) -> None:
         torch.manual_seed(seed)
 
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+
+    @contextlib.contextmanager
+    def no_grad(self) -> Iterator[None]:
+        with torch.no_grad():
+            yield
+
 
 class TorchAdamW(Optimizer):
     """``torch.optim.AdamW`` (fused kernel where available) over the parameter leaves."""

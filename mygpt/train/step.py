@@ -24,7 +24,8 @@ def make_train_step(
     """One optimizer step: ``step(params, micro_batches, lr) -> (params, mean loss)``.
 
     Gradients of the micro-batches (backend arrays ``(x, y)``) are averaged, which is gradient
-    accumulation; ``grad_sync`` then averages them across data-parallel ranks (each rank holds
+    accumulation, in the memory of one micro-batch (the running sum is evaluated after each);
+    ``grad_sync`` then averages them across data-parallel ranks (each rank holds
     equal shares of every global batch, so the mean of the ranks' means is the global mean);
     then clipping (fp32 global norm, the same on every rank after the sync) and AdamW. The loss
     stays a device array, so nothing here waits for the device: the caller decides when to read
@@ -45,6 +46,11 @@ def make_train_step(
             else:
                 loss = loss + l_i
                 grads = {k: grads[k] + g_i[k] for k in grads}
+            if len(micro_batches) > 1:
+                # a lazy backend (MLX) would otherwise build every micro-batch's graph before one
+                # evaluation, holding all their activations at once: evaluating the running sum
+                # here frees each micro-batch's before the next starts (a no-op on torch)
+                ops.eval(loss, grads)
         if len(micro_batches) > 1:
             loss = loss / len(micro_batches)
             grads = {k: g / len(micro_batches) for k, g in grads.items()}
