@@ -21,10 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mygpt.backends.distributed import ProcessGroup
+from mygpt.backends.types import Array, Params
 from mygpt.errors import MygptError
-
-Array = Any  # mx.array or torch.Tensor
-Params = dict[str, Array]
 
 DTYPES = ("float32", "bfloat16")
 

@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-Array = Any
-Params = dict[str, Array]
+from mygpt.backends.types import Array, Params
 
 BUCKET_BYTES = 25 * 2**20  # torch DDP's default bucket size
 DEFAULT_TIMEOUT_S = 30.0

@@ -25,28 +25,19 @@ from typing import Any
 import click
 import numpy as np
 
+from mygpt.backends import BACKENDS
 from mygpt.blas import mlx_blas, openblas_hint
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError, UsageError
 from mygpt.model import count_params, flops_per_token, init_params
-from mygpt.precision import PRECISIONS, resolve_precision, training_probe
-from mygpt.train import TrainConfig, make_train_step
-from mygpt.train.config import click_options
+from mygpt.precision import resolve_precision, time_dtypes
+from mygpt.settings import PRECISIONS, click_options, declared_defaults, device_option
+from mygpt.train import TrainConfig
+from mygpt.train.config import SHAPE as MODEL_SHAPE
+from mygpt.train.probe import synthetic_step
 
 # the model shape and batch a benchmark takes from `mygpt train`'s settings
-SHAPE = [
-    "embed_dim",
-    "num_heads",
-    "num_kv_heads",
-    "num_layers",
-    "max_seq_len",
-    "seq_len",
-    "batch_size",
-    "norm",
-    "position",
-    "mlp",
-    "mlp_hidden",
-]
+SHAPE = [*MODEL_SHAPE, "seq_len", "batch_size"]
 
 # Dense (no sparsity) peak FLOP/s by GPU name fragment: (fp32, bf16). fp32 is plain FP32, not TF32.
 _PUBLISHED: list[tuple[str, float, float]] = [
@@ -106,51 +97,6 @@ def published_peak(ops: Any, dtype: str = "float32") -> float | None:
 # --- measurements -----------------------------------------------------------------------------
 
 
-def _batch(ops: Any, rng: np.random.Generator, vocab: int, batch: int, seq: int) -> tuple:
-    ids = rng.integers(0, vocab, size=(batch, seq + 1), dtype=np.int64)
-    return ops.asarray(ids[:, :-1]), ops.asarray(ids[:, 1:])
-
-
-def make_bench_step(
-    ops: Any,
-    cfg: ModelConfig,
-    batch_size: int,
-    seq_len: int,
-    dtype: str = "float32",
-    compile: bool = False,
-    max_grad_norm: float = 0.0,
-    seed: int = 0,
-) -> Callable[[], float]:
-    """A closure running one full training step on a fixed set of random batches; returns loss.
-
-    The step ends with a host sync on the loss (what a training loop that logs does), which is
-    also what makes MLX's lazy graph run, so wall time around it is the step's time.
-    """
-    from mygpt.backends.base import AdamWConfig
-
-    state: dict[str, Any] = {
-        "params": ops.trainable({k: ops.asarray(v) for k, v in init_params(cfg, seed).items()})
-    }
-    opt = ops.adamw(state["params"], AdamWConfig())
-
-    train_step = make_train_step(
-        ops, cfg, opt, dtype=dtype, max_grad_norm=max_grad_norm, compile=compile
-    )
-    rng = np.random.default_rng(42)
-    batches = [_batch(ops, rng, cfg.vocab_size, batch_size, seq_len) for _ in range(4)]
-    counter = [0]
-
-    def step() -> float:
-        batch = batches[counter[0] % len(batches)]
-        counter[0] += 1
-        state["params"], value = train_step(state["params"], [batch], 1e-3)
-        out = ops.item(value)
-        ops.synchronize()
-        return out
-
-    return step
-
-
 def time_steps(step: Callable[[], Any], n: int) -> list[float]:
     """Seconds taken by each of ``n`` calls of ``step``."""
     times = []
@@ -175,7 +121,7 @@ def bench_train_step(
     """Time ``steps`` full training steps after ``warmup`` untimed ones (median per step)."""
     if steps < 1 or warmup < 0:
         raise UsageError("--steps must be >= 1 (and warmup >= 0) — e.g. --steps 20")
-    step = make_bench_step(ops, cfg, batch_size, seq_len, dtype, compile, max_grad_norm)
+    step = synthetic_step(ops, cfg, batch_size, seq_len, dtype, compile, max_grad_norm)
     for _ in range(warmup):
         step()
     times = time_steps(step, steps)
@@ -305,11 +251,9 @@ def _shape_from(recipe: str | None, overrides: dict[str, Any]) -> tuple[ModelCon
     """Model config and run settings from the Ch.17 defaults < recipe < explicit flags."""
     from mygpt.recipes import get_recipe
 
-    defaults = TrainConfig()
+    defaults = declared_defaults(TrainConfig)
     # the step clips when the recipe's training does (max_grad_norm)
-    settings: dict[str, Any] = {
-        k: getattr(defaults, k) for k in (*SHAPE, "precision", "max_grad_norm")
-    }
+    settings: dict[str, Any] = {k: defaults[k] for k in (*SHAPE, "precision", "max_grad_norm")}
     settings["vocab_size"] = 65  # Tiny Shakespeare's character set
     if recipe:
         r = get_recipe(recipe)
@@ -345,7 +289,9 @@ def run_bench(
 
     ops = get_backend(backend, device)
     dtype, why = resolve_precision(
-        ops, precision, lambda: training_probe(ops, cfg, batch_size, seq_len)
+        ops,
+        precision,
+        lambda: time_dtypes(lambda dt: synthetic_step(ops, cfg, batch_size, seq_len, dt)),
     )
     row: dict[str, Any] = {
         "backend": ops.name,
@@ -414,18 +360,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 @click.command("bench")
 @click.option("--recipe", default=None, help="Start from a recipe's model shape (`mygpt recipes`).")
-@click_options(SHAPE, defaults=False)  # default: the train command's (TrainConfig's) values
+@click_options(
+    TrainConfig, SHAPE, defaults=False
+)  # default: the train command's (TrainConfig's) values
 @click.option("--vocab-size", type=int, default=None, help="Default 65 (Tiny Shakespeare chars).")
 @click.option(
     "--backend",
     "backends_",
     multiple=True,
-    type=click.Choice(["all", "mlx", "torch"]),
+    type=click.Choice(["all", *BACKENDS]),
     default=("all",),
     show_default=True,
     help="Repeat to pick several; 'all' = every installed backend.",
 )
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),

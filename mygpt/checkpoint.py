@@ -28,11 +28,11 @@ import numpy as np
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.fileio import atomic_write_bytes, check_output_path
+from mygpt.tokenizers.bpe import BOOK_PATTERN
 
 FORMAT_NAME = "mygpt"
 FORMAT_VERSION = 1
 OPTIMIZER_PREFIX = "optimizer."
-BOOK_BPE_PATTERN = r"\s*\S+|\s+"
 BOOK_BUFFER_SUFFIXES = (".mha.causal_mask", ".mha.rope_cos", ".mha.rope_sin")
 NATIVE_SUFFIXES = (".safetensors",)
 BOOK_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -332,7 +332,7 @@ def _book_tokenizer(raw: dict, where: str) -> dict:
         return {
             "kind": "bpe",
             "version": 1,
-            "pattern": BOOK_BPE_PATTERN,
+            "pattern": BOOK_PATTERN,
             "chars": list(chars),
             "merges": [[str(a), str(b)] for a, b in merges],
         }
@@ -445,11 +445,11 @@ def _book_tokenizer_fields(tokenizer: dict, where: str) -> tuple[list[str], str,
         chars = list(tokenizer["chars"])
         return chars, "char", {"chars": chars}
     if kind == "bpe":
-        pattern = tokenizer.get("pattern", BOOK_BPE_PATTERN)
-        if pattern != BOOK_BPE_PATTERN:
+        pattern = tokenizer.get("pattern", BOOK_PATTERN)
+        if pattern != BOOK_PATTERN:
             raise MygptError(
                 f"{where}: this BPE tokenizer pre-tokenises with {pattern!r}, the book only with "
-                f"{BOOK_BPE_PATTERN!r} — keep the native .safetensors checkpoint"
+                f"{BOOK_PATTERN!r} — keep the native .safetensors checkpoint"
             )
         chars = list(tokenizer["chars"])
         merges = [(str(a), str(b)) for a, b in tokenizer["merges"]]

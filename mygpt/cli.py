@@ -16,11 +16,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from mygpt.backends import DEVICES
 from mygpt.errors import MygptError, UsageError
-from mygpt.precision import PRECISIONS
 from mygpt.recipes import apply_recipe
-from mygpt.train.config import click_options
+from mygpt.settings import backend_option, click_options, device_option, precision_option
+from mygpt.train.config import TrainConfig
 
 
 def _report(e: MygptError) -> None:
@@ -48,16 +47,6 @@ def cli() -> None:
     """mygpt: train and sample small GPTs on MLX or PyTorch."""
 
 
-_backend = click.option(
-    "--backend",
-    type=click.Choice(["auto", "mlx", "torch"]),
-    default="auto",
-    show_default=True,
-    help="auto: MLX on Apple Silicon, else torch if installed, else MLX.",
-)
-_device = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-
-
 # --- train -------------------------------------------------------------------------------------
 
 
@@ -69,7 +58,7 @@ _device = click.option("--device", type=click.Choice(DEVICES), default="auto", s
 @click.option(
     "--resume", default=None, help="Continue a run from the checkpoint `mygpt train` wrote."
 )
-@click_options()  # one option per TrainConfig field: its default and help live there
+@click_options(TrainConfig)  # one option per setting: its default and help live with the field
 @click.pass_context
 def train(
     ctx: click.Context, file: str | None, recipe: str | None, resume: str | None, **flags
@@ -79,20 +68,20 @@ def train(
     Under a launcher the same command trains data-parallel: `torchrun --nproc-per-node 2 -m
     mygpt train ...` or `mlx.launch -n 2 -- mygpt train ...` (--batch-size stays the global batch).
     """
-    from mygpt.train import TrainConfig
     from mygpt.train import train as run_training
 
-    explicit = {k for k in flags if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    values = apply_recipe(recipe, {k: flags[k] for k in explicit}, flags)
+    # what the user asked for: the flags typed (whatever their value) and the recipe's
+    typed = {k for k in flags if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    values, given = apply_recipe(recipe, {k: flags[k] for k in typed}, flags)
     if file is not None:
         values["data"] = file
-        explicit.add("data")
+        given.add("data")
     if resume:
-        # the checkpoint's run continues, into the same file; flags given now (e.g. a larger
-        # --steps) override its saved settings
-        run_training(None, resume=resume, overrides={k: values[k] for k in explicit})
+        # the checkpoint's run continues, into the same file; run flags given now (a larger
+        # --steps) override its saved settings, architecture flags must agree with it
+        run_training(None, resume=resume, overrides={k: values[k] for k in given})
     else:
-        run_training(TrainConfig.from_dict(values))
+        run_training(TrainConfig.from_flags(values, given))
 
 
 # --- generate ----------------------------------------------------------------------------------
@@ -115,9 +104,9 @@ def train(
     help="Rotary models: keep a rotating KV cache past max_seq_len (fast for long outputs, but "
     "past the window no longer token-for-token the book's crop-and-recompute output).",
 )
-@_backend
-@_device
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@backend_option
+@device_option
+@precision_option
 def generate(
     checkpoint: str,
     prompt: str,
@@ -133,9 +122,9 @@ def generate(
     precision: str,
 ) -> None:
     """Continue PROMPT with a trained model; the text streams to stdout, status to stderr."""
-    import mygpt
+    from mygpt.api import load
 
-    m = mygpt.load(checkpoint, backend=backend, device=device, precision=precision)
+    m = load(checkpoint, backend=backend, device=device, precision=precision)
     click.echo(
         f"{m.ops.describe()} · {m.dtype} · {m.config.vocab_size}-token {m.tokenizer.kind} "
         f"tokenizer · KV cache {'off' if no_cache else 'sliding' if sliding_window else 'on'}",

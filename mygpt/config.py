@@ -9,11 +9,12 @@ too. A field the book's Part-I checkpoints lack takes its Part-I value.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mygpt.errors import MygptError
+from mygpt.settings import cli_fields, setting, track_given, with_given
 
 NORM_TYPES = ("layer", "rms")
 POSITION_TYPES = ("learned", "rope")
@@ -32,30 +33,54 @@ def default_mlp_hidden(mlp_type: str, embed_dim: int) -> int:
     return 4 * embed_dim
 
 
+@track_given
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int
-    embed_dim: int = 64
-    num_heads: int = 4
-    num_layers: int = 4
-    max_seq_len: int = 64
-    num_kv_heads: int | None = None  # None: one KV head per query head (plain MHA)
-    norm: str = "layer"  # "layer": LayerNorm with bias; "rms": RMSNorm, weight only
-    position: str = "learned"  # "learned": absolute embedding; "rope": rotary, interleaved
-    dropout: float = 0.0  # on the attention probabilities, training only (as the book)
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    # "gelu": the book's C -> 4C -> C MLP with biases; "swiglu": Llama's gated MLP, no biases
-    mlp: str = "gelu"
-    mlp_hidden: int | None = None  # None: default_mlp_hidden(mlp_type, embed_dim)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """One architecture. Each field is also the ``mygpt train`` flag of the same name; the
+    defaults are the book's Part-I values. ``vocab_size`` is None in a run's settings until the
+    tokenizer is known (:meth:`with_vocab`)."""
+
+    vocab_size: int | None = setting(None, "Vocabulary size (from the tokenizer).", cli=False)
+    embed_dim: int = setting(64, "Embedding width.")
+    num_heads: int = setting(4, "Attention heads.")
+    num_layers: int = setting(4, "Transformer blocks.")
+    max_seq_len: int = setting(64, "Context length of the model.")
+    num_kv_heads: int | None = setting(
+        None, "K/V heads (GQA; 1 = MQA); default = --num-heads.", type=int, derived=True
+    )
+    norm: str = setting(
+        "layer", "layer: LayerNorm with bias (the book's); rms: RMSNorm.", choices=NORM_TYPES
+    )
+    position: str = setting(
+        "learned",
+        "learned: absolute embeddings; rope: rotary (interleaved).",
+        choices=POSITION_TYPES,
+    )
+    # a training choice rather than a shape: it may change on --resume and --init-from
+    dropout: float = setting(0.0, "On the attention probabilities (training).", shape=False)
+    norm_eps: float = setting(1e-5, "Norm epsilon.", cli=False)
+    rope_base: float = setting(10000.0, "RoPE base (theta).", cli=False)
+    mlp: str = setting(
+        "gelu", "gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases).", choices=MLP_TYPES
+    )
+    mlp_hidden: int | None = setting(
+        None, "swiglu hidden width (default 8/3 C, rounded up to 8).", type=int, derived=True
+    )
+    extra: dict[str, Any] = field(
+        default_factory=dict, compare=False, repr=False, metadata={"cli": False}
+    )
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.mlp_hidden is None and isinstance(self.embed_dim, int):
             object.__setattr__(self, "mlp_hidden", default_mlp_hidden(self.mlp, self.embed_dim))
-        self.validate()
+        if self.vocab_size is not None:  # a model; a run's template is checked by the run
+            self.validate()
+
+    def with_vocab(self, vocab_size: int) -> ModelConfig:
+        """This architecture for a tokenizer of ``vocab_size`` tokens (validated)."""
+        return with_given(dataclasses.replace(self, vocab_size=vocab_size), self.given)
 
     @property
     def head_dim(self) -> int:
@@ -67,15 +92,15 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     def validate(self) -> None:
-        for name in (
-            "vocab_size",
+        names = (
             "embed_dim",
             "num_heads",
             "num_layers",
             "max_seq_len",
             "num_kv_heads",
             "mlp_hidden",
-        ):
+        )
+        for name in names if self.vocab_size is None else ("vocab_size", *names):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise MygptError(
@@ -120,33 +145,30 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_flags(cls, vocab_size: int, flags: Mapping[str, Any]) -> ModelConfig:
-        """From the train command's flag names (``embed_dim``, ``norm``, ``position`` ...)."""
-        return cls(
-            vocab_size=vocab_size,
-            embed_dim=flags["embed_dim"],
-            num_heads=flags["num_heads"],
-            num_layers=flags["num_layers"],
-            max_seq_len=flags["max_seq_len"],
-            num_kv_heads=flags.get("num_kv_heads"),
-            norm=flags["norm"],
-            position=flags["position"],
-            dropout=flags.get("dropout", 0.0),
-            mlp=flags.get("mlp", "gelu"),
-            mlp_hidden=flags.get("mlp_hidden"),
-        )
+    def from_flags(
+        cls,
+        vocab_size: int | None,
+        flags: Mapping[str, Any],
+        given: Iterable[str] | None = None,
+    ) -> ModelConfig:
+        """From a flat mapping of flag names (``embed_dim``, ``norm``, ...; other keys ignored).
+        ``given`` (default: every model flag in ``flags``) is what the user asked for."""
+        kw = {f.name: flags[f.name] for f in cli_fields(cls) if f.name in flags}
+        cfg = cls(vocab_size=vocab_size, **kw)
+        return with_given(cfg, kw if given is None else set(given) & set(kw))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, d: Mapping[str, Any], checkpoint: bool = True) -> ModelConfig:
         """Build from a native or a book config dict; missing Part-II fields take Part-I values.
 
         Unknown keys (e.g. the book's ``tokenizer_kind``) are kept in ``extra`` rather than rejected,
-        so configs written by newer versions still load.
+        so configs written by newer versions still load. A checkpoint's config must have a
+        vocabulary size; a run's saved settings (``checkpoint=False``) need not.
         """
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         d = {LEGACY_NAMES.get(k, k): v for k, v in d.items()}
         known = {k: v for k, v in d.items() if k in names}
-        if "vocab_size" not in known:
+        if checkpoint and known.get("vocab_size") is None:
             raise MygptError(
                 "checkpoint config has no vocab_size — the file is not a mygpt checkpoint"
             )

@@ -1,6 +1,6 @@
 """Console output: one place decides who prints (rank 0 of a data-parallel run) and how.
 
-Results go to stdout, status and progress to stderr (DESIGN.md's CLI conventions). In a run of N
+Results go to stdout, status and progress to stderr (the CLI's convention: a pipe gets only results). In a run of N
 processes only rank 0 speaks, so a status line, a progress bar or a resume hint appears once.
 ``quiet`` silences status lines (library use, tests); errors are never silenced. Live progress
 bars follow :func:`mygpt.progress.bars_enabled` (rank 0, on a terminal).

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import click
 
-from mygpt.backends import DEVICES
-from mygpt.precision import PRECISIONS
+from mygpt.settings import backend_option, device_option, precision_option
 
 
 @click.command(name="eval")
@@ -37,9 +36,9 @@ from mygpt.precision import PRECISIONS
     help="What to do with bytes in FILE that are not UTF-8.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--backend", type=click.Choice(["auto", "mlx", "torch"]), default="auto")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@backend_option
+@device_option
+@precision_option
 def eval_cmd(
     file: str,
     checkpoint: str,
@@ -52,10 +51,10 @@ def eval_cmd(
     **window_args,
 ) -> None:
     """Score FILE with a checkpoint: cross-entropy, perplexity, bits per char and per byte."""
-    import mygpt
+    from mygpt.api import load
     from mygpt.eval import evaluate_file, format_report
 
-    m = mygpt.load(checkpoint, backend=backend, device=device, precision=precision)
+    m = load(checkpoint, backend=backend, device=device, precision=precision)
     click.echo(f"{m.ops.describe()} · {m.dtype} · {m.tokenizer.kind} tokenizer", err=True)
     result = evaluate_file(
         m, file, max_tokens=max_tokens, encoding_errors=encoding_errors, **window_args

@@ -15,16 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from mygpt.backends.base import Array, Params
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
-
-Array = Any
-Params = dict[str, Array]
-
 
 # --- parameters ------------------------------------------------------------------------------
 

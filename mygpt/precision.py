@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mygpt.errors import MygptError
+from mygpt.settings import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16")
 # bf16 must win by this much: a tie is noise, and fp32 is the exact, reproducible choice
 _BF16_MARGIN = 0.95
 
@@ -56,16 +56,11 @@ def resolve_precision(
     return "float32", f"{why}, but {measured}"
 
 
-def training_probe(
-    ops: Any, cfg: Any, batch_size: int, seq_len: int, steps: int = 3
-) -> dict[str, float]:
-    """Median seconds of full training steps (random weights and batches) in each dtype,
-    interleaved so that load from other processes hits both alike."""
-    from mygpt.bench import make_bench_step
-
-    runs = {
-        dt: make_bench_step(ops, cfg, batch_size, seq_len, dt) for dt in ("float32", "bfloat16")
-    }
+def time_dtypes(make_step: Callable[[str], Callable[[], Any]], steps: int = 3) -> dict[str, float]:
+    """Median seconds of ``make_step(dtype)()`` for float32 and bfloat16, interleaved so that
+    load from other processes hits both alike. The caller supplies the workload (a training step
+    of the run's own model), so this module needs nothing from training or benchmarking."""
+    runs = {dt: make_step(dt) for dt in ("float32", "bfloat16")}
     for step in runs.values():
         step()  # warm-up: allocation, kernel selection
     times: dict[str, list[float]] = {dt: [] for dt in runs}
@@ -75,20 +70,3 @@ def training_probe(
             step()
             times[dt].append(time.perf_counter() - t0)
     return {dt: statistics.median(v) for dt, v in times.items()}
-
-
-def _probe_vocab(tc: Any) -> int:
-    # the tokenizer is not built yet when the start line is printed: its size, near enough
-    merges = int(getattr(tc, "num_merges", 0) or 0)
-    return {"char": 96, "bpe": 128 + merges, "bytebpe": 256 + merges}.get(tc.tokenizer, 1024)
-
-
-def resolve_training_precision(ops: Any, tc: Any, config: Any = None) -> tuple[str, str]:
-    """:func:`resolve_precision` for a training run (``tc`` a TrainConfig): auto on a bf16-capable
-    CPU measures the run's own model (``config`` when resuming, else built from ``tc``)."""
-
-    def workload() -> dict[str, float]:
-        cfg = config if config is not None else tc.model_config(_probe_vocab(tc))
-        return training_probe(ops, cfg, tc.batch_size, tc.seq_len)
-
-    return resolve_precision(ops, tc.precision, workload)

@@ -138,13 +138,11 @@ def get_recipe(name: str) -> Recipe:
 
 def apply_recipe(
     name: str | None, explicit: dict[str, Any], defaults: dict[str, Any]
-) -> dict[str, Any]:
-    """Merge for callers outside click: defaults < recipe flags < explicitly given values."""
-    merged = dict(defaults)
-    if name:
-        merged.update(get_recipe(name).flags)
-    merged.update(explicit)
-    return merged
+) -> tuple[dict[str, Any], set[str]]:
+    """Defaults < recipe flags < explicitly given values, and the names the user asked for (the
+    explicit ones and the recipe's: a recipe is a shorthand for typing its flags)."""
+    flags = get_recipe(name).flags if name else {}
+    return {**defaults, **flags, **explicit}, set(flags) | set(explicit)
 
 
 @click.command("recipes")

@@ -5,7 +5,7 @@ Usage: uv run python scripts/bench_book.py [--config ch17 --config ch27] [--roun
 Variants, all on the same shapes (batch 16 x 64 tokens by default), fp32, no compile:
 
 - ``book``: a plain-PyTorch re-implementation of the book's model *code path*, written here from
-  the architecture description (BOOK.md): an ``nn.Module`` GPT whose attention projects Q/K/V with
+  the book's architecture: an ``nn.Module`` GPT whose attention projects Q/K/V with
   one linear each, scores ``q @ k^T / sqrt(d)``, ``masked_fill`` with a registered causal-mask
   buffer, softmax, ``@ v``; learned positions and LayerNorm for Ch.17; for Ch.27 RMSNorm, rotary
   tables as buffers and K/V heads expanded with ``repeat_interleave``; AdamW with torch's default
@@ -13,7 +13,7 @@ Variants, all on the same shapes (batch 16 x 64 tokens by default), fp32, no com
 - ``sdpa``: the same module with attention done by ``F.scaled_dot_product_attention``.
 - ``scratch`` (``--scratch``): the ``book`` path with LayerNorm and exact GELU written out from
   elementary ops, as a from-scratch tutorial teaches them (a guess at the book's code: see below).
-- ``mygpt-torch``: mygpt's model on its torch backend (``mygpt.bench.make_bench_step``).
+- ``mygpt-torch``: mygpt's model on its torch backend (``mygpt.train.probe.synthetic_step``).
 - ``mygpt-mlx``: the same on MLX, once on the BLAS mlx[cpu] bundles and once with OpenBLAS
   preloaded (a second worker process started with ``LD_PRELOAD``), when it is installed.
 
@@ -226,13 +226,13 @@ def build_torch_reference(shape: dict, attention: str, batch: int, seq: int):
 
 def build_mygpt(shape: dict, backend: str, batch: int, seq: int):
     from mygpt.backends import get_backend
-    from mygpt.bench import make_bench_step
     from mygpt.blas import mlx_blas
     from mygpt.config import ModelConfig
+    from mygpt.train.probe import synthetic_step
 
     ops = get_backend(backend, "cpu")
     cfg = ModelConfig.from_flags(shape["vocab_size"], shape)
-    step = make_bench_step(ops, cfg, batch, seq, "float32", max_grad_norm=shape["max_grad_norm"])
+    step = synthetic_step(ops, cfg, batch, seq, "float32", max_grad_norm=shape["max_grad_norm"])
     if backend == "mlx":
         kind, lib = mlx_blas()
         note = f"mlx, {'OpenBLAS' if kind == 'optimized' else 'reference BLAS'}"

@@ -45,7 +45,7 @@ def worker(args: argparse.Namespace) -> None:
     from mygpt.train import TrainConfig, make_train_step
 
     recipe = get_recipe(CONFIGS[args.config])
-    tc = TrainConfig.from_dict({**vars(TrainConfig()), **recipe.flags})
+    tc = TrainConfig.from_flags(recipe.flags)
     ops = get_backend(args.backend, "cpu")
     dist = ops.init_distributed()
     cfg = tc.model_config(recipe.vocab_size)

@@ -19,7 +19,6 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from mygpt.checkpoint import (
-    BOOK_BPE_PATTERN,
     FORMAT_VERSION,
     Checkpoint,
     convert,
@@ -30,6 +29,7 @@ from mygpt.checkpoint import (
 )
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
+from mygpt.tokenizers.bpe import BOOK_PATTERN
 
 torch = pytest.importorskip("torch")
 
@@ -139,8 +139,8 @@ def test_modern_fixtures_configs_and_tokenizers():
     )
     assert c.max_seq_len == 96
     tok = bpe.tokenizer
-    assert tok["kind"] == "bpe" and tok["version"] == 1 and tok["pattern"] == BOOK_BPE_PATTERN
-    assert BOOK_BPE_PATTERN == "\\s*\\S+|\\s+"
+    assert tok["kind"] == "bpe" and tok["version"] == 1 and tok["pattern"] == BOOK_PATTERN
+    assert BOOK_PATTERN == "\\s*\\S+|\\s+"
     assert len(tok["chars"]) == 62 and len(tok["merges"]) == 128
     assert tok["merges"][:3] == [[" ", "t"], ["h", "e"], ["o", "u"]]
     assert len(tok["chars"]) + len(tok["merges"]) == c.vocab_size

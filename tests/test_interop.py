@@ -71,11 +71,11 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
     out = {name: str(BOOK_FIXTURES / f"{name}.ckpt") for name in FIXTURES}
     for name, flags in TRAINED.items():
         path = root / f"{name}.safetensors"
-        tc = TrainConfig(
+        tc = TrainConfig.from_flags(dict(
             data=str(corpus), output=str(path), steps=80, lr=1e-2, batch_size=8, seq_len=64,
             embed_dim=32, num_heads=4, num_layers=2, max_seq_len=64, print_every=100,
             backend="torch", device="cpu", cache_dir=str(root / "cache"), **flags,
-        )  # fmt: skip
+        ))  # fmt: skip
         train(tc)
         out[name] = str(path)
     return out
@@ -274,7 +274,7 @@ def test_an_imported_model_generates_the_same_on_both_backends(exported, tmp_pat
 
 
 def test_hf_directory_can_be_init_from_directly(exported, tmp_path):
-    from mygpt.init_from import load_init_source
+    from mygpt.train.init_from import load_init_source
 
     ckpt = load_init_source(exported["bytebpe"])
     assert ckpt.tokenizer["kind"] == "bytebpe"

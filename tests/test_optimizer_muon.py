@@ -33,15 +33,17 @@ def _common(backend: str, corpus) -> dict:
 def test_muon_run_resumes_bit_exactly(backend, small_corpus, tmp_path):
     common = _common(backend, small_corpus)
     full = tmp_path / "full.safetensors"
-    train(TrainConfig(output=str(full), **common))
+    train(TrainConfig.from_flags(dict(output=str(full), **common)))
     part = tmp_path / "part.safetensors"
-    first = train(TrainConfig(output=str(part), **common), on_log=_interrupt_at(11))
+    first = train(
+        TrainConfig.from_flags(dict(output=str(part), **common)), on_log=_interrupt_at(11)
+    )
     assert first.interrupted and first.steps < 30
     saved = load_checkpoint(part).optimizer_state
     assert any(k.startswith("muon.blocks.0.mha.W_Q") for k in saved)  # the momentum is saved
     assert "m.token_embedding.embedding.weight" in saved  # and AdamW's moments for the rest
     assert not any(k.startswith("m.blocks.0.mha") for k in saved)
-    train(TrainConfig(output=str(part), **common), resume=str(part))
+    train(TrainConfig.from_flags(dict(output=str(part), **common)), resume=str(part))
     a, b = losses(metrics_of(full)), losses(metrics_of(part))
     assert [a[s] for s in range(1, 31)] == [b[s] for s in range(1, 31)]
     pa, pb = load_checkpoint(full).params, load_checkpoint(part).params
@@ -53,13 +55,15 @@ def test_muon_run_resumes_bit_exactly(backend, small_corpus, tmp_path):
 def test_resuming_with_another_optimizer_is_one_line(small_corpus, tmp_path):
     common = _common("torch", small_corpus) | dict(steps=4, optimizer="adamw")
     out = tmp_path / "a.safetensors"
-    train(TrainConfig(output=str(out), **common))
+    train(TrainConfig.from_flags(dict(output=str(out), **common)))
     with pytest.raises(MygptError, match="another --optimizer"):
         train(None, resume=str(out), overrides={"steps": 8, "optimizer": "muon"})
 
 
 def test_bad_adamw_lr_is_refused(small_corpus, tmp_path):
-    tc = TrainConfig(output=str(tmp_path / "x.safetensors"), **_common("torch", small_corpus))
+    tc = TrainConfig.from_flags(
+        dict(output=str(tmp_path / "x.safetensors"), **_common("torch", small_corpus))
+    )
     tc.adamw_lr = -1.0
     with pytest.raises(MygptError, match="must not be negative"):
         train(tc)

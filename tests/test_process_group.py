@@ -118,7 +118,9 @@ def test_ranks_with_different_weights_are_refused(small_corpus, tmp_path):
             other[-1] ^= 1  # the last digest: the initial weights
             return np.stack([x, other])
 
-    tc = TrainConfig(data=str(small_corpus), output=str(tmp_path / "m.safetensors"))
+    tc = TrainConfig.from_flags(
+        dict(data=str(small_corpus), output=str(tmp_path / "m.safetensors"))
+    )
     run = Run(ops, Disagreeing(ops), "float32")
     rd = load_data(Run(ops, ProcessGroup(ops), "float32"), tc)
     params = {"w": np.zeros(3, np.float32)}

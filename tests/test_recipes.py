@@ -56,10 +56,12 @@ def test_unknown_recipe_lists_the_names():
 
 
 def test_explicit_values_override_the_recipe():
-    merged = apply_recipe("ch27-modern", {"norm": "layer"}, {"norm": "layer", "steps": 2000})
+    merged, given = apply_recipe("ch27-modern", {"norm": "layer"}, {"norm": "layer", "steps": 2000})
     assert merged["norm"] == "layer"  # explicit wins
     assert merged["position"] == "rope"  # from the recipe
     assert merged["steps"] == 2000  # default kept
+    # what the user asked for: the typed flags and the recipe's, not the defaults
+    assert "norm" in given and "position" in given and "steps" not in given
 
 
 def test_recipes_command_lists_all_with_flags():
@@ -75,27 +77,28 @@ def test_recipes_command_lists_all_with_flags():
 def test_every_recipe_flag_is_a_run_setting():
     """Recipes, the train command and bench share TrainConfig's fields: a recipe cannot name a
     setting that does not exist (it would be dropped silently)."""
-    import dataclasses
 
     from mygpt.recipes import RECIPES
+    from mygpt.settings import cli_fields
     from mygpt.train import TrainConfig
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name for f in cli_fields(TrainConfig)}
+    assert {"steps", "embed_dim", "norm", "num_kv_heads"} <= fields  # run and model settings
     for recipe in RECIPES.values():
         assert set(recipe.flags) <= fields, recipe.name
+        TrainConfig.from_flags(recipe.flags).validate()
 
 
 def test_train_and_bench_options_come_from_train_config():
-    import dataclasses
 
     from mygpt.bench import SHAPE, bench
     from mygpt.cli import cli
+    from mygpt.settings import cli_fields
     from mygpt.train import TrainConfig
 
     train_opts = {p.name: p for p in cli.commands["train"].params}
-    for f in dataclasses.fields(TrainConfig):
-        if f.metadata.get("cli", True):
-            assert train_opts[f.name].default == f.default, f.name
-            assert train_opts[f.name].help == f.metadata["help"], f.name
+    for f in cli_fields(TrainConfig):  # the run's fields and the nested ModelConfig's
+        assert train_opts[f.name].default == f.default, f.name
+        assert train_opts[f.name].help == f.metadata["help"], f.name
     bench_opts = {p.name: p for p in bench.params}
     assert all(bench_opts[name].default is None for name in SHAPE)  # recipes can then apply

@@ -268,14 +268,14 @@ def test_precision_auto_follows_the_measurement(bf16_s, want):
 
 def test_precision_auto_measures_the_run_on_a_bf16_cpu():
     from mygpt.backends import get_backend
-    from mygpt.precision import resolve_training_precision
     from mygpt.train import TrainConfig
+    from mygpt.train.setup import _precision
 
     ops = get_backend("torch", "cpu")
     ops.activate()
-    tc = TrainConfig(precision="auto", embed_dim=16, num_heads=2, num_layers=1, max_seq_len=16,
-                     seq_len=16, batch_size=2)  # fmt: skip
-    dtype, why = resolve_training_precision(ops, tc)
+    tc = TrainConfig.from_flags(dict(precision="auto", embed_dim=16, num_heads=2, num_layers=1, max_seq_len=16,
+                     seq_len=16, batch_size=2))  # fmt: skip
+    dtype, why = _precision(ops, ops.init_distributed(), tc, None)
     if ops.native_bf16()[0]:
         assert "measured" in why and dtype in ("float32", "bfloat16")
     else:

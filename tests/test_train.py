@@ -47,16 +47,18 @@ def test_cosine_schedule_is_the_books():
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_short_run_learns_and_logs(backend, small_corpus, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
-    tc = TrainConfig(
-        data=str(small_corpus),
-        output=str(out),
-        steps=150,
-        print_every=50,
-        lr=1e-2,
-        val_split=0.1,
-        backend=backend,
-        device="cpu",
-        **SMALL,
+    tc = TrainConfig.from_flags(
+        dict(
+            data=str(small_corpus),
+            output=str(out),
+            steps=150,
+            print_every=50,
+            lr=1e-2,
+            val_split=0.1,
+            backend=backend,
+            device="cpu",
+            **SMALL,
+        )
     )
     result = train(tc)
     seen = losses(metrics_of(out))
@@ -100,13 +102,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(backend, dropout, small_c
         **SMALL,
     )
     full = tmp_path / "full.safetensors"
-    train(TrainConfig(output=str(full), **common))
+    train(TrainConfig.from_flags(dict(output=str(full), **common)))
 
     part = tmp_path / "part.safetensors"
-    first = train(TrainConfig(output=str(part), **common), on_log=_interrupt_at(12))
+    first = train(
+        TrainConfig.from_flags(dict(output=str(part), **common)), on_log=_interrupt_at(12)
+    )
     assert first.interrupted and first.steps < 40
     assert load_checkpoint(part).train_state["step"] == first.steps
-    second = train(TrainConfig(output=str(part), **common), resume=str(part))
+    second = train(TrainConfig.from_flags(dict(output=str(part), **common)), resume=str(part))
     assert not second.interrupted and second.steps == 40
 
     a, b = losses(metrics_of(full)), losses(metrics_of(part))
@@ -122,11 +126,12 @@ def test_resume_on_the_other_backend(small_corpus, tmp_path):
         data=str(small_corpus), steps=30, print_every=10, backend="mlx", device="cpu", **SMALL
     )
     full = tmp_path / "full.safetensors"
-    train(TrainConfig(output=str(full), **common))
+    train(TrainConfig.from_flags(dict(output=str(full), **common)))
     part = tmp_path / "part.safetensors"
-    train(TrainConfig(output=str(part), **{**common, "steps": 15}))
+    train(TrainConfig.from_flags(dict(output=str(part), **{**common, "steps": 15})))
     resumed = train(
-        TrainConfig(output=str(part), **{**common, "backend": "torch"}), resume=str(part)
+        TrainConfig.from_flags(dict(output=str(part), **{**common, "backend": "torch"})),
+        resume=str(part),
     )
     assert resumed.steps == 30
     assert load_checkpoint(part).train_state["backend"] == "torch"
@@ -140,14 +145,16 @@ def test_resume_on_the_other_backend(small_corpus, tmp_path):
 def test_grad_accum_and_book_format_output(small_corpus, tmp_path):
     out = tmp_path / "m.ckpt"
     train(
-        TrainConfig(
-            data=str(small_corpus),
-            output=str(out),
-            steps=5,
-            grad_accum=2,
-            backend="torch",
-            device="cpu",
-            **SMALL,
+        TrainConfig.from_flags(
+            dict(
+                data=str(small_corpus),
+                output=str(out),
+                steps=5,
+                grad_accum=2,
+                backend="torch",
+                device="cpu",
+                **SMALL,
+            )
         )
     )
     ckpt = load_checkpoint(out)
@@ -164,10 +171,13 @@ def test_grad_accum_and_book_format_output(small_corpus, tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_corpus, tmp_path):
     out = tmp_path / "m.safetensors"
     common = dict(data=str(small_corpus), output=str(out), backend="torch", device="cpu", **SMALL)
-    train(TrainConfig(steps=5, **common))
+    train(TrainConfig.from_flags(dict(steps=5, **common)))
     before = load_checkpoint(out).params
     with pytest.raises(MygptError, match="loss became"):
-        train(TrainConfig(steps=50, lr=1e30, checkpoint_every=100, **common), resume=None)
+        train(
+            TrainConfig.from_flags(dict(steps=50, lr=1e30, checkpoint_every=100, **common)),
+            resume=None,
+        )
     after = load_checkpoint(out)
     for k in before:  # the NaN run never overwrote the good file
         np.testing.assert_array_equal(before[k], after.params[k])
@@ -193,7 +203,7 @@ def test_bad_settings_are_one_line_errors(kwargs, message, small_corpus, tmp_pat
         **SMALL,
     )
     with pytest.raises(MygptError, match=message) as err:
-        train(TrainConfig(**{**base, **kwargs}))
+        train(TrainConfig.from_flags(dict(**{**base, **kwargs})))
     assert "\n" not in str(err.value)
     # refused before any corpus work: on a large corpus that is minutes of encoding
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
@@ -204,7 +214,7 @@ def test_resume_from_weights_only_file_is_refused(tmp_path):
 
     with pytest.raises(MygptError, match="weights only"):
         train(
-            TrainConfig(output=str(tmp_path / "x.safetensors")),
+            TrainConfig.from_flags(dict(output=str(tmp_path / "x.safetensors"))),
             resume=str(BOOK_FIXTURES / "part1_ch18.ckpt"),
         )
 
@@ -396,14 +406,16 @@ def test_bf16_mixed_precision_keeps_fp32_master_weights(backend, small_corpus, t
     out = tmp_path / "m.safetensors"
     tiny = {**SMALL, "embed_dim": 16, "num_layers": 1, "batch_size": 2}
     result = train(
-        TrainConfig(
-            data=str(small_corpus),
-            output=str(out),
-            steps=3,
-            precision="bf16",
-            backend=backend,
-            device="cpu",
-            **tiny,
+        TrainConfig.from_flags(
+            dict(
+                data=str(small_corpus),
+                output=str(out),
+                steps=3,
+                precision="bf16",
+                backend=backend,
+                device="cpu",
+                **tiny,
+            )
         )
     )
     assert np.isfinite(result.final_loss) and result.final_loss > 1.0
@@ -431,16 +443,18 @@ def test_python_api_and_cli_resume_identically(small_corpus, tmp_path):
     from mygpt.cli import main
 
     first = tmp_path / "first.safetensors"
-    tc = TrainConfig(
-        data=str(small_corpus),
-        output=str(first),
-        steps=6,
-        lr=3e-3,
-        schedule="cosine",
-        warmup=2,
-        backend="torch",
-        device="cpu",
-        **SMALL,
+    tc = TrainConfig.from_flags(
+        dict(
+            data=str(small_corpus),
+            output=str(first),
+            steps=6,
+            lr=3e-3,
+            schedule="cosine",
+            warmup=2,
+            backend="torch",
+            device="cpu",
+            **SMALL,
+        )
     )
     train(tc)
     copies = [tmp_path / f"{name}.safetensors" for name in ("cli", "overrides", "config")]

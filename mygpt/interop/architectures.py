@@ -1,7 +1,7 @@
 """Which standard Hugging Face architecture computes a mygpt model exactly, and the weight maps.
 
 Each mygpt combination maps to one architecture that ``transformers`` loads without remote code
-(INTEROP.md, beside DESIGN.md, has the reasoning and the traps):
+(the table says what each needs; the functions below carry the traps):
 
 | mygpt                                 | Hugging Face   | notes                                  |
 |---------------------------------------|----------------|----------------------------------------|

@@ -1,6 +1,6 @@
 """mygpt's three tokenizers as Hugging Face ``tokenizer.json`` files that give the same ids, and back.
 
-Built with the ``tokenizers`` library (INTEROP.md has the recipes and why each piece is there):
+Built with the ``tokenizers`` library; each piece is there for a reason given beside it:
 
 - char: ``WordLevel`` over the alphabet, one piece per character; its ``unk_token`` is not in the
   vocabulary, so an unknown character is an error, as in mygpt;
@@ -22,6 +22,7 @@ from typing import Any
 
 from mygpt.errors import MygptError
 from mygpt.tokenizers import tokenizer_from_dict
+from mygpt.tokenizers.bpe import BOOK_PATTERN
 from mygpt.tokenizers.bytebpe import GPT4_PATTERN, ByteBPETokenizer
 
 CHAR_SPLIT = r"[\s\S]"
@@ -73,8 +74,6 @@ def _char(d: dict) -> Any:
 
 def _book_bpe(d: dict) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    from mygpt.tokenizers.bpe import BOOK_PATTERN
 
     if d.get("pattern", BOOK_PATTERN) != BOOK_PATTERN:
         raise MygptError(
@@ -200,7 +199,7 @@ def _parse(j: dict, vocab_size: int) -> dict | None:
     if j["pre_tokenizer"]["type"] == "Split":
         n_chars = vocab_size - len(merges)
         chars = sorted((t for t, i in vocab.items() if i < n_chars), key=vocab.get)
-        return {"kind": "bpe", "version": 1, "pattern": r"\s*\S+|\s+", "chars": chars,
+        return {"kind": "bpe", "version": 1, "pattern": BOOK_PATTERN, "chars": chars,
                 "merges": [list(m) for m in merges]}  # fmt: skip
     u2b = {u: b for b, u in bytes_to_unicode().items()}
     ids = {t: i for t, i in vocab.items()}

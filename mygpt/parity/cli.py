@@ -7,7 +7,7 @@ import time
 
 import click
 
-from mygpt.backends import BACKENDS
+from mygpt.backends import BACKENDS, DEVICES
 from mygpt.backends.base import DTYPES
 
 
@@ -23,7 +23,7 @@ from mygpt.backends.base import DTYPES
     "--device",
     "devices",
     multiple=True,
-    type=click.Choice(("cpu", "gpu", "cuda", "mps")),
+    type=click.Choice(DEVICES[1:]),  # every device but auto
     help="Device to test (repeatable; default: every device each backend can use here).",
 )
 @click.option(

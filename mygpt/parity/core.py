@@ -1,6 +1,7 @@
 """What every parity check shares: the tolerances, the result row and the check record.
 
-Tolerances are DESIGN.md's "Parity" table.
+Tolerances are the README's parity table (fp32: 1e-5 on ops and the loss, 1e-4 on gradients
+and 30-step parameters; bf16: about 2 ulp).
 """
 
 from __future__ import annotations

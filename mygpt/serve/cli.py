@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from mygpt.backends import DEVICES
 from mygpt.errors import MygptError, UsageError
-from mygpt.precision import PRECISIONS
+from mygpt.settings import backend_option, device_option, precision_option
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -56,9 +55,9 @@ def bind(host: str, port: int) -> socket.socket:
     show_default=True,
     help="Requests generating at once (round-robin, a token each); the rest wait in order.",
 )
-@click.option("--backend", type=click.Choice(["auto", "mlx", "torch"]), default="auto")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@backend_option
+@device_option
+@precision_option
 def serve(
     checkpoint: str, host: str, port: int, model_name: str | None, chat_template: str,
     max_tokens_limit: int, default_max_tokens: int, max_concurrent: int, backend: str,
@@ -67,7 +66,7 @@ def serve(
     """Serve a checkpoint over the OpenAI API (completions, chat, streaming) with a chat page."""
     import uvicorn
 
-    import mygpt
+    from mygpt.api import load
     from mygpt.serve.app import ServerInfo, create_app
     from mygpt.serve.chat_template import ChatTemplate
     from mygpt.serve.engine import Engine
@@ -84,7 +83,7 @@ def serve(
         raise MygptError(f"checkpoint {checkpoint!r} does not exist — check the path")
     sock = bind(host, port)
     engine = Engine(
-        lambda: mygpt.load(checkpoint, backend=backend, device=device, precision=precision),
+        lambda: load(checkpoint, backend=backend, device=device, precision=precision),
         max_active=max_concurrent,
     )
     engine.start()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-BOOK_PRETOKEN = re.compile(r"\s*\S+|\s+")
+from mygpt.tokenizers.bpe import BOOK_PATTERN
+
+BOOK_PRETOKEN = re.compile(BOOK_PATTERN)
 
 
 def plain_merges(words: dict, num_merges: int, count_duplicates: bool = True) -> list[tuple]:

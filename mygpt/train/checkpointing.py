@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -68,7 +67,7 @@ class Saver:
             "optimizer_steps": opt_steps,
             "sampler": rd.sampler.state_dict(),
             "val_sampler": rd.val_sampler.state_dict() if rd.val_sampler is not None else None,
-            "args": dataclasses.asdict(self.tc),
+            "args": self.tc.to_dict(),
             "loss": last_loss,
             "backend": ops.name,
             "world_size": self.run.dist.world_size,

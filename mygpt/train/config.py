@@ -1,30 +1,43 @@
-"""A run's settings (:class:`TrainConfig`), its summary, and how a resumed run's settings merge."""
+"""A run's settings (:class:`TrainConfig`), its summary, and how a resumed run's settings merge.
+
+Each setting is declared once, here (run settings) or in :class:`mygpt.config.ModelConfig` (the
+architecture, nested as ``TrainConfig.model``): its default, help and choices. ``mygpt train``'s
+options are generated from both, so a flag takes effect exactly where its field is read.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mygpt.backends.muon import OPTIMIZERS
-from mygpt.config import MLP_TYPES, NORM_TYPES, POSITION_TYPES, ModelConfig
+from mygpt.config import LEGACY_NAMES, ModelConfig
 from mygpt.data.cache import TOKENIZER_KINDS
 from mygpt.errors import MygptError
 from mygpt.model import INITS
-from mygpt.precision import PRECISIONS
 from mygpt.schedule import SCHEDULES, lr_at
+from mygpt.settings import (
+    BACKEND_CHOICES,
+    BACKEND_HELP,
+    DEVICE_HELP,
+    DEVICES,
+    PRECISION_HELP,
+    PRECISIONS,
+    cli_fields,
+    nested,
+    setting,
+    track_given,
+    with_given,
+)
 
-_MODEL = {f.name: f.default for f in dataclasses.fields(ModelConfig)}  # the book's Part-I values
-DEVICES = ("auto", "cpu", "gpu", "cuda", "mps")
+#: the flags that say how the tokenizer is made: a resumed or --init-from run has its own
+TOKENIZER_FLAGS = ("tokenizer", "num_merges", "bpe_train_bytes", "tokenizer_file")
 
 
-def setting(default: Any, help: str, **option: Any) -> Any:
-    """A run setting: its default and its ``--flag``'s help (and click options such as
-    ``choices``, or ``type`` where the default is None). The CLI builds its options from these."""
-    return field(default=default, metadata={"help": help, **option})
-
-
+@track_given
 @dataclass
 class TrainConfig:
     """One run's settings, the one home of their defaults and help texts (``mygpt train``'s
@@ -66,14 +79,10 @@ class TrainConfig:
     print_every: int = setting(500, "Print a loss line every N steps.")
     checkpoint_every: int = setting(0, "Save every N steps (and always at the end).")
     seed: int = setting(0, "Weights: seed; batches: seed+42 (the book's 0 and 42).")
-    backend: str = setting(
-        "auto",
-        "auto: MLX on Apple Silicon, else torch if installed, else MLX.",
-        choices=("auto", "mlx", "torch"),
-    )
-    device: str = setting("auto", "Compute device.", choices=DEVICES)
+    backend: str = setting("auto", BACKEND_HELP, choices=BACKEND_CHOICES)
+    device: str = setting("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = setting(
-        "fp32", "Compute dtype (master weights stay fp32).", choices=PRECISIONS
+        "fp32", PRECISION_HELP + " Master weights stay fp32.", choices=PRECISIONS
     )
     compile: bool = setting(False, "mx.compile / torch.compile the step (slow start).")
     tokenizer: str = setting("char", "Tokenizer to train.", choices=TOKENIZER_KINDS)
@@ -90,34 +99,29 @@ class TrainConfig:
         "What to do with bytes in FILE that are not UTF-8.",
         choices=("strict", "replace", "ignore"),
     )
-    # architecture (ignored on resume: the checkpoint's config wins); defaults are the book's
-    embed_dim: int = setting(_MODEL["embed_dim"], "Embedding width.")
-    num_heads: int = setting(_MODEL["num_heads"], "Attention heads.")
-    num_layers: int = setting(_MODEL["num_layers"], "Transformer blocks.")
-    max_seq_len: int = setting(_MODEL["max_seq_len"], "Context length of the model.")
-    num_kv_heads: int | None = setting(
-        _MODEL["num_kv_heads"], "K/V heads (GQA); default = --num-heads.", type=int
-    )
-    norm: str = setting(_MODEL["norm"], "Normalization.", choices=NORM_TYPES)
-    position: str = setting(_MODEL["position"], "Positions.", choices=POSITION_TYPES)
-    dropout: float = setting(_MODEL["dropout"], "On the attention probabilities (training).")
-    mlp: str = setting(
-        _MODEL["mlp"],
-        "gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases).",
-        choices=MLP_TYPES,
-    )
-    mlp_hidden: int | None = setting(
-        None, "swiglu hidden width (default 8/3 C, rounded up to 8).", type=int
-    )
     init_from: str | None = setting(
         None,
         "Start from this checkpoint's weights, architecture and tokenizer (fresh optimizer).",
         type=str,
     )
+    model: ModelConfig = nested(ModelConfig, "The architecture (its fields are flags too).")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig.from_flags(vocab_size, dataclasses.asdict(self))
+        """The architecture for a tokenizer of ``vocab_size`` tokens."""
+        return self.model.with_vocab(vocab_size)
+
+    def flags(self) -> dict[str, Any]:
+        """Every flag's value under its flat name (``steps``, ``embed_dim``, ...)."""
+        out = {k: getattr(self, k) for k in RUN}
+        return out | {k: getattr(self.model, k) for k in MODEL}
+
+    def given_flags(self) -> dict[str, Any]:
+        """The flags the caller set (constructor arguments), under their flat names."""
+        out = {k: getattr(self, k) for k in self.given if k in RUN}
+        if "model" in self.given:
+            out |= {k: getattr(self.model, k) for k in self.model.given if k in MODEL}
+        return out
 
     @property
     def adamw_lr_ratio(self) -> float:
@@ -135,6 +139,7 @@ class TrainConfig:
         )
 
     def validate(self) -> None:
+        self.model.validate()
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "print_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -147,9 +152,9 @@ class TrainConfig:
             raise MygptError(
                 f"--val-split must be in [0, 1), got {self.val_split} — e.g. --val-split 0.1"
             )
-        if self.seq_len > self.max_seq_len:
+        if self.seq_len > self.model.max_seq_len:
             raise MygptError(
-                f"--seq-len {self.seq_len} is longer than --max-seq-len {self.max_seq_len} — "
+                f"--seq-len {self.seq_len} is longer than --max-seq-len {self.model.max_seq_len} — "
                 "raise --max-seq-len or lower --seq-len"
             )
         if self.warmup < 0 or self.max_grad_norm < 0 or self.min_lr < 0 or self.adamw_lr < 0:
@@ -158,9 +163,28 @@ class TrainConfig:
             )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_flags(
+        cls, flags: Mapping[str, Any], given: Iterable[str] | None = None
+    ) -> TrainConfig:
+        """From flat flag names (what ``mygpt train`` parses, what a recipe lists); ``given``
+        (default: every key) records which of them the user asked for."""
+        given = set(flags) if given is None else set(given)
+        model = ModelConfig.from_flags(None, flags, given)
+        run = {k: v for k, v in flags.items() if k in RUN_FIELDS}
+        tc = cls(**run, model=model)
+        return with_given(tc, (given & set(run)) | ({"model"} if model.given else set()))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """From saved settings: nested (``{"model": {...}}``), or the flat form (and older
+        field names) of checkpoints written before the architecture moved into ``model``."""
+        d = {LEGACY_NAMES.get(k, k): v for k, v in d.items()}
+        model = dict(d.get("model") or {}) | {k: d[k] for k in MODEL_FIELDS if k in d}
+        run = {k: v for k, v in d.items() if k in RUN_FIELDS}
+        return cls(**run, model=ModelConfig.from_dict(model, checkpoint=False))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"model": self.model.to_dict()}
 
 
 @dataclass
@@ -174,44 +198,81 @@ class TrainResult:
     interrupted: bool = False
 
 
-def click_options(names: list[str] | None = None, *, defaults: bool = True):
-    """A decorator adding one click option per TrainConfig field (``names``, or every field the
-    CLI shows), with its help, choices and (unless ``defaults`` is False) its default."""
-    import click
-
-    chosen = [
-        f
-        for f in dataclasses.fields(TrainConfig)
-        if f.metadata.get("cli", True) and (names is None or f.name in names)
-    ]
-
-    def decorate(fn):
-        for f in reversed(chosen):
-            meta = f.metadata
-            flag = "--" + f.name.replace("_", "-")
-            kw: dict[str, Any] = {"help": meta["help"]}
-            if isinstance(f.default, bool):
-                kw["is_flag"] = True
-            else:
-                kw["type"] = (
-                    click.Choice(meta["choices"])
-                    if "choices" in meta
-                    else (meta.get("type") or type(f.default))
-                )
-            if defaults and f.default is not None:
-                kw.update(default=f.default, show_default=True)
-            else:
-                kw["default"] = None
-            fn = click.option(flag, f.name, **kw)(fn)
-        return fn
-
-    return decorate
+#: every field of the two classes (saved settings may hold any of them), under flat names
+RUN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra"}
+RUN = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "extra"))
+MODEL = tuple(f.name for f in cli_fields(ModelConfig))
+#: the flags that fix the model's shape: a checkpoint's own values, never overridden
+SHAPE = tuple(f.name for f in cli_fields(ModelConfig) if f.metadata.get("shape", True))
 
 
-def resume_config(saved: dict[str, Any], overrides: dict[str, Any], output: str) -> TrainConfig:
-    """The settings of a resumed run: the checkpoint's saved ones, then ``overrides`` (the flags a
-    user gave again, e.g. a larger ``--steps``), writing on into ``output``.
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-    ``mygpt train --resume`` and ``train(tc, resume=...)`` from Python both continue this way.
+
+def refuse_contradictions(
+    given: Mapping[str, Any], cfg: ModelConfig, tokenizer: Mapping[str, Any], source: str, how: str
+) -> None:
+    """Refuse an architecture or tokenizer flag the user gave that disagrees with ``cfg`` and
+    ``tokenizer`` (a checkpoint's, whose weights only mean something with them).
+
+    ``tokenizer`` maps tokenizer flags to the checkpoint's values; a flag it lacks can't agree.
+    ``how`` names the option that takes them from the checkpoint (``--resume``, ``--init-from``).
     """
-    return TrainConfig.from_dict({**saved, "output": output, **overrides})
+    for name in SHAPE:
+        if name in given and given[name] != getattr(cfg, name):
+            raise MygptError(
+                f"{flag(name)} {given[name]} contradicts {source}, whose model has {name} "
+                f"{getattr(cfg, name)} — {how} takes the architecture from the checkpoint; drop "
+                f"{flag(name)}"
+            )
+    for name in TOKENIZER_FLAGS:
+        if name in given and (name not in tokenizer or given[name] != tokenizer[name]):
+            theirs = f"{name} {tokenizer[name]}" if name in tokenizer else "its own tokenizer"
+            raise MygptError(
+                f"{flag(name)} {given[name]} contradicts {source}, which has {theirs} (the "
+                f"weights are tied to its ids) — {how} takes the tokenizer from the checkpoint; "
+                f"drop {flag(name)}"
+            )
+
+
+def tokenizer_flags(tok: Mapping[str, Any]) -> dict[str, Any]:
+    """The tokenizer flags a checkpoint's tokenizer dict answers (its kind; BPE: its merges)."""
+    out: dict[str, Any] = {"tokenizer": tok.get("kind")}
+    if "merges" in tok:
+        out["num_merges"] = len(tok["merges"])
+    return out
+
+
+def resume_config(
+    saved: TrainConfig,
+    cfg: ModelConfig,
+    tokenizer: Mapping[str, Any],
+    given: Mapping[str, Any],
+    output: str,
+    source: str,
+) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
+    """A resumed run's settings and what changed: the saved run's, with the run flags the user
+    gave now on top (a larger ``--steps``, another ``--lr``), writing on into ``output``.
+
+    An architecture or tokenizer flag that disagrees with the checkpoint is refused; one that
+    agrees changes nothing. ``mygpt train --resume`` and ``train(..., resume=...)`` both land here.
+    """
+    if given.get("init_from"):
+        raise MygptError(
+            "--resume continues a run and --init-from starts a new one — pass one of them"
+        )
+    # how the run made its tokenizer, and what the checkpoint's tokenizer is
+    tok = {k: getattr(saved, k) for k in TOKENIZER_FLAGS} | tokenizer_flags(tokenizer)
+    refuse_contradictions(given, cfg, tok, source, "--resume")
+    # the checkpoint's own architecture, whatever the saved settings say (an --init-from run
+    # saved the flags it was started with, not the source model's shape)
+    flags = saved.flags() | {k: getattr(cfg, k) for k in MODEL} | {"output": output}
+    changes = {
+        k: (flags.get(k), v)
+        for k, v in given.items()
+        if k not in SHAPE and k not in TOKENIZER_FLAGS and flags.get(k) != v
+    }
+    merged = flags | {k: new for k, (_, new) in changes.items()} | {"extra": saved.extra}
+    return TrainConfig.from_flags(merged, given=set(changes)), changes

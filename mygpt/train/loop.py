@@ -12,7 +12,7 @@ batches and reproduces the uninterrupted run's losses.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +24,12 @@ from mygpt.checkpoint import Checkpoint
 from mygpt.console import console
 from mygpt.errors import MygptError
 from mygpt.fileio import check_output_path
-from mygpt.init_from import init_checkpoint
 from mygpt.metrics import MetricsLog, metrics_path_for
 from mygpt.train.checkpointing import Saver, load_resumable, require_resumable
-from mygpt.train.config import TrainConfig, TrainResult, resume_config
+from mygpt.train.config import TrainConfig, TrainResult, flag, resume_config
 from mygpt.train.data import RunData, load_data
-from mygpt.train.monitor import RunLog
+from mygpt.train.init_from import init_checkpoint
+from mygpt.train.monitor import RunLog, agree
 from mygpt.train.setup import Run, start_run
 from mygpt.train.signals import StopFlag
 from mygpt.train.state import TrainState, init_state
@@ -44,31 +44,32 @@ def train(
 ) -> TrainResult:
     """Run (or resume) a training run and return its summary. See ``mygpt train --help``.
 
-    With ``resume`` (a path or a loaded checkpoint) the checkpoint's saved settings continue,
-    into the same file, and ``overrides`` (e.g. ``{"steps": 4000}``) win over them. Without
-    ``overrides``, the fields of ``tc`` that differ from ``TrainConfig()``'s defaults are the
-    overrides. ``mygpt train --resume X --steps 4000`` is ``train(None, resume="X",
-    overrides={"steps": 4000})``: the CLI and the Python API continue a run the same way.
+    With ``resume`` (a path or a loaded checkpoint) the checkpoint's run continues, into the same
+    file unless ``output`` is given, with the settings the caller gives on top: ``overrides``
+    (flat flag names, e.g. ``{"steps": 4000}``), or else the fields passed to ``tc``'s
+    constructor (``TrainConfig(steps=4000)``; never "the fields that differ from the default").
+    An architecture or tokenizer setting that contradicts the checkpoint is refused.
+    ``mygpt train --resume X --steps 4000`` is ``train(None, resume="X", overrides={"steps": 4000})``.
     """
     if isinstance(resume, Checkpoint):
         ckpt = require_resumable(resume)
     else:
         ckpt = load_resumable(resume) if resume is not None else None
-    if ckpt is not None:
-        tc = continued_config(ckpt, tc, overrides)
-    elif tc is None:
-        raise MygptError("train() needs a TrainConfig or a checkpoint to resume")
     try:
-        tc.validate()
+        if ckpt is not None:
+            given = overrides if overrides is not None else tc.given_flags() if tc else {}
+            tc = continued_config(ckpt, given)
+        elif tc is None:
+            raise MygptError("train() needs a TrainConfig or a checkpoint to resume")
+        # --init-from: weights, architecture and tokenizer of a checkpoint, a fresh optimizer
+        init = init_checkpoint(tc) if ckpt is None else None
+        if init is not None:
+            tc = tc.replace(model=init.config)
+        tc.validate()  # the architecture too, before minutes of corpus encoding
         if console.is_main:  # refuse an output that cannot be written before minutes of work
             check_output_path(tc.output, "--output")
             MetricsLog(metrics_path_for(tc.output)).check()
-        # --init-from: weights, architecture and tokenizer of a checkpoint, a fresh optimizer
-        init = init_checkpoint(tc) if ckpt is None else None
         source = ckpt or init  # where the weights, architecture and tokenizer come from
-        # the architecture flags too, before minutes of corpus encoding (vocab size comes later)
-        if source is None:
-            tc.model_config(vocab_size=1)
         run = start_run(tc, source.config if source is not None else None)
     except MygptError as e:
         e.every_rank = True  # the same settings on every rank: one rank says so
@@ -83,17 +84,17 @@ def train(
         run.dist.close()
 
 
-def continued_config(
-    ckpt: Checkpoint, tc: TrainConfig | None = None, overrides: dict[str, Any] | None = None
-) -> TrainConfig:
-    """A resumed run's settings: the saved ones with ``overrides`` on top (see :func:`train`)."""
-    saved = dict(ckpt.train_state.get("args", {}))
-    if overrides is None:
-        defaults = vars(TrainConfig())
-        given = vars(tc) if tc is not None else {}
-        overrides = {k: v for k, v in given.items() if v != defaults[k] and k != "output"}
-    output = str(ckpt.path) if ckpt.path is not None else saved.get("output", "model.safetensors")
-    return resume_config(saved, overrides, output)
+def continued_config(ckpt: Checkpoint, given: Mapping[str, Any] | None = None) -> TrainConfig:
+    """A resumed run's settings: the saved ones with the flags in ``given`` on top; the start
+    line says what changed (see :func:`mygpt.train.config.resume_config`)."""
+    saved = TrainConfig.from_dict(ckpt.train_state.get("args", {}))
+    output = str(ckpt.path) if ckpt.path is not None else saved.output
+    source = f"--resume {ckpt.path or output}"
+    tc, changes = resume_config(saved, ckpt.config, ckpt.tokenizer, given or {}, output, source)
+    if changes:
+        listed = ", ".join(f"{flag(k)} {old} → {new}" for k, (old, new) in changes.items())
+        console.status(f"resuming with changed settings: {listed}")
+    return tc
 
 
 def _tokenizer_of(ckpt: Checkpoint | None):
@@ -165,7 +166,8 @@ def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
                 alone_stopping = dist.world_size == 1 and stop.requested
                 stopping = False
                 if when.print or when.eval or when.ckpt or log.due or alone_stopping:
-                    stopping = log.flush(step, stop.requested, saver.last_good_step)
+                    losses, stopping = agree(dist, log.read_back(), stop.requested)
+                    log.flush(step, losses, saver.last_good_step)
                 if when.eval:
                     log.val(step, evaluate(run, tc, rd, state, params), lr)
                 if when.print:

@@ -1,9 +1,9 @@
 """What a run reports: the progress bar or book-style lines, and ``<output>.metrics.jsonl``.
 
-Losses stay device arrays until a flush reads them back (the only host sync), every few steps.
-In a data-parallel run a flush is also where ranks agree: one collective averages the pending
-losses over ranks (the logged loss is the global batch's) and carries each rank's stop request,
-so every rank stops at the same step. Rank 0 alone prints and writes the log.
+Losses stay device arrays until they are read back (the only host sync), every few steps. In a
+data-parallel run that is also where ranks agree (:func:`agree`): one collective averages the
+pending losses over ranks (the logged loss is the global batch's) and carries each rank's stop
+request, so every rank stops at the same step. Rank 0 alone prints and writes the log.
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ class RunLog:
     def due(self) -> bool:
         return len(self.pending) >= SYNC_EVERY
 
-    def flush(self, step: int, stop_requested: bool, last_good_step: int) -> bool:
-        """Read back, average over ranks, check and log the pending losses; whether any rank
-        asked to stop (then every rank stops here)."""
+    def read_back(self) -> list[float]:
+        """This rank's pending losses as floats (waits for the device)."""
         ops = self.run.ops
         ops.eval(*[p[1] for p in self.pending])
-        local = [ops.item(p[1]) for p in self.pending]
-        *losses, stop = self.run.dist.mean([*local, 1.0 if stop_requested else 0.0])
+        return [ops.item(p[1]) for p in self.pending]
+
+    def flush(self, step: int, losses: list[float], last_good_step: int) -> None:
+        """Check and log the pending steps' losses (``losses``: averaged over ranks)."""
         now = time.perf_counter()
         rate = self.steps_window * self.tokens_per_step / max(now - self.t_window, 1e-9)
         self.t_window, self.steps_window = now, 0
@@ -78,7 +79,6 @@ class RunLog:
         self.progress.update(
             step, loss=self.last_loss, val=self.last_val, lr=self.tc.lr_at(step), tokens_per_s=rate
         )
-        return stop > 0
 
     def val(self, step: int, loss: float, lr: float) -> None:
         self.last_val = loss
@@ -116,3 +116,10 @@ class RunLog:
         """Close the log (after an error, without letting a second failure replace the first)."""
         if self.log is not None:
             self.log.close_after_error() if error else self.log.close()
+
+
+def agree(dist: Any, losses: list[float], stop_requested: bool) -> tuple[list[float], bool]:
+    """One collective for two agreements: the losses averaged over ranks, and whether any rank
+    asked to stop (then every rank stops at this step)."""
+    *mean, stop = dist.mean([*losses, 1.0 if stop_requested else 0.0])
+    return mean, stop > 0

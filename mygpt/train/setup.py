@@ -11,8 +11,9 @@ from mygpt.blas import reference_blas_warning
 from mygpt.config import ModelConfig
 from mygpt.console import console
 from mygpt.errors import MygptError
-from mygpt.precision import resolve_training_precision
+from mygpt.precision import resolve_precision, time_dtypes
 from mygpt.train.config import TrainConfig
+from mygpt.train.probe import synthetic_step
 
 
 @dataclass
@@ -52,7 +53,7 @@ def start_run(tc: TrainConfig, config: ModelConfig | None = None) -> Run:
     note = reference_blas_warning(ops)
     if note:
         console.status(note)
-    if dist.world_size > 1 and tc.dropout > 0:
+    if dist.world_size > 1 and tc.model.dropout > 0:
         console.status(
             f"note: with --dropout each of the {dist.world_size} ranks draws its own masks, so "
             "the losses differ from a single-process run's (without dropout they agree)"
@@ -63,9 +64,23 @@ def start_run(tc: TrainConfig, config: ModelConfig | None = None) -> Run:
 def _precision(ops, dist: ProcessGroup, tc: TrainConfig, config) -> tuple[str, str]:
     """The compute dtype; ``--precision auto`` may time both dtypes on a bf16-capable CPU, and
     every rank must compute in the same one, so rank 0's choice is everyone's."""
-    dtype, why = resolve_training_precision(ops, tc, config)
+    dtype, why = resolve_precision(ops, tc.precision, lambda: _probe(ops, tc, config))
     if dist.world_size > 1 and tc.precision == "auto":
         chosen = dist.gather_digests(dtype.encode().ljust(8))[0].rstrip(b" ").decode()
         if chosen != dtype:
             dtype, why = chosen, f"{why}; rank 0 measured {chosen} faster, and ranks must agree"
     return dtype, why
+
+
+def _probe(ops, tc: TrainConfig, config: ModelConfig | None) -> dict[str, float]:
+    """Seconds per training step of the run's own model in each dtype (``--precision auto`` on a
+    bf16-capable CPU): ``config`` when resuming, else built from ``tc``."""
+    cfg = config if config is not None else tc.model_config(_probe_vocab(tc))
+    return time_dtypes(lambda dt: synthetic_step(ops, cfg, tc.batch_size, tc.seq_len, dt))
+
+
+def _probe_vocab(tc: TrainConfig) -> int:
+    # the tokenizer is not built yet when the start line is printed: its size, near enough
+    return {"char": 96, "bpe": 128 + tc.num_merges, "bytebpe": 256 + tc.num_merges}.get(
+        tc.tokenizer, 1024
+    )
