@@ -239,6 +239,11 @@ class Ops(abc.ABC):
         ``compile=True`` runs it through the framework's graph compiler (slow to start: 25-50 s).
         """
 
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` (a pure function of arrays and dicts of arrays) through the framework's graph
+        compiler; ``--compile`` compiles the optimizer step with it. Eager where there is none."""
+        return fn
+
     @abc.abstractmethod
     def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
         """Scale grads so their global L2 norm is at most ``max_norm`` (computed in fp32).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -146,6 +147,9 @@ class MLXOps(Ops):
         # in as a constant and dropout draws the same mask at every step.
         state = [mx.random.state]
         return mx.compile(vg, inputs=state, outputs=state)
+
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return mx.compile(fn)
 
     def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
         total = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in grads.values()))

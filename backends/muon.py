@@ -78,13 +78,26 @@ class Muon(Optimizer):
         self.buf = {k: ops.zeros(v.shape, "float32") for k, v in params.items()}
 
     def step(self, params: Params, grads: Params, lr: float) -> Params:
-        self.steps += 1
-        out, self.buf = self.update(params, grads, self.buf, lr)
+        out, self.buf = self.update(params, grads, self.buf, self.hyper(lr))
         return out
 
-    def update(self, params: Params, grads: Params, buf: Params, lr: Any) -> tuple[Params, Params]:
+    # the functional form ``--compile`` compiles: state in, state out, the step's scalars as inputs
+    def state(self) -> Params:
+        return self.buf
+
+    def set_state(self, state: Params) -> None:
+        self.buf = state
+
+    def hyper(self, lr: float) -> dict[str, float]:
+        """Count the step; its scalars."""
+        self.steps += 1
+        return {"lr": lr}
+
+    def update(
+        self, params: Params, grads: Params, buf: Params, hyper: dict[str, Any]
+    ) -> tuple[Params, Params]:
         """The step as a pure function: (new params, new momentum buffers)."""
-        c, ops = self.config, self.ops
+        c, ops, lr = self.config, self.ops, hyper["lr"]
         mu = c.momentum
         out, new_buf = {}, {}
         with ops.no_grad():
@@ -107,21 +120,87 @@ class Muon(Optimizer):
         self.buf = {k: self.ops.asarray(tensors[f"muon.{k}"]) for k in self.buf}
 
 
+class OpsAdamW(Optimizer):
+    """torch's AdamW formula written against ``Ops`` as a pure step (``--compile`` compiles it
+    with the model). Same state names as the backends' AdamW, so checkpoints move between them."""
+
+    def __init__(self, ops: Ops, params: Params, config: AdamWConfig) -> None:
+        self.ops, self.config, self.steps = ops, config, 0
+        self.m = {k: ops.zeros(v.shape, "float32") for k, v in params.items()}
+        self.v = {k: ops.zeros(v.shape, "float32") for k, v in params.items()}
+
+    def step(self, params: Params, grads: Params, lr: float) -> Params:
+        out, state = self.update(params, grads, self.state(), self.hyper(lr))
+        self.set_state(state)
+        return out
+
+    def state(self) -> dict[str, Params]:
+        return {"m": self.m, "v": self.v}
+
+    def set_state(self, state: dict[str, Params]) -> None:
+        self.m, self.v = state["m"], state["v"]
+
+    def hyper(self, lr: float) -> dict[str, float]:
+        b1, b2 = self.config.betas
+        self.steps += 1
+        return {
+            "lr": lr,
+            "step_size": lr / (1 - b1**self.steps),
+            "bc2_sqrt": (1 - b2**self.steps) ** 0.5,
+        }
+
+    def update(
+        self, params: Params, grads: Params, state: dict[str, Params], hyper: dict[str, Any]
+    ) -> tuple[Params, dict[str, Params]]:
+        (b1, b2), eps, wd = self.config.betas, self.config.eps, self.config.weight_decay
+        out, m_new, v_new = {}, {}, {}
+        with self.ops.no_grad():
+            for k, p in params.items():
+                g = grads[k]
+                m = b1 * state["m"][k] + (1 - b1) * g
+                v = b2 * state["v"][k] + (1 - b2) * (g * g)
+                denom = v**0.5 / hyper["bc2_sqrt"] + eps
+                out[k] = p * (1 - hyper["lr"] * wd) - hyper["step_size"] * m / denom
+                m_new[k], v_new[k] = m, v
+        return out, {"m": m_new, "v": v_new}
+
+    def arrays(self) -> list[Array]:
+        return [self.m, self.v]
+
+    def state_dict(self) -> tuple[int, dict[str, np.ndarray]]:
+        to_np = self.ops.to_numpy
+        tensors = {f"m.{k}": to_np(v) for k, v in self.m.items()}
+        return self.steps, tensors | {f"v.{k}": to_np(v) for k, v in self.v.items()}
+
+    def load_state_dict(self, steps: int, tensors: dict[str, np.ndarray]) -> None:
+        self.steps = int(steps)
+        if steps:
+            self.m = {k: self.ops.asarray(tensors[f"m.{k}"]) for k in self.m}
+            self.v = {k: self.ops.asarray(tensors[f"v.{k}"]) for k in self.v}
+
+
 class MuonAdamW(Optimizer):
     """Muon on the blocks' matrices, the backend's AdamW (at ``adamw_lr_ratio`` x the step's lr)
     on everything else. The checkpoint holds AdamW's ``m.``/``v.`` tensors and ``muon.<name>``."""
 
     def __init__(
-        self, ops: Ops, params: Params, config: MuonConfig, adamw_lr_ratio: float = 1.0
+        self,
+        ops: Ops,
+        params: Params,
+        config: MuonConfig,
+        adamw_lr_ratio: float = 1.0,
+        functional: bool = False,
     ) -> None:
         self.muon_names = [k for k, v in params.items() if is_muon_param(k, v.shape)]
         matrices = set(self.muon_names)
         self.adamw_names = [k for k in params if k not in matrices]
         self.ratio = adamw_lr_ratio
         self.muon = Muon(ops, {k: params[k] for k in self.muon_names}, config)
-        self.adamw = ops.adamw(
-            {k: params[k] for k in self.adamw_names}, AdamWConfig(weight_decay=config.weight_decay)
+        rest, adamw_cfg = (
+            {k: params[k] for k in self.adamw_names},
+            AdamWConfig(weight_decay=config.weight_decay),
         )
+        self.adamw = OpsAdamW(ops, rest, adamw_cfg) if functional else ops.adamw(rest, adamw_cfg)
 
     def step(self, params: Params, grads: Params, lr: float) -> Params:
         def part(names: list[str], d: Params) -> Params:
@@ -136,6 +215,32 @@ class MuonAdamW(Optimizer):
     @property
     def steps(self) -> int:
         return self.muon.steps
+
+    def state(self) -> dict[str, Any]:
+        return {"adamw": self.adamw.state(), "muon": self.muon.state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.adamw.set_state(state["adamw"])
+        self.muon.set_state(state["muon"])
+
+    def hyper(self, lr: float) -> dict[str, float]:
+        adamw = self.adamw.hyper(lr * self.ratio)
+        return {**{f"adamw.{k}": v for k, v in adamw.items()}, **self.muon.hyper(lr)}
+
+    def update(
+        self, params: Params, grads: Params, state: dict[str, Any], hyper: dict[str, Any]
+    ) -> tuple[Params, dict[str, Any]]:
+        adamw_hyper = {k[6:]: v for k, v in hyper.items() if k.startswith("adamw.")}
+        a = self.adamw_names
+        new, adamw_state = self.adamw.update(
+            {k: params[k] for k in a}, {k: grads[k] for k in a}, state["adamw"], adamw_hyper
+        )
+        m = self.muon_names
+        muon_new, muon_state = self.muon.update(
+            {k: params[k] for k in m}, {k: grads[k] for k in m}, state["muon"], hyper
+        )
+        new.update(muon_new)
+        return {k: new[k] for k in params}, {"adamw": adamw_state, "muon": muon_state}
 
     def arrays(self) -> list[Array]:
         return [*self.adamw.arrays(), *self.muon.arrays()]
@@ -163,10 +268,17 @@ def make_optimizer(
     *,
     weight_decay: float = 0.01,
     adamw_lr_ratio: float = 1.0,
+    functional: bool = False,
 ) -> Optimizer:
-    """``--optimizer adamw`` (the book's, every parameter) or ``muon`` (see the module doc)."""
+    """``--optimizer adamw`` (the book's, every parameter) or ``muon`` (see the module doc).
+
+    ``functional`` (``--compile``): AdamW is :class:`OpsAdamW`, whose step is a pure function the
+    framework can compile together with the rest of the training step; otherwise the backend's
+    own (torch's fused kernel)."""
     if kind == "adamw":
-        return ops.adamw(params, AdamWConfig(weight_decay=weight_decay))
+        cfg = AdamWConfig(weight_decay=weight_decay)
+        return OpsAdamW(ops, params, cfg) if functional else ops.adamw(params, cfg)
     if kind == "muon":
-        return MuonAdamW(ops, params, MuonConfig(weight_decay=weight_decay), adamw_lr_ratio)
+        cfg = MuonConfig(weight_decay=weight_decay)
+        return MuonAdamW(ops, params, cfg, adamw_lr_ratio, functional)
     raise MygptError(f"unknown optimizer {kind!r} — use one of: {', '.join(OPTIMIZERS)}")

@@ -60,6 +60,7 @@ def init_state(
         tc.optimizer,
         weight_decay=tc.weight_decay,
         adamw_lr_ratio=tc.adamw_lr_ratio,
+        functional=tc.compile,  # --compile compiles the optimizer step too
     )
     start_step = 0
     if ckpt is not None:
