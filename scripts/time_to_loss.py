@@ -39,16 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 #: tuning runs in the README
 VARIANTS = {
     "ch27-modern": "--recipe ch27-modern",
-    "muon": "--recipe ch27-modern --optimizer muon --lr 4e-3 --adamw-lr 3e-3 --steps 600 --warmup 50",
+    "muon": "--recipe ch27-modern --optimizer muon --lr 1.6e-2 --adamw-lr 3e-3 --steps 600 "
+    "--warmup 50",
     "scaled-init": "--recipe ch27-modern --init scaled --lr 3e-3",
     "compile": "--recipe ch27-modern --compile",
     "fast": "--recipe fast",
 }
 WIKIPEDIA = ROOT.parent / "shared" / "data" / "wikipedia_vital4_summaries_en.txt"
+_CH28 = "--recipe ch28-wikipedia --checkpoint-every 0 --steps 300 --warmup 30"
 WIKI_VARIANTS = {
-    "ch28-shape": "--recipe ch28-wikipedia --checkpoint-every 0",
-    "fast-ch28": "--recipe ch28-wikipedia --checkpoint-every 0 --optimizer muon --lr 4e-3 "
-    "--adamw-lr 3e-3 --init scaled",
+    "ch28-shape": _CH28,
+    "fast-ch28": _CH28 + " --optimizer muon --init scaled --lr 1.6e-2 --adamw-lr 6e-3",
 }
 
 

@@ -60,3 +60,14 @@ def test_compiled_step_with_optimizer_equals_eager(backend, monkeypatch):
         scale = np.abs(eager_params[k]).max()
         assert np.abs(params[k] - eager_params[k]).max() <= 1e-4 * scale, k
     assert eager_losses[-1] < eager_losses[0] - 0.3  # it trained
+
+
+def test_compile_says_when_it_will_not_pay():
+    from mygpt.train import TrainConfig
+    from mygpt.train.setup import compile_note
+
+    assert compile_note("torch", "cpu", TrainConfig(compile=False)) is None
+    cpu = compile_note("torch", "cpu", TrainConfig(compile=True))
+    assert cpu.startswith("note: --compile") and "\n" not in cpu
+    assert "100 steps" in compile_note("mlx", "gpu", TrainConfig(compile=True, steps=100))
+    assert compile_note("torch", "cuda", TrainConfig(compile=True, steps=100_000)) is None
