@@ -27,7 +27,12 @@ from mygpt.settings import backend_option, device_option, precision_option
     "tokens. Default: non-overlapping windows.",
 )
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--max-tokens", type=int, default=None, help="Score only the first N tokens.")
+@click.option(
+    "--max-tokens",
+    type=int,
+    default=None,
+    help="Score only the first N tokens (the file is streamed: only what they need is read).",
+)
 @click.option(
     "--encoding-errors",
     type=click.Choice(["strict", "replace", "ignore"]),

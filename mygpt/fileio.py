@@ -13,9 +13,12 @@ bit, or the complete new one, never a mix; and no temporary file is left behind:
   file keeps that file's mode, as writing into it would.
 - Every ``OSError`` becomes a :class:`MygptError` naming the path, what is wrong and what to do.
 
+``atomic_directory(path)`` does the same for a directory of files (``mygpt export``'s Hugging
+Face directory): the old directory or the complete new one, swapped in as a whole.
+
 Policy for output paths (every command that writes): a missing output *directory* is refused
-before any work is done (``check_output_path``): it is usually a typo, and creating it silently
-would hide that. A read-only file in the way is refused too, rather than silently replaced. Cache
+before any work is done (``check_output_path``, ``check_output_dir``): it is usually a typo, and
+creating it silently would hide that. A read-only file in the way is refused too, rather than silently replaced. Cache
 directories (``~/.cache/mygpt``, ``--cache-dir``) are mygpt's own and are created.
 
 All writes go through ``os.write`` and ``os.fsync`` looked up at call time, so tests can inject
@@ -28,6 +31,7 @@ import contextlib
 import errno
 import io
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,15 +175,9 @@ def _alive(pid: int) -> bool:
 
 def _open_temp(path: Path) -> tuple[int, Path | None]:
     """An fd for the new contents, and its temporary name (None while it is unnamed)."""
-    flag = getattr(os, "O_TMPFILE", 0)
-    if flag:
-        try:  # mode 0o666: the kernel applies the umask, as open() does
-            return os.open(
-                path.parent, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666
-            ), None
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                raise
+    fd = _open_unnamed(path.parent)
+    if fd is not None:
+        return fd, None
     tmp = _temp_name(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
@@ -268,93 +266,154 @@ def atomic_write_text(path: str | os.PathLike, text: str, what: str = "output") 
     return atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
-def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` for writers that need a path; prefer :func:`atomic_write`."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, what: str = "output") -> Iterator[Path]:
-    """Yield a temporary *path* beside ``path`` for writers that can only take a file name
-    (e.g. a library's ``save(filename)``); on success it replaces ``path`` atomically.
-
-    Same guarantees as :func:`atomic_write` except that a SIGKILL can leave the named temporary
-    file, which the next write to ``path`` removes. Prefer :func:`atomic_write` where the writer
-    accepts a file object.
-    """
-    path = check_output_path(path, what)
-    existed = path.exists()
-    _sweep_stale(path)
-    tmp = _temp_name(path)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            if existed:
-                os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
-        finally:
-            os.close(fd)
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_error(e, path, existed=existed) from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, what: str = "output directory") -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``path``; fill it (e.g. with
-    :func:`atomic_write`), and on success it replaces ``path`` as a whole: a reader sees the old
-    directory or the complete new one. An existing ``path`` is swapped in one
-    ``renameat2(RENAME_EXCHANGE)`` where the kernel and filesystem have it (else: moved aside,
-    the new one renamed in, the old one removed). On any failure the temporary directory is
-    removed and ``path`` is untouched; an ``OSError`` becomes a one-line :class:`MygptError`.
-    Meant for multi-file outputs such as a Hugging Face export directory.
-    """
-    import shutil
-
+def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Refuse, before any work, an output directory whose parent is missing or read-only, that is
+    a file, or that someone marked read-only. Returns the path (a link to a directory resolved:
+    the directory it names is what gets replaced, not the link)."""
     path = Path(path)
+    if path.name in ("", ".."):  # "." or "..": the directory by its name in its parent
+        path = Path(os.path.abspath(path))
     parent = path.parent
-    if not parent.is_dir():
+    if not parent.exists():
         raise MygptError(
             f"the directory of {what} {path} does not exist — create it first "
             f"(mkdir -p {parent}) or pass another path"
         )
+    if not parent.is_dir():
+        raise MygptError(
+            f"{parent} (the directory of {what} {path}) is not a directory — pass another path"
+        )
     if path.exists() and not path.is_dir():
         raise MygptError(f"{what} {path} is a file — pass a directory path")
+    if path.is_dir() and not os.stat(path).st_mode & 0o222:
+        raise MygptError(
+            f"{what} {path} is read-only — make it writable (chmod u+w {path}) or pass another path"
+        )
+    if path.is_symlink():
+        path = path.resolve()
+        parent = path.parent
     if not os.access(parent, os.W_OK):
         err = errno.EROFS if _read_only_fs(parent) else errno.EACCES
         raise write_error(OSError(err, os.strerror(err)), path, existed=path.exists())
+    return path
+
+
+class NewDirectory:
+    """The files of a directory being built by :func:`atomic_directory`.
+
+    Each file is written to an unnamed ``O_TMPFILE`` inode in the target's parent directory (a
+    named file in a temporary directory where there is none) and kept open; the directory gets
+    its files' names only when it is complete, just before it is swapped in.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fds: dict[str, int] = {}
+        self._named: Path | None = None  # the temporary directory, where O_TMPFILE is missing
+
+    def write(self, name: str, writer: Callable[[BinaryIO], object]) -> None:
+        """Write the file ``name`` (no directories) with ``writer(f)``, ``f`` a binary file."""
+        if not name or "/" in name or name in (".", "..") or name in self._fds:
+            raise ValueError(f"bad or repeated file name {name!r}")
+        fd = _open_unnamed(self.path.parent) if self._named is None else None
+        if fd is None:
+            if self._named is None:
+                self._named = _temp_name(self.path)
+                shutil.rmtree(self._named, ignore_errors=True)
+                os.mkdir(self._named)
+            fd = os.open(self._named / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._fds[name] = fd
+        with io.BufferedWriter(_FdWriter(fd), buffer_size=1 << 20) as f:
+            writer(f)
+            f.flush()
+            os.fsync(fd)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.write(name, lambda f: f.write(data))
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode("utf-8"))
+
+    def _assemble(self, mode: int | None) -> Path:
+        """Name every file in the temporary directory; returns that directory."""
+        tmp = self._named
+        if tmp is None:
+            tmp = self._named = _temp_name(self.path)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.mkdir(tmp)
+            dfd = os.open(tmp, os.O_RDONLY)
+            try:  # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N names an O_TMPFILE inode
+                for name, fd in self._fds.items():
+                    os.link(f"/proc/self/fd/{fd}", name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        _fsync_dir(tmp)
+        return tmp
+
+    def _close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+def _open_unnamed(d: Path) -> int | None:
+    """An ``O_TMPFILE`` fd in directory ``d``, or None where the filesystem has none."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not Path("/proc/self/fd").is_dir():
+        return None
+    try:  # mode 0o666: the kernel applies the umask, as open() does
+        return os.open(d, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            raise
+        return None
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    path: str | os.PathLike, what: str = "output directory"
+) -> Iterator[NewDirectory]:
+    """Build a directory with the yielded :class:`NewDirectory` (``d.write_text(name, ...)``);
+    on success it replaces ``path`` as a whole: a reader sees the old directory or the complete
+    new one, never a mix, and files of the old one that were not written again are gone with it.
+
+    An existing ``path`` is swapped in one ``renameat2(RENAME_EXCHANGE)`` where the kernel and
+    filesystem have it (else: moved aside, the new one renamed in, the old one removed); it keeps
+    the old directory's mode. On any failure (a full disk, Ctrl-C, an exception in the body)
+    nothing is left and ``path`` is untouched; a SIGKILL while files are being written leaves
+    nothing either (they are unnamed until the end); one in the instant of the swap can leave a
+    ``.NAME.PID.tmp`` directory, removed by the next write to ``path``. An ``OSError`` becomes a
+    one-line :class:`MygptError` naming ``path``.
+    """
+    path = check_output_dir(path, what)
+    parent = path.parent
     _sweep_stale_dirs(path)
-    tmp = _temp_name(path)
     existed = path.exists()
+    d = NewDirectory(path)
+    leftover: Path | None = None
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.mkdir(tmp)
-        yield tmp
-        _fsync_tree(tmp)
+        yield d
+        tmp = leftover = d._assemble(stat.S_IMODE(os.stat(path).st_mode) if existed else None)
+        d._close()
         if not existed:
             os.rename(tmp, path)
+            leftover = None
         elif not _exchange(tmp, path):
             old = path.with_name(f".{path.name}.{os.getpid()}.old")
             os.rename(path, old)
             os.rename(tmp, path)
-            tmp = old  # removed below
+            leftover = old
         _fsync_dir(parent)
     except OSError as e:
         raise write_error(e, path, existed=existed) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        d._close()
+        for p in (leftover, d._named):
+            if p is not None and p != path:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -375,21 +434,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code))
 
 
-def _fsync_tree(d: Path) -> None:
-    for root, _dirs, files in os.walk(d):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(root))
-
-
 def _sweep_stale_dirs(path: Path) -> None:
     """Remove temporary or set-aside directories that killed processes left beside ``path``."""
-    import shutil
-
     prefix = f".{path.name}."
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):

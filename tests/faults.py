@@ -22,7 +22,9 @@ whether a traceback appeared. The faults:
     the command runs in a subprocess whose ``os.write`` stalls half-way through a write into the
     output directory; the parent sends SIGKILL while it is stalled.
 
-Plug in a new writer (e.g. the Hugging Face export directory) by adding a ``WriteCase``.
+Plug in a new writer by adding a ``WriteCase``; its target may be a directory (the Hugging Face
+export), whose files are compared by name and bytes, and ``readonly_file`` then means a ``0555``
+directory.
 ``scripts/fault_matrix.py`` prints the whole matrix as a Markdown table.
 """
 
@@ -188,6 +190,22 @@ def _plot_argv(inp: Path, out: Path) -> list[str]:
     return ["plot", str(inp / "run.metrics.jsonl"), "--output", str(out / "loss.png")]
 
 
+def _load_hf(p: Path) -> object:
+    from safetensors.numpy import load_file
+
+    json.loads((p / "config.json").read_text(encoding="utf-8"))
+    return load_file(p / "model.safetensors")
+
+
+def _export_setup(inp: Path, out: Path) -> None:
+    _convert_setup(inp, inp)
+    _cli(["export", str(inp / "src0.safetensors"), str(out / "hf")])
+
+
+def _export_argv(inp: Path, out: Path) -> list[str]:
+    return ["export", str(inp / "src1.safetensors"), str(out / "hf"), "--force"]
+
+
 def _convert_setup(inp: Path, out: Path) -> None:
     _corpus(inp)
     for seed in ("0", "1"):
@@ -211,6 +229,8 @@ CASES = [
     WriteCase("plot", _plot_setup, _plot_argv, lambda o: o / "loss.png", _load_png),
     WriteCase("converted checkpoint", _convert_setup, _convert_argv,
               lambda o: o / "model.ckpt", _load_ckpt),
+    # a directory: "intact" compares every file's name and bytes
+    WriteCase("HF export directory", _export_setup, _export_argv, lambda o: o / "hf", _load_hf),
 ]  # fmt: skip
 
 
@@ -381,6 +401,21 @@ def run_killed(argv: list[str], out: Path, inp: Path, timeout: float = 120) -> i
     return proc.returncode if stalled else None  # None: it never reached a write
 
 
+def read_target(p: Path) -> bytes:
+    """A file's bytes; a directory's files' names and bytes, in name order."""
+    if not p.is_dir():
+        return p.read_bytes() if p.exists() else b""
+    return b"".join(f.name.encode() + b"\0" + f.read_bytes() for f in sorted(p.iterdir()))
+
+
+def _size(p: Path) -> int:
+    return (
+        sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        if p.is_dir()
+        else p.stat().st_size
+    )
+
+
 def _snapshot(d: Path) -> set[str]:
     return {p.name for p in d.iterdir()} if d.exists() else set()
 
@@ -409,12 +444,12 @@ def run_fault(
     out.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
         if real_fs:
-            size = sum(p.stat().st_size for p in golden.iterdir()) * 3 + 64 * _PAGE
+            size = sum(_size(p) for p in golden.iterdir()) * 3 + 64 * _PAGE
             stack.enter_context(tmpfs(out, size))
         for p in golden.iterdir():
-            shutil.copy2(p, out / p.name)
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, out / p.name)
         target = case.target(out)
-        before = target.read_bytes()
+        before = read_target(target)
         names = _snapshot(out)
         filler = None
         source = "tmpfs" if real_fs else "patched os.write"
@@ -457,10 +492,11 @@ def run_fault(
                 argv = case.argv(inp, out) + ["--output", str(missing / "model.safetensors")]
             rc, err, tb = run_cli(argv)
         elif fault == "readonly_file":
-            source = "chmod 0444"
-            target.chmod(0o444)
+            is_dir = target.is_dir()
+            source = "chmod 0555 (a directory)" if is_dir else "chmod 0444"
+            target.chmod(0o555 if is_dir else 0o444)
             rc, err, tb = run_cli(argv)
-            target.chmod(0o644)
+            target.chmod(0o755 if is_dir else 0o644)
         elif fault == "killed":
             source = "SIGKILL mid-write (os.write stalled)"
             rc = run_killed(argv, out, inp)
@@ -469,7 +505,7 @@ def run_fault(
             raise ValueError(fault)
         if filler is not None:
             filler.unlink()
-        after = target.read_bytes() if target.exists() else b""
+        after = read_target(target)
         try:
             case.load(target)
             loads = True

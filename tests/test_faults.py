@@ -57,3 +57,25 @@ def test_eacces_from_the_patched_layer(prepared, tmp_path):
     o = faults.run_fault(case, "eacces_dir", inp, golden, tmp_path / "out", real_fs=False)
     assert o.ok, o
     assert "permission denied" in o.message
+
+
+EXPORT = next(c for c in faults.CASES if c.name == "HF export directory")
+
+
+@pytest.mark.parametrize("fault", ["enospc", "eacces_dir"])
+def test_export_directory_under_the_patched_layer(fault, prepared, tmp_path):
+    """The export directory meets the patched os.write / os.open faults like a real tmpfs."""
+    inp, golden = prepared(EXPORT)
+    o = faults.run_fault(EXPORT, fault, inp, golden, tmp_path / "out", real_fs=False)
+    assert o.ok, o
+    assert ("no space left" if fault == "enospc" else "permission denied") in o.message
+
+
+def test_an_export_killed_into_a_new_directory_leaves_no_directory(prepared, tmp_path):
+    """No previous export: a SIGKILL part-way leaves neither OUTDIR nor a temporary directory."""
+    inp, _ = prepared(EXPORT)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["export", str(inp / "src1.safetensors"), str(out / "hf")]
+    assert faults.run_killed(argv, out, inp) == -9  # killed while stalled in a write
+    assert list(out.iterdir()) == []

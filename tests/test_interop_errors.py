@@ -126,8 +126,18 @@ def test_a_non_empty_outdir_is_refused_unless_force(tmp_path, capsys):
     assert "not empty" in err and "--force" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert main(["export", str(src), str(out), "--force"]) == 0
-    assert (out / "notes.txt").read_text() == "mine"  # --force replaces only the model's files
-    assert (out / "model.safetensors").exists()
+    # --force replaces the directory as a whole, and says what went with the old one
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    said = capsys.readouterr().err
+    assert "removed with the old" in said and "notes.txt" in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m.safetensors"]
+
+
+def test_a_missing_parent_of_outdir_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "no" / "hf"
+    assert main(["export", str(tmp_path / "absent.safetensors"), str(out)]) == 1
+    err = _error(capsys)
+    assert f"mkdir -p {tmp_path / 'no'}" in err and not (tmp_path / "no").exists()
 
 
 @pytest.fixture
@@ -265,3 +275,14 @@ def _error_last(capsys) -> str:
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: ") and not any("Traceback" in x for x in lines)
     return lines[-1]
+
+
+def test_force_export_into_the_current_directory(tmp_path, monkeypatch, capsys):
+    src = _ckpt(tmp_path / "m.safetensors")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.chdir(out)
+    assert main(["export", str(src), ".", "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert capsys.readouterr().out.strip() == str(out)

@@ -98,3 +98,20 @@ def test_an_unavailable_device_is_a_one_line_error(requested, cuda, mps, message
     with pytest.raises(MygptError) as e:
         _resolve(requested, cuda, mps)
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize("cls", _classes(), ids=lambda c: c.__name__)
+def test_every_backend_method_takes_the_interfaces_arguments(cls):
+    """A backend's override of an ``Ops`` method takes the same parameters, in the same order,
+    with the same defaults: the model calls the interface, so a backend that renames or drops an
+    argument would break only on that backend."""
+    import inspect
+
+    for name, base_fn in inspect.getmembers(Ops, inspect.isfunction):
+        if name.startswith("_") or name not in vars(cls):
+            continue
+        want = inspect.signature(base_fn).parameters
+        got = inspect.signature(getattr(cls, name)).parameters
+        assert [(p.name, p.kind, p.default) for p in got.values()] == [
+            (p.name, p.kind, p.default) for p in want.values()
+        ], f"{cls.__name__}.{name}{inspect.signature(getattr(cls, name))} differs from Ops"

@@ -30,7 +30,7 @@ from pathlib import Path
 from mygpt.console import console
 from mygpt.data.text import MANIFEST, check_utf8
 from mygpt.errors import MygptError, UsageError
-from mygpt.fileio import atomic_path, atomic_write_text
+from mygpt.fileio import atomic_write, atomic_write_text
 
 WIKITEXT_REPO = "Salesforce/wikitext"
 WIKITEXT_CONFIG = "wikitext-103-raw-v1"
@@ -316,12 +316,15 @@ def _write_splits(
             continue
         target = out / f"{split}.txt"
         w = SplitWriter(target, max_bytes, remove_headings, paragraphs)
-        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+
+        def fill(fh, w=w, sources=sources) -> None:
             w._fh = fh
             for src in sources:
                 if w.full:
                     break  # --max-bytes reached: later files are not even downloaded
                 w.add(opener(src))
+
+        atomic_write(target, fill)  # a SIGKILL part-way leaves no temporary file
         written[target.name] = w.bytes
         stats[split] = {
             "bytes": w.bytes,

@@ -5,6 +5,12 @@ The directory loads with ``transformers.AutoModelForCausalLM.from_pretrained`` a
 generation_config.json, tokenizer.json, tokenizer_config.json and a README.md model card. The
 architecture is the standard one that computes the model exactly (see ``architectures``); a model
 no standard architecture computes exactly is refused before anything is written.
+
+OUTDIR is written as one directory (``fileio.atomic_directory``): after a full disk, an error or a
+kill part-way, OUTDIR is what it was before (or absent), never half an export. A non-empty OUTDIR
+is refused unless ``--force``, which replaces it as a whole: files in it that export does not write
+(an older export's extra files, anything else) go with the old directory, so OUTDIR never mixes two
+exports (a stale ``model.safetensors.index.json`` beside a new model would load the old weights).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 
 from mygpt.checkpoint import Checkpoint, load_checkpoint
 from mygpt.errors import MygptError
-from mygpt.fileio import atomic_path, atomic_write_text
+from mygpt.fileio import atomic_directory, check_output_dir
 from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import architecture_for, hf_config
 from mygpt.interop.model_card import model_card
@@ -34,16 +40,18 @@ FILES = (
 )
 
 
-def _check_outdir(outdir: Path, force: bool) -> None:
-    if outdir.exists() and not outdir.is_dir():
-        raise MygptError(
-            f"{outdir} is a file, not a directory — pass a directory path to export into"
-        )
-    if outdir.is_dir() and any(outdir.iterdir()) and not force:
+def _check_outdir(outdir: Path, force: bool) -> tuple[Path, list[str]]:
+    """Refuse a missing parent, a file, a read-only or (without ``force``) non-empty OUTDIR;
+    returns OUTDIR as it will be written (``.`` by its name) and the names of what ``--force``
+    will remove although export does not write it."""
+    outdir = check_output_dir(outdir, "OUTDIR")
+    existing = sorted(p.name for p in outdir.iterdir()) if outdir.is_dir() else []
+    if existing and not force:
         raise MygptError(
             f"{outdir} is not empty — choose an empty or new directory, or pass --force to "
-            "overwrite the exported files in it"
+            "replace it as a whole"
         )
+    return outdir, [n for n in existing if n not in FILES]
 
 
 def _json(d: dict[str, Any]) -> str:
@@ -71,27 +79,29 @@ def hf_tensors(ckpt: Checkpoint) -> dict[str, np.ndarray]:
 
 
 def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bool = False) -> Path:
-    """Write the Hugging Face directory; returns its path. Each file is written atomically."""
-    from safetensors.numpy import save_file
+    """Write the Hugging Face directory as a whole (see the module doc); returns its path."""
+    from safetensors.numpy import save
 
     outdir, source = Path(outdir), Path(ckpt_path)
+    outdir, dropped = _check_outdir(outdir, force)  # before loading anything
     ckpt = load_checkpoint(source)
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
     tokenizer = hf_tokenizer.to_hf(ckpt.tokenizer)
-    _check_outdir(outdir, force)
     tensors = hf_tensors(ckpt)
     eos = hf_tokenizer.special_ids(ckpt.tokenizer).get("eos_token")
     special = {"bos_token_id": None, "eos_token_id": eos[1] if eos else None, "pad_token_id": None}
-    outdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(outdir / "config.json", _json(hf_config(cfg, arch, special)))
-    atomic_write_text(outdir / "generation_config.json", _json(generation_config(ckpt.tokenizer)))
-    with atomic_path(outdir / "model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})  # transformers checks "format"
-    atomic_write_text(outdir / "tokenizer.json", tokenizer.to_str(pretty=True))
-    tok_cfg = hf_tokenizer.tokenizer_config(ckpt.tokenizer)
-    atomic_write_text(outdir / "tokenizer_config.json", _json(tok_cfg))
-    atomic_write_text(outdir / "README.md", model_card(ckpt, arch, source))
+    with atomic_directory(outdir, "OUTDIR") as d:
+        d.write_text("config.json", _json(hf_config(cfg, arch, special)))
+        d.write_text("generation_config.json", _json(generation_config(ckpt.tokenizer)))
+        # transformers checks the "format" metadata
+        d.write_bytes("model.safetensors", save(tensors, metadata={"format": "pt"}))
+        del tensors
+        d.write_text("tokenizer.json", tokenizer.to_str(pretty=True))
+        d.write_text("tokenizer_config.json", _json(hf_tokenizer.tokenizer_config(ckpt.tokenizer)))
+        d.write_text("README.md", model_card(ckpt, arch, source))
+    if dropped:
+        click.echo(f"--force: removed with the old {outdir}: {', '.join(dropped)}", err=True)
     return outdir
 
 
@@ -99,7 +109,9 @@ def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bo
 @click.argument("ckpt", type=click.Path(path_type=str))
 @click.argument("outdir", type=click.Path(path_type=str))
 @click.option(
-    "--force", is_flag=True, help="Write into a non-empty OUTDIR (replaces its model files)."
+    "--force",
+    is_flag=True,
+    help="Replace a non-empty OUTDIR as a whole (files export does not write are removed).",
 )
 @click.option(
     "--push-to-hub", "repo", default=None, metavar="USER/REPO", help="Then upload OUTDIR there."

@@ -31,7 +31,7 @@ _SAFE = regex.compile(r"(?<=\p{L}) (?=\p{L})")
 _WORKER: dict = {}
 
 
-def _safe_cut(buf: str, start: int) -> int:
+def safe_cut(buf: str, start: int) -> int:
     """Index of the last safe boundary in ``buf`` at or after ``start`` (-1 if none)."""
     window = 1 << 16
     lo = max(start, len(buf) - window)
@@ -72,7 +72,7 @@ def iter_text_chunks(
             buf += data
             if len(buf) < chunk_chars:
                 continue
-            cut = _safe_cut(buf, len(buf) // 2)
+            cut = safe_cut(buf, len(buf) // 2)
             if cut <= 0:
                 continue  # no safe boundary yet: read more (the chunk grows)
             yield buf[:cut], pos
