@@ -69,8 +69,8 @@ def test_a_broken_muon_fails_the_gate(bug, pair, monkeypatch):
     else:
         real = muon.MuonAdamW.__init__
 
-        def at_lr(self, ops, params, config, adamw_lr_ratio=1.0):
-            real(self, ops, params, config, 1.0)
+        def at_lr(self, ops, params, config, adamw_lr_ratio=1.0, functional=False):
+            real(self, ops, params, config, 1.0, functional)
 
         monkeypatch.setattr(muon.MuonAdamW, "__init__", at_lr)
     ref, cand = pair
