@@ -192,8 +192,11 @@ class Ops(abc.ABC):
         """``x / sqrt(mean(x^2) + eps) * weight``; statistics in fp32."""
 
     @abc.abstractmethod
-    def rope(self, x: Array, offset: int, base: float) -> Array:
-        """Rotary embedding on (B, H, T, D), interleaved pairs (2i, 2i+1), positions offset..offset+T."""
+    def rope(self, x: Array, offset: int, base: float, inv_freq: np.ndarray | None = None) -> Array:
+        """Rotary embedding on (B, H, T, D), interleaved pairs (2i, 2i+1), positions offset..offset+T.
+
+        ``inv_freq`` (D/2 float32, e.g. Llama 3's scaled frequencies) replaces ``base ** (-2i/D)``.
+        """
 
     @abc.abstractmethod
     def attention(self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0) -> Array:

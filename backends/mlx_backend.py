@@ -92,8 +92,16 @@ class MLXOps(Ops):
     def rms_norm(self, x: Array, weight: Array, eps: float) -> Array:
         return mx.fast.rms_norm(x, weight, eps)
 
-    def rope(self, x: Array, offset: int, base: float) -> Array:
-        return mx.fast.rope(x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offset)
+    def rope(self, x: Array, offset: int, base: float, inv_freq: np.ndarray | None = None) -> Array:
+        if inv_freq is None:
+            return mx.fast.rope(
+                x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offset
+            )
+        # mx.fast.rope's freqs are periods: the angle is position / freqs
+        periods = mx.array(np.float32(1.0) / inv_freq)
+        return mx.fast.rope(
+            x, x.shape[-1], traditional=True, base=None, scale=1.0, offset=offset, freqs=periods
+        )
 
     def attention(self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0) -> Array:
         if dropout > 0:  # the fused kernel has no dropout: spell it out

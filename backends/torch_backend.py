@@ -44,7 +44,7 @@ class TorchOps(Ops):
         )
         self.device = device
         self._dev = torch.device(device)
-        self._rope_cache: dict[tuple[int, float], Array] = {}
+        self._rope_cache: dict[tuple, Array] = {}
         self._causal_bias: dict[tuple[int, torch.dtype], Array] = {}
         self._constants: dict[float, Array] = {}
         # training attention: "auto" picks per call; "sdpa" or "bmm" force one (parity tests)
@@ -147,26 +147,31 @@ class TorchOps(Ops):
                 t = self._constants[value] = torch.tensor(value, dtype=torch.float32)
         return t
 
-    def _rope_table(self, length: int, dim: int, base: float) -> Array:
+    def _rope_table(
+        self, length: int, dim: int, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
         """Unit complex numbers ``e^(i * pos * inv_freq)``, (positions, dim/2), grown by doubling."""
-        key = (dim, base)
+        key = (dim, base, None if inv_freq is None else inv_freq.tobytes())
         table = self._rope_cache.get(key)
         if table is None or table.shape[0] < length:
             n = max(length, 2 * table.shape[0] if table is not None else 256)
             # built outside inference mode, so a table first made while sampling still works in
             # a later backward pass
             with torch.inference_mode(False):
-                inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-                angles = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq[None, :]
+                if inv_freq is None:
+                    freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+                else:
+                    freq = torch.from_numpy(np.asarray(inv_freq, dtype=np.float32).copy())
+                angles = torch.arange(n, dtype=torch.float32)[:, None] * freq[None, :]
                 table = torch.polar(torch.ones_like(angles), angles).to(self._dev)
             self._rope_cache[key] = table
         return table
 
-    def rope(self, x: Array, offset: int, base: float) -> Array:
+    def rope(self, x: Array, offset: int, base: float, inv_freq: np.ndarray | None = None) -> Array:
         # Interleaved pairs (2i, 2i+1) are the real and imaginary parts of one complex number, so
         # the rotation is a single complex multiply (faster than slicing and stacking halves).
         t, d = x.shape[-2], x.shape[-1]
-        rot = self._rope_table(offset + t, d, base)[offset : offset + t]
+        rot = self._rope_table(offset + t, d, base, inv_freq)[offset : offset + t]
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 

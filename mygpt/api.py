@@ -1,7 +1,7 @@
 """The Python API: load a checkpoint (native or book) on a backend and use it from a notebook.
 
 >>> import mygpt
->>> m = mygpt.load("model.safetensors", backend="mlx")
+>>> m = mygpt.load("model.safetensors", backend="mlx")  # or "Qwen/Qwen2.5-0.5B-Instruct"
 >>> m.config.embed_dim, m.tokenizer.vocab_size
 >>> logits = m.logits(m.encode("ROMEO:"))          # numpy in, numpy out: (T, vocab)
 >>> print(m.generate("ROMEO:", max_new_tokens=100, temperature=0.8))
@@ -16,7 +16,7 @@ import numpy as np
 
 from mygpt import model
 from mygpt.backends import Ops, get_backend
-from mygpt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mygpt.checkpoint import Checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
 from mygpt.generate import generate
 from mygpt.precision import resolve_precision
@@ -25,7 +25,10 @@ from mygpt.precision import resolve_precision
 class Model:
     """A loaded model: config, tokenizer and weights on one backend."""
 
-    def __init__(self, ckpt: Checkpoint, ops: Ops, dtype: str = "float32") -> None:
+    def __init__(
+        self, ckpt: Checkpoint, ops: Ops, dtype: str = "float32", consume: bool = False
+    ) -> None:
+        """``consume``: drop ``ckpt.params`` (numpy) once they are on the backend."""
         from mygpt.tokenizers import tokenizer_from_dict
 
         self.checkpoint = ckpt
@@ -33,9 +36,23 @@ class Model:
         self.tokenizer = tokenizer_from_dict(ckpt.tokenizer)
         self.ops = ops
         self.dtype = dtype
-        self.params = {k: ops.asarray(v) for k, v in ckpt.params.items()}
+        # a rotary model computing in bf16 holds its weights in bf16 (half the memory of an fp32
+        # copy; the forward pass casts every weight to bf16 anyway, so the logits are the same)
+        held = "bfloat16" if dtype == "bfloat16" and self.config.position == "rope" else None
+        self.params = {}
+        for k in list(ckpt.params):
+            # consume: each host copy goes as it moves, so a 0.5B model is in memory once
+            v = ckpt.params.pop(k) if consume else ckpt.params[k]
+            self.params[k] = ops.asarray(v, held)
+        stop = getattr(self.tokenizer, "stop_ids", None)
+        #: token ids generation ends at (a real model's EOS ids; none for mygpt's tokenizers)
+        self.stop_ids: list[int] = stop() if stop else []
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens=False`` for text that already spells them
+        (a rendered chat template), as transformers' ``apply_chat_template`` encodes it."""
+        if not add_special_tokens and self.tokenizer.kind == "hf":
+            return self.tokenizer.encode(text, add_special_tokens=False)
         return self.tokenizer.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -59,6 +76,7 @@ class Model:
         """New token ids one at a time; kwargs as :func:`mygpt.generate.generate`."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.ops.activate()
+        kwargs.setdefault("stop_ids", self.stop_ids)
         return generate(
             self.ops, self.config, self.params, ids, max_new_tokens, dtype=self.dtype, **kwargs
         )
@@ -71,13 +89,17 @@ class Model:
         """Save the weights as a native (safetensors) checkpoint."""
         params = {k: self.ops.to_numpy(v) for k, v in self.params.items()}
         save_checkpoint(path, self.config, params, self.tokenizer.to_dict())
+        # (bf16-held weights widen to fp32 exactly)
 
 
 def load(
     path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "fp32"
 ) -> Model:
-    """Load a native ``.safetensors`` or a book ``.ckpt`` checkpoint onto ``backend``/``device``."""
-    ckpt = load_checkpoint(path)
+    """Load a model onto ``backend``/``device``: a native ``.safetensors`` or book ``.ckpt``
+    checkpoint, a Hugging Face model directory, or a Hub id (``Qwen/Qwen2.5-0.5B-Instruct``)."""
+    from mygpt.interop.sources import load_source
+
+    ckpt = load_source(path)
     ops = get_backend(backend, device)
     dtype, _ = resolve_precision(ops, precision)
-    return Model(ckpt, ops, dtype)
+    return Model(ckpt, ops, dtype, consume=True)

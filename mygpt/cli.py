@@ -88,7 +88,11 @@ def train(
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, help="A .safetensors or book .ckpt checkpoint.")
+@click.option(
+    "--checkpoint",
+    required=True,
+    help="A .safetensors or book .ckpt checkpoint, a Hugging Face model directory, or a Hub id.",
+)
 @click.option("--prompt", default="\n", show_default=repr("\n"))
 @click.option("--max-new-tokens", type=int, default=200, show_default=True)
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="0 = greedy.")

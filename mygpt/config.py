@@ -9,9 +9,13 @@ too. A field the book's Part-I checkpoints lack takes its Part-I value.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from mygpt.errors import MygptError
 from mygpt.settings import cli_fields, setting, track_given, with_given
@@ -31,6 +35,61 @@ def default_mlp_hidden(mlp_type: str, embed_dim: int) -> int:
     if mlp_type == "swiglu":
         return -(-8 * embed_dim // (3 * SWIGLU_MULTIPLE)) * SWIGLU_MULTIPLE
     return 4 * embed_dim
+
+
+#: the keys of Llama 3's rope scaling (the one scaling mygpt computes)
+LLAMA3_ROPE_KEYS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
+
+
+def check_rope_scaling(scaling: Any, position: str = "rope") -> None:
+    """Refuse anything but a complete ``llama3`` rope scaling, naming what is wrong."""
+    if position != "rope":
+        raise MygptError("rope_scaling needs rotary positions — drop it or use position 'rope'")
+    if not isinstance(scaling, dict):
+        raise MygptError(f"rope_scaling must be a mapping, got {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind != "llama3":
+        raise MygptError(
+            f"rope scaling {kind!r} is not computed by mygpt — only 'llama3' (Llama 3.1/3.2) is"
+        )
+    for key in LLAMA3_ROPE_KEYS:
+        value = scaling.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise MygptError(f"llama3 rope scaling needs a positive {key}, got {value!r}")
+    if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise MygptError("llama3 rope scaling needs high_freq_factor > low_freq_factor")
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray | None:
+    """The rotary inverse frequencies (head_dim / 2,) as float32, computed as transformers does;
+    None for plain RoPE (the backends then use ``rope_base`` directly, the book's path)."""
+    if cfg.rope_scaling is None:
+        return None
+    scaling = tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS)
+    return _llama3_inv_freq(cfg.head_dim, float(cfg.rope_base), scaling)
+
+
+@functools.lru_cache(maxsize=32)
+def _llama3_inv_freq(d: int, rope_base: float, scaling: tuple[float, ...]) -> np.ndarray:
+    base = np.float32(rope_base)
+    inv = np.float32(1.0) / (base ** (np.arange(0, d, 2).astype(np.float32) / np.float32(d)))
+    s = dict(zip(LLAMA3_ROPE_KEYS, scaling))
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old = s["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = np.float32(2 * math.pi) / inv
+    scaled = np.where(wavelen > low_wavelen, inv / np.float32(factor), inv).astype(np.float32)
+    smooth = ((np.float32(old) / wavelen - np.float32(low)) / np.float32(high - low)).astype(
+        np.float32
+    )
+    smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
 @track_given
@@ -66,6 +125,28 @@ class ModelConfig:
     mlp_hidden: int | None = setting(
         None, "swiglu hidden width (default 8/3 C, rounded up to 8).", type=int, derived=True
     )
+    # --- what real open-weight models (Llama, Mistral, Qwen) add; the defaults are the book's,
+    # so every earlier checkpoint means what it did. They come from an imported model's config.
+    head_dim: int | None = setting(
+        None, "Per-head width (default embed_dim / num_heads).", cli=False, derived=True
+    )
+    attn_bias: bool = setting(False, "Biases on the Q, K and V projections (Qwen2).", cli=False)
+    attn_out_bias: bool = setting(
+        False, "A bias on the output projection W_O (Llama's attention_bias).", cli=False
+    )
+    mlp_bias: bool = setting(
+        False, "Biases on swiglu's gate/up/down (the gelu MLP always has them).", cli=False
+    )
+    qk_norm: bool = setting(False, "Per-head RMSNorm on Q and K before RoPE (Qwen3).", cli=False)
+    tie_embeddings: bool = setting(
+        True, "The output head is the token embedding; False: its own lm_head.weight.", cli=False
+    )
+    rope_scaling: dict | None = setting(
+        None, "None, or Llama 3's {'rope_type': 'llama3', ...}.", cli=False
+    )
+    hf_model_type: str | None = setting(
+        None, "The Hugging Face architecture it came from (export writes it back).", cli=False
+    )
     extra: dict[str, Any] = field(
         default_factory=dict, compare=False, repr=False, metadata={"cli": False}
     )
@@ -75,6 +156,9 @@ class ModelConfig:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.mlp_hidden is None and isinstance(self.embed_dim, int):
             object.__setattr__(self, "mlp_hidden", default_mlp_hidden(self.mlp, self.embed_dim))
+        heads_ok = isinstance(self.num_heads, int) and self.num_heads > 0
+        if self.head_dim is None and isinstance(self.embed_dim, int) and heads_ok:
+            object.__setattr__(self, "head_dim", self.embed_dim // self.num_heads)
         if self.vocab_size is not None:  # a model; a run's template is checked by the run
             self.validate()
 
@@ -83,8 +167,9 @@ class ModelConfig:
         return with_given(dataclasses.replace(self, vocab_size=vocab_size), self.given)
 
     @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
+    def attn_dim(self) -> int:
+        """Width of the concatenated query heads (``num_heads * head_dim``)."""
+        return self.num_heads * self.head_dim
 
     @property
     def kv_repeat(self) -> int:
@@ -121,7 +206,7 @@ class ModelConfig:
                 f"--mlp-hidden {self.mlp_hidden} with --mlp gelu: the book's GELU MLP is always "
                 f"4 x embed_dim = {4 * self.embed_dim} wide — drop --mlp-hidden or use --mlp swiglu"
             )
-        if self.embed_dim % self.num_heads:
+        if self.embed_dim % self.num_heads and self.head_dim == self.embed_dim // self.num_heads:
             raise MygptError(
                 f"--num-heads {self.num_heads} does not divide --embed-dim {self.embed_dim} — "
                 "pick a head count that divides the embedding width"
@@ -131,13 +216,31 @@ class ModelConfig:
                 f"--num-kv-heads {self.num_kv_heads} does not divide --num-heads {self.num_heads} — "
                 "use a divisor of the head count (1 = MQA, num_heads = MHA)"
             )
+        if not 0.0 <= self.dropout < 1.0:
+            raise MygptError(f"dropout must be in [0, 1), got {self.dropout} — e.g. --dropout 0.1")
+        self._validate_real_model()
+
+    def _validate_real_model(self) -> None:
+        """The fields real open-weight models add."""
+        if (
+            not isinstance(self.head_dim, int)
+            or isinstance(self.head_dim, bool)
+            or self.head_dim < 1
+        ):
+            raise MygptError(f"head_dim must be a positive integer, got {self.head_dim!r}")
         if self.position == "rope" and self.head_dim % 2:
             raise MygptError(
                 f"RoPE needs an even head dimension, got {self.head_dim} "
                 f"(embed_dim {self.embed_dim} / num_heads {self.num_heads}) — change either"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise MygptError(f"dropout must be in [0, 1), got {self.dropout} — e.g. --dropout 0.1")
+        if self.mlp_bias and self.mlp != "swiglu":
+            raise MygptError(
+                "mlp_bias is for the swiglu MLP (the gelu MLP always has biases) — drop it"
+            )
+        if self.qk_norm and self.norm != "rms":
+            raise MygptError("qk_norm is an RMSNorm of each head — it needs norm 'rms'")
+        if self.rope_scaling is not None:
+            check_rope_scaling(self.rope_scaling, self.position)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -216,6 +216,10 @@ class WindowPlanner:
             yield self._next(n)
 
 
+#: the default window when the model's context is longer (``--seq-len`` goes up to the context)
+DEFAULT_MAX_WINDOW = 2048
+
+
 def plan_windows(n_tokens: int, seq_len: int, stride: int | None) -> list[Window]:
     """Every window of ``n_tokens`` tokens (see :class:`WindowPlanner`)."""
     return list(WindowPlanner(seq_len, stride).finish(n_tokens))
@@ -246,7 +250,8 @@ class Scorer:
     def __init__(
         self, m, *, seq_len: int | None = None, stride: int | None = None, batch_size: int = 8
     ) -> None:
-        T = m.config.max_seq_len if seq_len is None else seq_len
+        # a real model's context (8k-128k) would make one window's logits tens of GB
+        T = min(m.config.max_seq_len, DEFAULT_MAX_WINDOW) if seq_len is None else seq_len
         if not 1 <= T <= m.config.max_seq_len:
             raise UsageError(
                 f"--seq-len must be in 1..{m.config.max_seq_len} (the model's context), got {T}"

@@ -15,9 +15,16 @@ from mygpt.settings import backend_option, device_option, precision_option
 
 @click.command(name="eval")
 @click.argument("file", type=click.Path(path_type=str))
-@click.option("--checkpoint", required=True, help="A .safetensors or book .ckpt checkpoint.")
 @click.option(
-    "--seq-len", type=int, default=None, help="Window length (default: the model's max_seq_len)."
+    "--checkpoint",
+    required=True,
+    help="A .safetensors or book .ckpt checkpoint, a Hugging Face model directory, or a Hub id.",
+)
+@click.option(
+    "--seq-len",
+    type=int,
+    default=None,
+    help="Window length (default: the model's max_seq_len, at most 2048).",
 )
 @click.option(
     "--stride",

@@ -14,7 +14,7 @@ once the window is full.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -82,8 +82,13 @@ def generate(
     use_cache: bool = True,
     sliding: bool = False,
     dtype: str = "float32",
+    stop_ids: Collection[int] = (),
 ) -> Iterator[int]:
-    """Yield ``max_new_tokens`` new token ids, one at a time (for streaming)."""
+    """Yield up to ``max_new_tokens`` new token ids, one at a time (for streaming).
+
+    A token in ``stop_ids`` (a real model's end-of-sequence ids) ends the generation; it is not
+    yielded.
+    """
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
     if sliding and cfg.position != "rope":
         raise MygptError(
@@ -93,6 +98,7 @@ def generate(
     if len(prompt_ids) == 0:
         raise MygptError("the prompt is empty — pass --prompt with at least one character")
     rng = np.random.default_rng(seed)
+    stop = frozenset(int(i) for i in stop_ids)
     ids = list(prompt_ids)
     T = cfg.max_seq_len
 
@@ -114,5 +120,7 @@ def generate(
             else:
                 logits = last_logits(ids[-1:], cache)
             nxt = sample_next(logits, rng, temperature=temperature, top_k=top_k, top_p=top_p)
+            if nxt in stop:
+                return
             ids.append(nxt)
             yield nxt

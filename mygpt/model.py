@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mygpt.backends.base import Array, Params
-from mygpt.config import ModelConfig
+from mygpt.config import ModelConfig, rope_inv_freq
 from mygpt.errors import MygptError
 
 # --- parameters ------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ from mygpt.errors import MygptError
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in the book's state-dict order (minus its buffers)."""
-    C, kv = cfg.embed_dim, cfg.num_kv_heads * cfg.head_dim
+    C, A, kv = cfg.embed_dim, cfg.attn_dim, cfg.num_kv_heads * cfg.head_dim
     shapes: dict[str, tuple[int, ...]] = {"token_embedding.embedding.weight": (cfg.vocab_size, C)}
     if cfg.position == "learned":
         shapes["position_embedding.weight"] = (cfg.max_seq_len, C)
@@ -40,24 +40,33 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     for i in range(cfg.num_layers):
         b = f"blocks.{i}"
         norm(f"{b}.ln1")
-        shapes[f"{b}.mha.W_Q.weight"] = (C, C)
-        shapes[f"{b}.mha.W_K.weight"] = (kv, C)
-        shapes[f"{b}.mha.W_V.weight"] = (kv, C)
-        shapes[f"{b}.mha.W_O.weight"] = (C, C)
+        for n, rows in (("Q", A), ("K", kv), ("V", kv)):
+            shapes[f"{b}.mha.W_{n}.weight"] = (rows, C)
+            if cfg.attn_bias:
+                shapes[f"{b}.mha.W_{n}.bias"] = (rows,)
+        if cfg.qk_norm:
+            shapes[f"{b}.mha.q_norm.weight"] = (cfg.head_dim,)
+            shapes[f"{b}.mha.k_norm.weight"] = (cfg.head_dim,)
+        shapes[f"{b}.mha.W_O.weight"] = (C, A)
+        if cfg.attn_out_bias:
+            shapes[f"{b}.mha.W_O.bias"] = (C,)
         norm(f"{b}.ln2")
         shapes.update(_mlp_shapes(cfg, b))
     norm("ln_f")
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, C)
     return shapes
 
 
 def _mlp_shapes(cfg: ModelConfig, b: str) -> dict[str, tuple[int, ...]]:
     C, H = cfg.embed_dim, cfg.mlp_hidden
-    if cfg.mlp == "swiglu":  # Llama's gated MLP: down(silu(gate(x)) * up(x)), no biases
-        return {
-            f"{b}.mlp.gate.weight": (H, C),
-            f"{b}.mlp.up.weight": (H, C),
-            f"{b}.mlp.down.weight": (C, H),
-        }
+    if cfg.mlp == "swiglu":  # Llama's gated MLP: down(silu(gate(x)) * up(x)), biases optional
+        out: dict[str, tuple[int, ...]] = {}
+        for n, shape in (("gate", (H, C)), ("up", (H, C)), ("down", (C, H))):
+            out[f"{b}.mlp.{n}.weight"] = shape
+            if cfg.mlp_bias:
+                out[f"{b}.mlp.{n}.bias"] = shape[:1]
+        return out
     return {
         f"{b}.mlp.fc1.weight": (H, C),
         f"{b}.mlp.fc1.bias": (H,),
@@ -90,7 +99,7 @@ def init_params(cfg: ModelConfig, seed: int = 0, init: str = "book") -> dict[str
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for name, shape in param_shapes(cfg).items():
-        if name.split(".")[-2] in ("ln1", "ln2", "ln_f"):
+        if name.split(".")[-2] in ("ln1", "ln2", "ln_f", "q_norm", "k_norm"):
             p = np.ones(shape) if name.endswith("weight") else np.zeros(shape)
         elif init == "scaled":
             if not name.endswith("weight"):
@@ -110,7 +119,9 @@ def init_params(cfg: ModelConfig, seed: int = 0, init: str = "book") -> dict[str
 
 def _fan_in(bias_name: str, cfg: ModelConfig) -> int:
     # A bias shares its layer's fan-in: fc1 reads C features, fc2 reads the hidden width (4C).
-    return cfg.mlp_hidden if ".fc2." in bias_name else cfg.embed_dim
+    if ".fc2." in bias_name or ".down." in bias_name:
+        return cfg.mlp_hidden
+    return cfg.attn_dim if ".W_O." in bias_name else cfg.embed_dim
 
 
 # --- KV cache --------------------------------------------------------------------------------
@@ -125,8 +136,8 @@ class KVCache:
     the cropped window gives (see ``mygpt.generate``), so the exact generator never lets the cache
     grow past the window.
 
-    Each layer writes into a preallocated buffer of ``2 * max_len`` positions rather than
-    concatenating a new array per token: attention reads a view of the last ``max_len`` entries,
+    Each layer writes into a buffer that doubles as needed up to ``2 * max_len`` positions rather
+    than concatenating a new array per token: attention reads a view of the last ``max_len`` entries,
     and when the buffer is full its newest entries move to the front, once per ``max_len`` tokens.
     """
 
@@ -148,11 +159,19 @@ class KVCache:
         if t > n:  # only the newest max_len can ever be seen again
             k, v, t = k[:, :, -n:], v[:, :, -n:], n
         if self.keys[layer] is None:
-            B, H, _, D = k.shape
-            dtype = ops.dtype_of(k)
-            self.keys[layer] = ops.zeros((B, H, 2 * n, D), dtype)
-            self.values[layer] = ops.zeros((B, H, 2 * n, D), dtype)
+            # start small and double: a real model's context (32k positions) would otherwise
+            # preallocate gigabytes for a short chat
+            self.keys[layer] = ops.zeros((*k.shape[:2], min(2 * n, max(256, 2 * t)), k.shape[3]),
+                                         ops.dtype_of(k))  # fmt: skip
+            self.values[layer] = ops.zeros(self.keys[layer].shape, ops.dtype_of(v))
         keys, values, end = self.keys[layer], self.values[layer], self.ends[layer]
+        cap = keys.shape[2]
+        if end + t > cap and cap < 2 * n:  # grow (copying the entries so far)
+            grown = min(2 * n, max(2 * cap, end + t))
+            keys = ops.write(ops.zeros((*keys.shape[:2], grown, keys.shape[3]), ops.dtype_of(k)),
+                             keys[:, :, :end], axis=2, start=0)  # fmt: skip
+            values = ops.write(ops.zeros(keys.shape, ops.dtype_of(v)),
+                               values[:, :, :end], axis=2, start=0)  # fmt: skip
         if end + t > 2 * n:  # full: keep the newest n - t entries, at the front
             keep = n - t  # (their source starts at end - keep >= n + t > keep: no overlap)
             keys = ops.write(keys, keys[:, :, end - keep : end], axis=2, start=0)
@@ -192,26 +211,35 @@ def _attention(
     # Q, K and V from one matmul and one rotary call for Q and K together: a decoded token is
     # dozens of tiny ops that each cost more to launch than to compute (8% per token on CPU)
     w_qkv = ops.concat([p(f"{b}.mha.W_{n}.weight") for n in "QKV"], axis=0)
-    heads = ops.transpose(ops.reshape(ops.linear(x, w_qkv), (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
+    b_qkv = ops.concat([p(f"{b}.mha.W_{n}.bias") for n in "QKV"], axis=0) if cfg.attn_bias else None
+    qkv = ops.linear(x, w_qkv, b_qkv)
+    heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
     qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
+    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D features, before the rotation
+        qn = ops.rms_norm(qk[:, :H], p(f"{b}.mha.q_norm.weight"), cfg.norm_eps)
+        kn = ops.rms_norm(qk[:, H:], p(f"{b}.mha.k_norm.weight"), cfg.norm_eps)
+        qk = ops.concat([qn, kn], axis=1)
     if cfg.position == "rope":
-        qk = ops.rope(qk, offset, cfg.rope_base)
+        qk = ops.rope(qk, offset, cfg.rope_base, rope_inv_freq(cfg))
     q, k = qk[:, :H], qk[:, H:]
     if cache is not None:
         k, v = cache.update(ops, layer, k, v)
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
     out = ops.attention(q, k, v, scale=1.0 / math.sqrt(D), dropout=dropout)
-    out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, C))
-    return ops.linear(out, p(f"{b}.mha.W_O.weight"))
+    out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, H * D))
+    bias = p(f"{b}.mha.W_O.bias") if cfg.attn_out_bias else None
+    return ops.linear(out, p(f"{b}.mha.W_O.weight"), bias)
 
 
 def _mlp(ops, cfg: ModelConfig, p: Callable[[str], Array], b: str, h: Array) -> Array:
     if cfg.mlp == "swiglu":
-        gated = ops.silu(ops.linear(h, p(f"{b}.mlp.gate.weight"))) * ops.linear(
-            h, p(f"{b}.mlp.up.weight")
-        )
-        return ops.linear(gated, p(f"{b}.mlp.down.weight"))
+
+        def lin(n: str, a: Array) -> Array:
+            bias = p(f"{b}.mlp.{n}.bias") if cfg.mlp_bias else None
+            return ops.linear(a, p(f"{b}.mlp.{n}.weight"), bias)
+
+        return lin("down", ops.silu(lin("gate", h)) * lin("up", h))
     h = ops.gelu(ops.linear(h, p(f"{b}.mlp.fc1.weight"), p(f"{b}.mlp.fc1.bias")))
     return ops.linear(h, p(f"{b}.mlp.fc2.weight"), p(f"{b}.mlp.fc2.bias"))
 
@@ -264,6 +292,8 @@ def forward(
     x = _norm(ops, cfg, params, "ln_f", x, dtype)
     if cache is not None:
         cache.offset += T
+    if not cfg.tie_embeddings:
+        return ops.linear(x, p("lm_head.weight"))
     return ops.linear(x, ops.cast(emb, dtype))  # tied head: logits = x @ E^T
 
 
@@ -285,9 +315,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
 
     6 x (non-embedding matmul params + tied head) plus attention's score and value products.
     """
-    C, L = cfg.embed_dim, cfg.num_layers
+    C, L, A = cfg.embed_dim, cfg.num_layers, cfg.attn_dim
     kv = cfg.num_kv_heads * cfg.head_dim
     mlp = (3 if cfg.mlp == "swiglu" else 2) * C * cfg.mlp_hidden  # gate+up+down or fc1+fc2
-    matmul = L * (2 * C * C + 2 * C * kv + mlp) + C * cfg.vocab_size
-    attention = L * 2 * seq_len * C  # QK^T and AV, causal halves it, x2 mul-add
+    matmul = L * (2 * C * A + 2 * C * kv + mlp) + C * cfg.vocab_size
+    attention = L * 2 * seq_len * A  # QK^T and AV, causal halves it, x2 mul-add
     return 6 * matmul + 6 * attention

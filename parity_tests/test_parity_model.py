@@ -17,7 +17,23 @@ def test_all_twelve_variants_are_checked():
         for n in ("layer", "rms")
         for p in ("learned", "rope")
         for k in ("mha", "gqa", "mqa")
-    } | {f"rms/rope/{k}/swiglu" for k in ("mha", "gqa", "mqa")} | {"layer/learned/mha/swiglu"}
+    } | {f"rms/rope/{k}/swiglu" for k in ("mha", "gqa", "mqa")} | {"layer/learned/mha/swiglu"} | {
+        f"rms/rope/gqa/swiglu +{f}"
+        for f in ("biases", "qk-norm", "llama3-rope", "untied", "head-dim")
+    }
+
+
+def test_real_model_rows_have_their_features():
+    """A row named for a feature whose model lacks it would prove nothing."""
+    from mygpt.model import param_shapes
+    from mygpt.parity import tiny_config
+    from mygpt.parity.model_checks import REAL_FEATURES
+
+    base = param_shapes(tiny_config("rms", "rope", "gqa", mlp="swiglu"))
+    for name, features in REAL_FEATURES.items():
+        cfg = tiny_config("rms", "rope", "gqa", mlp="swiglu", **features)
+        changed = param_shapes(cfg) != base or cfg.rope_scaling is not None
+        assert changed, name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -28,13 +28,18 @@ class Broken:
         return getattr(self.inner, name)
 
 
-def _half_split_rope(ops, x, offset, base):
+def _unscaled_rope(ops, x, offset, base, inv_freq=None):
+    """Ignore Llama 3's rescaled frequencies (plain RoPE at the same base)."""
+    return ops.rope(x, offset, base)
+
+
+def _half_split_rope(ops, x, offset, base, inv_freq=None):
     """Rotate pairs (i, i + D/2) (the GPT-NeoX layout) instead of (2i, 2i+1)."""
     B, H, T, D = x.shape
     # interleave the halves, rotate with the real kernel, and undo: all through the interface so
     # it still differentiates on both backends
     y = ops.reshape(ops.transpose(ops.reshape(x, (B, H, T, 2, D // 2)), (0, 1, 2, 4, 3)), x.shape)
-    y = ops.rope(y, offset, base)
+    y = ops.rope(y, offset, base, inv_freq)
     y = ops.transpose(ops.reshape(y, (B, H, T, D // 2, 2)), (0, 1, 2, 4, 3))
     return ops.reshape(y, x.shape)
 
@@ -128,6 +133,7 @@ def test_a_mistake_shared_by_both_backends_is_caught_by_numpy(pair):
         (dict(attention=_upper_left_causal), "kv-cache decode rope/gqa"),
         (dict(clip_grad_norm=_no_clip), "train 8 steps"),
         (dict(silu=_gelu_for_silu), "model rms/rope/gqa/swiglu"),
+        (dict(rope=_unscaled_rope), "model rms/rope/gqa/swiglu +llama3-rope"),
     ],
     ids=[
         "model-rope-layout",
@@ -135,6 +141,7 @@ def test_a_mistake_shared_by_both_backends_is_caught_by_numpy(pair):
         "cache-causal-align",
         "train-no-clip",
         "swiglu-gate",
+        "llama3-rope-unscaled",
     ],
 )
 def test_model_check_catches_a_wrong_candidate(broken_op, check_name, pair):

@@ -20,6 +20,7 @@ from mygpt.interop.architectures import interleaved_to_half
 from mygpt.interop.export import FILES, export_hf
 from mygpt.interop.import_ import import_hf
 from mygpt.model import init_params
+from mygpt.tokenizers import tokenizer_from_dict
 from mygpt.tokenizers.bpe import BPETokenizer
 from mygpt.tokenizers.bytebpe import ByteBPETokenizer
 from tests.conftest import TINY_SHAKESPEARE
@@ -193,13 +194,18 @@ def test_an_unimportable_model_is_refused_naming_the_feature(
     assert not out.exists()
 
 
-def test_a_model_from_another_tokenizer_is_refused(exported, capsys, tmp_path):
+def test_a_tokenizer_not_mygpts_imports_as_the_models_own(exported, tmp_path):
+    from tokenizers import Tokenizer
+
     path = exported / "tokenizer.json"
     tok = json.loads(path.read_text())
-    tok["pre_tokenizer"]["pattern"]["Regex"] = r"\w+|\s"  # not mygpt's char tokenizer any more
+    tok["normalizer"] = {"type": "Lowercase"}  # not mygpt's char tokenizer any more
     path.write_text(json.dumps(tok))
-    assert main(["import", str(exported), str(tmp_path / "x.safetensors")]) == 1
-    assert "not a tokenizer mygpt computes exactly" in _error(capsys)
+    assert main(["import", str(exported), str(tmp_path / "x.safetensors")]) == 0
+    mine = tokenizer_from_dict(load_checkpoint(tmp_path / "x.safetensors").tokenizer)
+    assert mine.kind == "hf"
+    text = "First Citizen:\nBefore we proceed"
+    assert mine.encode(text) == Tokenizer.from_file(str(path)).encode(text).ids
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.999, 4])

@@ -16,9 +16,21 @@ BACKENDS = available_backends()
     "chunks", [[1] * 40, [5, 1, 1, 7, 3, 1, 8, 2, 1, 1, 6, 4], [12, 8, 1, 12], [3, 8, 8, 8]]
 )
 def test_cache_sees_the_newest_max_len_entries(backend, chunks):
+    _check_cache(backend, chunks, max_len=8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunks", [[200, 1, 60, 1, 130, 250, 1, 5], [1] * 20 + [300] * 3])
+def test_a_long_context_cache_grows_then_wraps(backend, chunks):
+    """A real model's context (here 300) starts with a small buffer that doubles: no gigabytes
+    preallocated for a 32k context; growing, then wrapping, keeps exactly the newest entries."""
+    _check_cache(backend, chunks, max_len=300)
+
+
+def _check_cache(backend, chunks, max_len):
     ops = get_backend(backend, "cpu")
     rng = np.random.default_rng(0)
-    max_len, layers = 8, 2
+    layers = 2
     cache = KVCache(layers, max_len)
     seen_k = [np.zeros((1, 2, 0, 4), np.float32) for _ in range(layers)]
     seen_v = [np.zeros((1, 2, 0, 4), np.float32) for _ in range(layers)]
@@ -33,3 +45,5 @@ def test_cache_sees_the_newest_max_len_entries(backend, chunks):
                 np.testing.assert_array_equal(ops.to_numpy(got_k), seen_k[layer][:, :, -max_len:])
                 np.testing.assert_array_equal(ops.to_numpy(got_v), seen_v[layer][:, :, -max_len:])
     assert sum(chunks) > 2 * max_len  # the buffer wrapped at least once
+    if max_len > 128:
+        assert cache.keys[0].shape[2] == 2 * max_len  # grown from 256 to its full size

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from mygpt.checkpoint import Checkpoint, load_checkpoint
+from mygpt.checkpoint import Checkpoint
 from mygpt.errors import MygptError
 from mygpt.fileio import atomic_directory, check_output_dir
 from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import architecture_for, hf_config
 from mygpt.interop.model_card import model_card
 
-FILES = (
+FILES = (  # and chat_template.jinja where the model has a chat template
     "config.json",
     "generation_config.json",
     "model.safetensors",
@@ -58,16 +59,39 @@ def _json(d: dict[str, Any]) -> str:
     return json.dumps(d, indent=2, ensure_ascii=False) + "\n"
 
 
+def special_token_ids(tok_dict: dict) -> dict[str, Any]:
+    """``bos_token_id`` / ``eos_token_id`` for config.json and generation_config.json."""
+    if tok_dict.get("kind") == "hf":
+        eos = list(tok_dict.get("eos_token_ids") or [])
+        return {
+            "bos_token_id": tok_dict.get("bos_token_id"),
+            "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
+        }
+    eos = hf_tokenizer.special_ids(tok_dict).get("eos_token")
+    return {"bos_token_id": None, "eos_token_id": eos[1] if eos else None}
+
+
 def generation_config(tok_dict: dict) -> dict[str, Any]:
     """mygpt generate's defaults (temperature 1, top-k 10); an end-of-text token where there is one."""
-    eos = hf_tokenizer.special_ids(tok_dict).get("eos_token")
+    return {"do_sample": True, "temperature": 1.0, "top_k": 10, "top_p": 1.0,
+            **special_token_ids(tok_dict)}  # fmt: skip
+
+
+def tokenizer_files(tok_dict: dict) -> dict[str, str]:
+    """tokenizer.json, tokenizer_config.json (and chat_template.jinja) as text, by file name."""
+    if tok_dict.get("kind") == "hf":  # the model's own files, as they came
+        config = dict(tok_dict.get("config") or {})
+        template = config.pop("chat_template", None)
+        out = {"tokenizer.json": tok_dict["tokenizer_json"], "tokenizer_config.json": _json(config)}
+        if isinstance(template, str):
+            out["chat_template.jinja"] = template
+        elif template is not None:  # the named-templates list stays where it was
+            out["tokenizer_config.json"] = _json({**config, "chat_template": template})
+        return out
+    tokenizer = hf_tokenizer.to_hf(tok_dict)
     return {
-        "do_sample": True,
-        "temperature": 1.0,
-        "top_k": 10,
-        "top_p": 1.0,
-        "bos_token_id": None,
-        "eos_token_id": eos[1] if eos else None,
+        "tokenizer.json": tokenizer.to_str(pretty=True),
+        "tokenizer_config.json": _json(hf_tokenizer.tokenizer_config(tok_dict)),
     }
 
 
@@ -78,27 +102,66 @@ def hf_tensors(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
 
 
-def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bool = False) -> Path:
-    """Write the Hugging Face directory as a whole (see the module doc); returns its path."""
+#: ``--dtype``: the weights' dtype in model.safetensors
+EXPORT_DTYPES = ("float32", "bfloat16")
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even, as torch rounds."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], dtype: str, metadata: dict) -> bytes:
+    """A safetensors file; ``bfloat16`` is written by hand (safetensors.numpy has no bf16)."""
     from safetensors.numpy import save
+
+    if dtype == "float32":
+        return save(tensors, metadata=metadata)
+    header: dict[str, Any] = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for name, arr in tensors.items():
+        data = bf16_bits(arr).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(data)]}  # fmt: skip
+        chunks.append(data)
+        offset += len(data)
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+
+
+def export_hf(
+    ckpt_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    force: bool = False,
+    dtype: str = "float32",
+) -> Path:
+    """Write the Hugging Face directory as a whole (see the module doc); returns its path.
+
+    ``dtype="bfloat16"`` rounds the weights to bf16 (half the file; what a bf16 source such as a
+    Hub model was, so importing it and exporting it again in bf16 gives back the same bits)."""
+    if dtype not in EXPORT_DTYPES:
+        raise MygptError(f"unknown export dtype {dtype!r} — use one of {', '.join(EXPORT_DTYPES)}")
+    from mygpt.interop.sources import load_source
 
     outdir, source = Path(outdir), Path(ckpt_path)
     outdir, dropped = _check_outdir(outdir, force)  # before loading anything
-    ckpt = load_checkpoint(source)
+    ckpt = load_source(ckpt_path)  # a checkpoint, a Hugging Face directory or a Hub id
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
-    tokenizer = hf_tokenizer.to_hf(ckpt.tokenizer)
+    tok_files = tokenizer_files(ckpt.tokenizer)
     tensors = hf_tensors(ckpt)
-    eos = hf_tokenizer.special_ids(ckpt.tokenizer).get("eos_token")
-    special = {"bos_token_id": None, "eos_token_id": eos[1] if eos else None, "pad_token_id": None}
+    special = {**special_token_ids(ckpt.tokenizer), "pad_token_id": None}
+    config = {**hf_config(cfg, arch, special), "torch_dtype": dtype, "dtype": dtype}
     with atomic_directory(outdir, "OUTDIR") as d:
-        d.write_text("config.json", _json(hf_config(cfg, arch, special)))
+        d.write_text("config.json", _json(config))
         d.write_text("generation_config.json", _json(generation_config(ckpt.tokenizer)))
         # transformers checks the "format" metadata
-        d.write_bytes("model.safetensors", save(tensors, metadata={"format": "pt"}))
+        d.write_bytes("model.safetensors", safetensors_bytes(tensors, dtype, {"format": "pt"}))
         del tensors
-        d.write_text("tokenizer.json", tokenizer.to_str(pretty=True))
-        d.write_text("tokenizer_config.json", _json(hf_tokenizer.tokenizer_config(ckpt.tokenizer)))
+        for name, text in tok_files.items():  # tokenizer.json, tokenizer_config.json, template
+            d.write_text(name, text)
         d.write_text("README.md", model_card(ckpt, arch, source))
     if dropped:
         click.echo(f"--force: removed with the old {outdir}: {', '.join(dropped)}", err=True)
@@ -117,13 +180,23 @@ def export_hf(ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bo
     "--push-to-hub", "repo", default=None, metavar="USER/REPO", help="Then upload OUTDIR there."
 )
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repository private.")
-def export(ckpt: str, outdir: str, force: bool, repo: str | None, private: bool) -> None:
+@click.option(
+    "--dtype",
+    type=click.Choice(EXPORT_DTYPES),
+    default="float32",
+    show_default=True,
+    help="The weights' dtype: bfloat16 halves the file (rounds fp32 weights; a bf16 source's "
+    "weights come back bit for bit).",
+)
+def export(
+    ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, dtype: str
+) -> None:
     """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...)."""
     if repo is not None:
         from mygpt.interop.hub import check_repo_id
 
         check_repo_id(repo)  # a bad name fails before the export, not after it
-    out = export_hf(ckpt, outdir, force=force)
+    out = export_hf(ckpt, outdir, force=force, dtype=dtype)
     arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
     click.echo(f"exported {ckpt} as {arch} to {out}", err=True)
     if repo is not None:

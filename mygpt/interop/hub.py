@@ -1,4 +1,5 @@
-"""``--push-to-hub USER/REPO``: upload an exported directory with ``huggingface_hub``.
+"""The Hugging Face Hub: ``--push-to-hub USER/REPO`` uploads an exported directory; a model id
+(``Qwen/Qwen2.5-0.5B``) given where a checkpoint is taken downloads into huggingface_hub's cache.
 
 With no network this fails in about a second with one line, as ``mygpt data download`` does: the
 Hub's host name is resolved first, because huggingface_hub retries a dead connection for ~25 s.
@@ -6,6 +7,7 @@ Hub's host name is resolved first, because huggingface_hub retries a dead connec
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -59,3 +61,71 @@ def _push_error(e: BaseException, repo: str, outdir: Path) -> MygptError:
             f"(a token with write access); {later}"
         )
     return MygptError(f"pushing to {repo} failed ({name}: {first}) — {later}")
+
+
+#: what a model needs from its repository (never pickled *.bin weights, never remote code)
+MODEL_FILES = [
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "chat_template.jinja", "model.safetensors", "model.safetensors.index.json",
+    "model-*.safetensors",
+]  # fmt: skip
+
+
+def is_repo_id(source: str) -> bool:
+    """Whether ``source`` reads as a Hub model id (``owner/name``) rather than a local path."""
+    return (
+        bool(_REPO_ID.fullmatch(source))
+        and ".." not in source
+        and not source.endswith((".safetensors", ".ckpt", ".pt", ".pth", ".json"))
+    )
+
+
+def download_model(repo: str) -> Path:
+    """The local snapshot of Hub model ``repo`` (downloaded into huggingface_hub's cache once).
+
+    Offline (``HF_HUB_OFFLINE=1``) it uses the cache alone; anything missing is one line saying
+    how to get the files.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    offline = _offline_env()
+    try:
+        if not offline:
+            _check_hub_resolves()
+        path = snapshot_download(repo, allow_patterns=MODEL_FILES, local_files_only=offline)
+    except Exception as e:
+        raise _download_error(e, repo, offline) from None
+    return Path(path)
+
+
+def _download_error(e: BaseException, repo: str, offline: bool) -> MygptError:
+    get = f"run `hf download {repo}` while online, or pass a local model directory"
+    if offline:
+        return MygptError(
+            f"{repo!r} is not a local path and the Hugging Face cache lacks its files, and "
+            f"offline mode is on (HF_HUB_OFFLINE=1) — {get}"
+        )
+    name = type(e).__name__
+    if _network_error(e):
+        return MygptError(
+            f"can't reach the Hugging Face Hub to download {repo} (no network?) — {get}"
+        )
+    first = str(e).strip().splitlines()[0] if str(e).strip() else name
+    if name in {"RepositoryNotFoundError", "GatedRepoError"} or "401" in first or "404" in first:
+        return MygptError(
+            f"{repo!r} is neither a local file or directory nor a model on the Hub you can read "
+            f"({name}) — check the path or id; for a gated model, `hf auth login` first"
+        )
+    return MygptError(f"downloading {repo} failed ({name}: {first}) — {get}")
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A local file or directory for ``source`` (a Hub id is downloaded into the cache first)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    if is_repo_id(str(source)):
+        return download_model(str(source))
+    return path  # load_checkpoint words the "does not exist" error

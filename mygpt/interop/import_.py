@@ -1,16 +1,19 @@
 """``mygpt import HFDIR OUT.safetensors``: a Hugging Face model directory as a mygpt checkpoint.
 
-The reverse of ``mygpt export``, for the architectures it writes (gpt2, starcoder2, arcee, llama).
-A model is imported only if mygpt computes exactly the same function: every feature mygpt lacks
-(an approximate GELU, non-zero attention biases, an untied head, rope scaling, ...) is a one-line
-refusal naming it. Export then import gives back the same bits.
+The reverse of ``mygpt export`` (gpt2, starcoder2, arcee, llama as it writes them), and real
+open-weight models: Llama (llama3 rope scaling, untied heads, a free head_dim, attention and MLP
+biases), Mistral (no sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms), with their own
+tokenizer.json, chat template and EOS ids. A model is imported only if mygpt computes exactly the
+same function: every feature mygpt lacks (an approximate GELU, another rope scaling, a sliding
+window, mixture-of-experts, ...) is a one-line refusal naming it. Export then import gives back
+the same bits.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import click
 import numpy as np
 
 from mygpt.checkpoint import Checkpoint, save_checkpoint
-from mygpt.config import ModelConfig
+from mygpt.config import LLAMA3_ROPE_KEYS, ModelConfig, check_rope_scaling
 from mygpt.errors import MygptError
 from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import ARCHITECTURES, Architecture
@@ -26,12 +29,13 @@ from mygpt.interop.architectures import ARCHITECTURES, Architecture
 # tensors transformers keeps as non-persistent buffers, which older files still carry
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 _DTYPES = {"F32": np.float32, "F16": np.float16}
+_WIDTHS = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "I8": 1}
 
 
 def _fail(where: Path, feature: str) -> MygptError:
     return MygptError(
         f"{where}: {feature}, which mygpt does not compute exactly, so it can't be imported — "
-        f"mygpt imports {', '.join(ARCHITECTURES)} models as `mygpt export` writes them"
+        f"mygpt loads {', '.join(ARCHITECTURES)} models (see the README's Hugging Face section)"
     )
 
 
@@ -50,18 +54,27 @@ def _read_config(hfdir: Path) -> dict[str, Any]:
     return cfg
 
 
-def _rope_base(hf: dict, where: Path) -> float:
+def _rope(hf: dict, where: Path) -> tuple[float, dict | None]:
+    """(rope_theta, the llama3 scaling or None); any other scaling is refused by name."""
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = (
-        params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "?"
-    )
-    if kind != "default":
-        raise _fail(where, f"it uses rope scaling ({kind!r})")
-    if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
+    if not isinstance(params, dict):
+        raise _fail(where, f"its rope parameters are {params!r}")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if float(hf.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0))) != 1.0:
         raise _fail(where, "it rotates only part of each head (partial_rotary_factor)")
-    theta = params.get("rope_theta") if isinstance(params, dict) else None
+    theta = params.get("rope_theta")
     default = 100000.0 if hf.get("model_type") == "starcoder2" else 10000.0
-    return float(theta if theta is not None else hf.get("rope_theta", default))
+    theta = float(theta if theta is not None else hf.get("rope_theta", default))
+    if kind == "default":
+        return theta, None
+    if kind != "llama3":
+        raise _fail(where, f"it uses rope scaling {kind!r} (mygpt computes only 'llama3')")
+    scaling = {"rope_type": "llama3", **{k: params.get(k) for k in LLAMA3_ROPE_KEYS}}
+    try:
+        check_rope_scaling(scaling)
+    except MygptError as e:
+        raise _fail(where, f"its rope scaling is incomplete ({e})") from None
+    return theta, scaling
 
 
 def _check_act(hf: dict, key: str, want: str, where: Path) -> None:
@@ -77,14 +90,62 @@ def _check_act(hf: dict, key: str, want: str, where: Path) -> None:
     raise _fail(where, f"its activation is {act!r} (mygpt computes {want!r} here)")
 
 
+#: transformers' tie_word_embeddings default per architecture, for a config.json that omits it
+_TIED_BY_DEFAULT = {"gpt2": True, "starcoder2": True}
+#: what the architectures mygpt refuses have that it lacks, to name it in the refusal
+_KNOWN_FEATURES = {
+    "mixtral": "mixture-of-experts layers", "qwen2_moe": "mixture-of-experts layers",
+    "qwen3_moe": "mixture-of-experts layers", "olmoe": "mixture-of-experts layers",
+    "gemma": "(1 + w) norm weights and scaled embeddings", "gemma2": "(1 + w) norm weights, "
+    "scaled embeddings and logit soft-capping", "gemma3_text": "(1 + w) norm weights and "
+    "sliding-window layers", "phi": "a parallel residual", "phi3": "fused qkv and rope scaling",
+    "gpt_neox": "a parallel residual and partial rotary", "olmo2": "norms after each sublayer",
+}  # fmt: skip
+
+
+def _llama_family_fields(hf: dict, kind: str, where: Path) -> dict[str, Any]:
+    C, H = hf["hidden_size"], hf["num_attention_heads"]
+    ctx = hf["max_position_embeddings"]
+    window = hf.get("sliding_window")
+    sliding = (
+        kind in ("starcoder2", "mistral")
+        or hf.get("use_sliding_window")
+        or any(t == "sliding_attention" for t in hf.get("layer_types") or [])
+    )
+    if sliding and window and window < ctx:
+        raise _fail(where, f"it uses sliding-window attention (window {window} < context {ctx})")
+    _check_act(hf, "hidden_act", "gelu" if kind in ("starcoder2", "arcee") else "silu", where)
+    theta, scaling = _rope(hf, where)
+    bias = bool(hf.get("attention_bias", False))
+    if kind == "starcoder2":
+        bias = False  # its use_bias biases must be zero (checked on the weights)
+    fields = dict(
+        embed_dim=C, num_heads=H, num_layers=hf["num_hidden_layers"], max_seq_len=ctx,
+        num_kv_heads=hf.get("num_key_value_heads") or H, head_dim=hf.get("head_dim") or C // H,
+        norm_eps=hf.get("norm_epsilon" if kind == "starcoder2" else "rms_norm_eps", 1e-6),
+        rope_base=theta, rope_scaling=scaling, mlp_hidden=hf["intermediate_size"],
+        attn_bias=kind == "qwen2" or bias, attn_out_bias=bias if kind != "qwen2" else False,
+        qk_norm=kind == "qwen3",
+    )  # fmt: skip
+    if kind in ("llama", "mistral", "qwen2", "qwen3"):
+        fields["mlp_bias"] = bool(hf.get("mlp_bias", False))
+    if kind == "mistral":
+        fields.update(attn_bias=False, attn_out_bias=False)
+    return fields
+
+
+def _origin(hf: dict, kind: str) -> str | None:
+    """The architecture a model came from: what mygpt export recorded, else this one."""
+    return hf.get("mygpt_hf_model_type") if "mygpt_num_kv_heads" in hf else kind
+
+
 def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
     """The architecture and the mygpt config of an HF config.json, or a refusal naming why not."""
     kind = hf.get("model_type")
     arch = ARCHITECTURES.get(kind)
     if arch is None:
-        raise _fail(where, f"its architecture is {kind!r}")
-    if not hf.get("tie_word_embeddings", True):
-        raise _fail(where, "its output head is not tied to the token embedding")
+        feature = _KNOWN_FEATURES.get(kind)
+        raise _fail(where, f"its architecture is {kind!r}" + (f" ({feature})" if feature else ""))
     if kind == "gpt2":
         _check_act(hf, "activation_function", "gelu", where)
         if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
@@ -94,27 +155,17 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
         C, H = hf["n_embd"], hf["n_head"]
         fields = dict(embed_dim=C, num_heads=H, num_layers=hf["n_layer"],
                       max_seq_len=hf["n_positions"], norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                      mlp_hidden=hf.get("n_inner") or 4 * C)  # fmt: skip
+                      mlp_hidden=hf.get("n_inner") or 4 * C,
+                      num_kv_heads=hf.get("mygpt_num_kv_heads") or H)  # fmt: skip
     else:
-        C, H = hf["hidden_size"], hf["num_attention_heads"]
-        if hf.get("head_dim") not in (None, C // H):
-            raise _fail(where, f"its head_dim {hf['head_dim']} is not hidden_size / heads")
-        window = hf.get("sliding_window") if kind == "starcoder2" else None
-        if window and window < hf.get("max_position_embeddings", math.inf):
-            raise _fail(where, "it uses sliding-window attention")
-        want = "silu" if kind == "llama" else "gelu"
-        _check_act(hf, "hidden_act", want, where)
-        eps = hf.get("norm_epsilon" if kind == "starcoder2" else "rms_norm_eps", 1e-5)
-        fields = dict(embed_dim=C, num_heads=H, num_layers=hf["num_hidden_layers"],
-                      max_seq_len=hf["max_position_embeddings"], norm_eps=eps,
-                      num_kv_heads=hf.get("num_key_value_heads") or H,
-                      rope_base=_rope_base(hf, where), mlp_hidden=hf["intermediate_size"])  # fmt: skip
-    if kind == "gpt2":
-        fields["num_kv_heads"] = hf.get("mygpt_num_kv_heads") or H
+        fields = _llama_family_fields(hf, kind, where)
+    tied = hf.get("tie_word_embeddings", _TIED_BY_DEFAULT.get(kind, False))
+    if kind == "gpt2" and not tied:
+        raise _fail(where, "its output head is not tied to the token embedding")
     try:
         cfg = ModelConfig(
-            vocab_size=hf["vocab_size"], norm=arch.norm, position=arch.position,
-            mlp=arch.mlp, **fields,
+            vocab_size=hf["vocab_size"], norm=arch.norm, position=arch.position, mlp=arch.mlp,
+            tie_embeddings=bool(tied), hf_model_type=_origin(hf, kind), **fields,
         )  # fmt: skip
     except MygptError as e:
         raise _fail(
@@ -123,35 +174,100 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
     return arch, cfg
 
 
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file as float32 (bf16/f16 widen exactly); damage is one line."""
-    from safetensors import deserialize
-
-    if not path.is_file():
-        sharded = path.with_name("model.safetensors.index.json").is_file()
-        hint = "sharded checkpoints are not supported" if sharded else "export it with safetensors"
-        raise MygptError(f"{path} does not exist — {hint} (mygpt never loads pickled .bin files)")
+def read_model_tensors(hfdir: Path) -> dict[str, np.ndarray]:
+    """A model directory's weights: ``model.safetensors``, or the shards its index lists."""
+    single, index = hfdir / "model.safetensors", hfdir / "model.safetensors.index.json"
+    if single.is_file() or not index.is_file():
+        return read_safetensors(single)
     try:
-        raw = deserialize(path.read_bytes())
-    except Exception as e:  # SafetensorError: truncated, corrupt header, ...
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = list(dict.fromkeys(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise MygptError(f"{index} is not a safetensors index — the file is damaged") from None
+    out: dict[str, np.ndarray] = {}
+    for shard in shards:
+        if Path(shard).name != shard:
+            raise MygptError(f"{index} names a shard outside the directory ({shard!r})")
+        out.update(read_safetensors(hfdir / shard))
+    missing = set(weight_map) - set(out)
+    if missing:
         raise MygptError(
+            f"{index} lists {len(missing)} tensors its shards lack (e.g. {sorted(missing)[0]!r}) "
+            "— the download is incomplete; fetch the model again"
+        )
+    return out
+
+
+def _safetensors_index(path: Path) -> tuple[dict, int]:
+    """The header of a safetensors file and where its data starts; damage is one line."""
+    size = path.stat().st_size
+
+    def damaged(detail: str) -> MygptError:
+        return MygptError(
             f"{path} is truncated or damaged ({detail}) — download or export it again"
-        ) from None
+        )
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return {}, -1  # the caller words it
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000 or 8 + n > size:
+            raise damaged(f"its header claims {n} bytes of {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise damaged("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise damaged("its header is not a JSON object")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(v) for v in info["data_offsets"])
+            shape = [int(d) for d in info["shape"]]
+        except (TypeError, KeyError, ValueError):
+            raise damaged(f"entry {name!r} is malformed") from None
+        if not 0 <= start <= stop or 8 + n + stop > size:
+            raise damaged(f"tensor {name!r} ends past the end of the file")
+        width = _WIDTHS.get(info.get("dtype"), 0)
+        if width and (stop - start) != width * int(np.prod(shape, dtype=np.int64)):
+            raise damaged(f"tensor {name!r} has {stop - start} bytes for shape {shape}")
+    return header, 8 + n
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as float32 (bf16/f16 widen exactly); damage is one line.
+
+    The file is memory-mapped and each tensor widened straight from the map: one fp32 copy in
+    memory, not the file's bytes as well.
+    """
+    if not path.is_file():
+        raise MygptError(
+            f"{path} does not exist — the model's weights must be safetensors (mygpt never "
+            "loads pickled .bin files)"
+        )
+    header, base = _safetensors_index(path)
+    if base < 0:
+        raise MygptError(f"{path} is truncated or damaged (under 8 bytes) — download it again")
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
-    for name, t in raw:
-        dtype = t["dtype"]
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, (start, stop) = info.get("dtype"), info["data_offsets"]
+        raw = mm[base + start : base + stop]
         if dtype == "BF16":  # numpy has no bfloat16: its bits are the top half of a float32
-            bits = np.frombuffer(t["data"], dtype="<u2").astype(np.uint32) << 16
-            arr = bits.view(np.float32)
+            arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
         elif dtype in _DTYPES:
-            arr = np.frombuffer(t["data"], dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"))
+            arr = raw.view(np.dtype(_DTYPES[dtype]).newbyteorder("<")).astype(np.float32)
         else:
             raise MygptError(
                 f"{path}: tensor {name!r} is {dtype}; mygpt holds float32 weights and would round "
                 "it — convert the model to float32, float16 or bfloat16 first"
             )
-        out[name] = arr.astype(np.float32).reshape(t["shape"])
+        out[name] = arr.reshape(info["shape"])
+    del mm
     return out
 
 
@@ -176,8 +292,12 @@ def _expected(arch: Architecture, cfg: ModelConfig) -> dict[str, tuple[int, ...]
 def params_from_hf(arch: Architecture, cfg: ModelConfig, tensors: dict, where: Path) -> dict:
     t = _normalise_names(tensors, arch)
     embed = "wte.weight" if arch.model_type == "gpt2" else "model.embed_tokens.weight"
-    head = t.pop("lm_head.weight", None)
-    if head is not None and not (embed in t and np.array_equal(head, t[embed])):
+    head = t.pop("lm_head.weight", None) if cfg.tie_embeddings else t.get("lm_head.weight")
+    if (
+        cfg.tie_embeddings
+        and head is not None
+        and not (embed in t and np.array_equal(head, t[embed]))
+    ):
         raise _fail(where, "its output head (lm_head.weight) differs from the token embedding")
     expected = _expected(arch, cfg)
     for name, shape in expected.items():
@@ -214,24 +334,62 @@ def import_hf(hfdir: str | os.PathLike) -> Checkpoint:
         raise MygptError(
             f"{hfdir}/config.json lacks or garbles {e} — the file is damaged"
         ) from None
+    tokenizer = read_tokenizer(hfdir, hf, cfg.vocab_size)
+    tensors = read_model_tensors(hfdir)
+    params = params_from_hf(arch, cfg, tensors, hfdir)
+    return Checkpoint(cfg, params, tokenizer, format="native", path=hfdir)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise MygptError(f"{path} is not valid JSON — the file is damaged") from None
+    return d if isinstance(d, dict) else {}
+
+
+def read_tokenizer(hfdir: Path, hf: dict, vocab_size: int) -> dict:
+    """One of mygpt's own tokenizers when ``mygpt export`` wrote it, else the model's own
+    ``tokenizer.json`` with its special tokens, chat template and end-of-sequence ids."""
+    from mygpt.tokenizers.hf import read_hf_tokenizer
+
     tok_path = hfdir / "tokenizer.json"
     if not tok_path.is_file():
         raise MygptError(f"{hfdir} has no tokenizer.json — mygpt needs the model's tokenizer too")
-    tokenizer = hf_tokenizer.from_hf(
-        tok_path.read_text(encoding="utf-8"), cfg.vocab_size, str(tok_path)
-    )
-    tensors = read_safetensors(hfdir / "model.safetensors")
-    params = params_from_hf(arch, cfg, tensors, hfdir)
-    return Checkpoint(cfg, params, tokenizer, format="native", path=hfdir)
+    text = tok_path.read_text(encoding="utf-8")
+    try:
+        return hf_tokenizer.from_hf(text, vocab_size, str(tok_path))
+    except MygptError:
+        pass  # not one of mygpt's: the model's own tokenizer
+    tok_config = _read_json(hfdir / "tokenizer_config.json")
+    tok_config.pop("added_tokens_decoder", None)  # tokenizer.json has them
+    jinja = hfdir / "chat_template.jinja"
+    if jinja.is_file():  # transformers 5 writes the template beside, not inside, the config
+        tok_config["chat_template"] = jinja.read_text(encoding="utf-8")
+    generation = _read_json(hfdir / "generation_config.json")
+    d = read_hf_tokenizer(text, tok_config, generation, hf)
+    from mygpt.tokenizers import tokenizer_from_dict
+
+    n = tokenizer_from_dict(d).vocab_size
+    if n > vocab_size:
+        raise MygptError(
+            f"{tok_path} has {n} tokens but the model only {vocab_size} embeddings — the "
+            "tokenizer belongs to another model"
+        )
+    return d
 
 
 @click.command("import")
 @click.argument("hfdir", type=click.Path(path_type=str))
 @click.argument("output", type=click.Path(path_type=str))
 def import_cmd(hfdir: str, output: str) -> None:
-    """Import a Hugging Face model directory as a mygpt .safetensors checkpoint."""
+    """Import a Hugging Face model directory (or a Hub id) as a mygpt .safetensors checkpoint."""
     if not output.endswith(".safetensors"):
         raise MygptError(f"output {output!r} must end in .safetensors — mygpt's native checkpoint")
-    ckpt = import_hf(hfdir)
+    from mygpt.interop.hub import resolve_source
+
+    ckpt = import_hf(resolve_source(hfdir))  # a local directory, or a Hub id (downloaded)
     save_checkpoint(output, ckpt.config, ckpt.params, ckpt.tokenizer)
     click.echo(output)

@@ -40,13 +40,37 @@ _QUICK_MODELS = {
 }
 
 
-def model_check(norm: str, position: str, kv: str, mlp: str = "gelu") -> ParityCheck:
+#: what real open-weight models add (Llama 3, Qwen2, Qwen3), one row each on the Llama shape
+REAL_FEATURES: dict[str, dict] = {
+    "biases": dict(attn_bias=True, attn_out_bias=True, mlp_bias=True),
+    "qk-norm": dict(qk_norm=True),
+    "llama3-rope": dict(
+        rope_base=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8,
+        },
+    ),  # fmt: skip
+    "untied": dict(tie_embeddings=False),
+    "head-dim": dict(head_dim=12),
+}
+ALL_REAL = {k: v for f in REAL_FEATURES.values() for k, v in f.items()}
+
+
+def model_check(
+    norm: str, position: str, kv: str, mlp: str = "gelu", feature: str | None = None
+) -> ParityCheck:
     name = f"model {norm}/{position}/{kv}" + ("" if mlp == "gelu" else f"/{mlp}")
+    name += f" +{feature}" if feature else ""
+    features = REAL_FEATURES.get(feature, {}) if feature else {}
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         if ref is None:
             return []
-        cfg = tiny_config(norm, position, kv, mlp=mlp)
+        cfg = tiny_config(norm, position, kv, mlp=mlp, **features)
         params = init_params(cfg, seed=1)
         x, y = token_batch(cfg, seed=2, B=2, T=8 if dtype == "float32" else 6)
         lc, fc, gc = _forward_and_grads(cand, cfg, params, x, y, dtype)
@@ -58,17 +82,21 @@ def model_check(norm: str, position: str, kv: str, mlp: str = "gelu") -> ParityC
             compare_rel_max(f"{name} grads", dtype, cand, vs, gc, gr, GRAD_TOL[dtype]),
         ]
 
-    quick = (norm, position, kv, mlp) in _QUICK_MODELS
+    quick = (norm, position, kv, mlp) in _QUICK_MODELS and feature is None
     return ParityCheck(name, check, quick=quick, kind="model")
 
 
-def kv_cache_check(position: str, kv: str, mlp: str = "gelu") -> ParityCheck:
-    """Prefix with a cache, then a 3-token chunk, then token by token == one full forward."""
+def kv_cache_check(position: str, kv: str, mlp: str = "gelu", real: bool = False) -> ParityCheck:
+    """Prefix with a cache, then a 3-token chunk, then token by token == one full forward.
+
+    ``real``: with every feature of ``REAL_FEATURES`` at once (biases, q/k norm, llama3 rope,
+    untied head, a wider head)."""
     name = f"kv-cache decode {position}/{kv}" + ("" if mlp == "gelu" else f"/{mlp}")
+    name += " +real" if real else ""
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         norm = "rms" if position == "rope" else "layer"
-        cfg = tiny_config(norm, position, kv, mlp=mlp)
+        cfg = tiny_config(norm, position, kv, mlp=mlp, **(ALL_REAL if real else {}))
         params = init_params(cfg, seed=6)
         x, _ = token_batch(cfg, seed=7, B=2, T=12)
         P = {k: cand.asarray(v) for k, v in params.items()}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from mygpt.parity.core import ParityCheck
-from mygpt.parity.model_checks import adamw_check, kv_cache_check, model_check
+from mygpt.parity.model_checks import REAL_FEATURES, adamw_check, kv_cache_check, model_check
 from mygpt.parity.muon_checks import muon_check
 from mygpt.parity.op_checks import op_checks
 from mygpt.parity.train_checks import step_checks, train_check
@@ -23,6 +23,8 @@ def _all_checks() -> list[ParityCheck]:
         # norm and positions (the MLP is independent of them)
         *[model_check("rms", "rope", k, "swiglu") for k in ("mha", "gqa", "mqa")],
         model_check("layer", "learned", "mha", "swiglu"),
+        # what real open-weight models add, each on the Llama shape (GQA)
+        *[model_check("rms", "rope", "gqa", "swiglu", f) for f in REAL_FEATURES],
         ParityCheck("adamw+clip", adamw_check, dtypes=("float32",), kind="optimizer"),
         muon_check(1),
         muon_check(30),
@@ -30,6 +32,7 @@ def _all_checks() -> list[ParityCheck]:
         kv_cache_check("rope", "gqa"),
         kv_cache_check("rope", "mqa"),
         kv_cache_check("rope", "gqa", "swiglu"),
+        kv_cache_check("rope", "gqa", "swiglu", real=True),
         train_check(30, quick=False),
         train_check(30, quick=False, optimizer="muon"),
         train_check(8, quick=True),

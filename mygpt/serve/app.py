@@ -71,8 +71,11 @@ async def parse_body(request: Request, schema):
         raise ApiError(400, message, param) from None
 
 
-def encode_prompt(model, prompt: str) -> list[int]:
-    """Token ids of ``prompt``, refusing what the model cannot read (named in the error)."""
+def encode_prompt(model, prompt: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of ``prompt``, refusing what the model cannot read (named in the error).
+
+    A prompt rendered by the model's own chat template already spells its special tokens
+    (``add_special_tokens=False``)."""
     tok = model.tokenizer
     alphabet = getattr(tok, "chars", None)
     if alphabet is not None and tok.kind in ("char", "bpe"):
@@ -88,7 +91,7 @@ def encode_prompt(model, prompt: str) -> list[int]:
                 "unknown_characters",
             )
     try:
-        ids = model.encode(prompt)
+        ids = model.encode(prompt) if add_special_tokens else model.encode(prompt, False)
     except MygptError as e:
         raise ApiError(400, str(e), "prompt") from None
     if not ids:
@@ -105,7 +108,9 @@ def encode_prompt(model, prompt: str) -> list[int]:
     return ids
 
 
-def gen_request(info: ServerInfo, model, req, prompt: str, extra_stops: list[str]) -> GenRequest:
+def gen_request(
+    info: ServerInfo, model, req, prompt: str, extra_stops: list[str], special: bool = True
+) -> GenRequest:
     """Check a validated body against this server and model; the engine's request."""
     if req.model is not None and req.model != info.model_id:
         raise ApiError(
@@ -124,7 +129,7 @@ def gen_request(info: ServerInfo, model, req, prompt: str, extra_stops: list[str
     if req.seed is not None and req.seed < 0:
         raise ApiError(400, f"seed must be >= 0, got {req.seed}", "seed")
     return GenRequest(
-        prompt_ids=encode_prompt(model, prompt),
+        prompt_ids=encode_prompt(model, prompt, special),
         max_tokens=max_tokens,
         temperature=req.temperature,
         top_k=req.top_k or None,
@@ -262,8 +267,12 @@ def create_app(engine: Engine, info: ServerInfo) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = await parse_body(request, ChatRequest)
-        prompt = template.prompt([(m.role, m.content) for m in req.messages])
-        gen = gen_request(info, engine.model, req, prompt, template.stops())
+        try:
+            prompt = template.prompt([(m.role, m.content) for m in req.messages])
+        except MygptError as e:  # the model's own template refused them (raise_exception)
+            raise ApiError(400, str(e), "messages") from None
+        special = getattr(template, "add_special_tokens", True)
+        gen = gen_request(info, engine.model, req, prompt, template.stops(), special)
         return await respond(request, req, gen, chat=True)
 
     @app.get("/v1/models")

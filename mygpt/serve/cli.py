@@ -28,16 +28,29 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _model_id(checkpoint: str) -> str:
+    """What clients call the model: a file's stem, a directory's name, or the Hub id itself."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return path.stem
+    return path.name if path.exists() else checkpoint
+
+
 @click.command(name="serve")
-@click.option("--checkpoint", required=True, help="A .safetensors or book .ckpt checkpoint.")
+@click.option(
+    "--checkpoint",
+    required=True,
+    help="A .safetensors or book .ckpt checkpoint, a Hugging Face model directory, or a Hub id "
+    "(e.g. Qwen/Qwen2.5-0.5B-Instruct).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True, help="0 = any free port.")
 @click.option("--model-name", default=None, help="The model id clients see (default: file stem).")
 @click.option(
     "--chat-template",
-    default="transcript",
-    show_default=True,
-    help="How chat messages become a prompt: transcript ('User: ...\\nAssistant:'), plain "
+    default=None,
+    help="How chat messages become a prompt: model (the model's own Jinja template; the default "
+    "where it has one), transcript ('User: ...\\nAssistant:', the default otherwise), plain "
     "(the messages' text), or a template with {content} and {role}/{Role}.",
 )
 @click.option("--max-tokens-limit", type=int, default=2048, show_default=True)
@@ -59,7 +72,7 @@ def bind(host: str, port: int) -> socket.socket:
 @device_option
 @precision_option
 def serve(
-    checkpoint: str, host: str, port: int, model_name: str | None, chat_template: str,
+    checkpoint: str, host: str, port: int, model_name: str | None, chat_template: str | None,
     max_tokens_limit: int, default_max_tokens: int, max_concurrent: int, backend: str,
     device: str, precision: str,
 ) -> None:  # fmt: skip
@@ -68,7 +81,7 @@ def serve(
 
     from mygpt.api import load
     from mygpt.serve.app import ServerInfo, create_app
-    from mygpt.serve.chat_template import ChatTemplate
+    from mygpt.serve.chat_template import ChatTemplate, template_for
     from mygpt.serve.engine import Engine
 
     for name, value in (("--max-tokens-limit", max_tokens_limit),
@@ -78,9 +91,11 @@ def serve(
             raise UsageError(f"{name} must be at least 1, got {value}")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")
-    template = ChatTemplate(chat_template)
-    if not Path(checkpoint).is_file():
-        raise MygptError(f"checkpoint {checkpoint!r} does not exist — check the path")
+    if chat_template not in (None, "model", "auto"):
+        ChatTemplate(chat_template)  # a bad template fails before the model loads
+    from mygpt.interop.hub import resolve_source
+
+    resolve_source(checkpoint)  # a Hub id downloads (or fails) before the port is taken
     sock = bind(host, port)
     engine = Engine(
         lambda: load(checkpoint, backend=backend, device=device, precision=precision),
@@ -88,8 +103,9 @@ def serve(
     )
     engine.start()
     m = engine.model
+    template = template_for(chat_template, m.tokenizer)
     info = ServerInfo(
-        model_id=model_name or Path(checkpoint).stem,
+        model_id=model_name or _model_id(checkpoint),
         max_tokens_limit=max_tokens_limit,
         default_max_tokens=min(default_max_tokens, max_tokens_limit),
         template=template,

@@ -183,6 +183,8 @@ class Engine:
                     top_k=req.top_k, top_p=req.top_p, seed=req.seed,
                 )  # fmt: skip
             token = next(job.gen)
+        except StopIteration:  # the model ended its turn (an end-of-sequence id)
+            return self._end(job, "stop")
         except MygptError as e:
             return self._finish(job, "error", str(e), stat="failed")
         except Exception as e:  # a bug must fail this request, not stop the worker thread

@@ -16,6 +16,8 @@ from mygpt.tokenizers.bytebpe import DEFAULT_SPECIAL_TOKENS, ByteBPETokenizer
 from mygpt.tokenizers.char import CharTokenizer
 
 KINDS = ("char", "bpe", "bytebpe")
+#: every kind a checkpoint may hold: the trainable ones plus a real model's own tokenizer.json
+LOADABLE_KINDS = (*KINDS, "hf")
 
 
 def train_tokenizer(
@@ -73,12 +75,16 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
     if not isinstance(d, dict):
         raise corrupt(f"expected a JSON object, got {type(d).__name__}")
     kind = d.get("kind")
-    if kind not in KINDS:
-        raise corrupt(f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    if kind not in LOADABLE_KINDS:
+        raise corrupt(f"unknown kind {kind!r} (expected one of {', '.join(LOADABLE_KINDS)})")
     version = d.get("version")
     if version != FORMAT_VERSION:
         raise corrupt(f"unsupported {kind} format version {version!r} (this mygpt reads 1)")
     try:
+        if kind == "hf":
+            from mygpt.tokenizers.hf import hf_tokenizer_from_dict
+
+            return hf_tokenizer_from_dict(d)
         if kind == "char":
             return CharTokenizer(_field(d, "chars", list))
         if kind == "bpe":

@@ -4,7 +4,7 @@ Unlike ``--resume`` (which continues one run: optimizer moments, step, sampler),
 from a checkpoint is new: step 0, a fresh AdamW, its own schedule. What it takes from the
 checkpoint is everything that makes the weights mean something: the architecture and the
 tokenizer. Any loadable checkpoint works (native, the book's ``.ckpt``, an imported one), and so
-does a Hugging Face model directory that ``mygpt import`` accepts.
+does a Hugging Face model directory (Llama, Mistral, Qwen2, Qwen3, ...) or a Hub model id.
 """
 
 from __future__ import annotations
@@ -12,19 +12,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mygpt.checkpoint import Checkpoint, load_checkpoint
+from mygpt.checkpoint import Checkpoint
 from mygpt.errors import MygptError
 from mygpt.train.config import TrainConfig, refuse_contradictions, tokenizer_flags
 
 
 def load_init_source(path: str | Path) -> Checkpoint:
-    """A checkpoint file, or a Hugging Face directory converted in memory (weights only)."""
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").exists():
-        from mygpt.interop.import_ import import_hf
+    """A checkpoint file, a Hugging Face directory or a Hub id, converted in memory (weights only)."""
+    from mygpt.interop.sources import load_source
 
-        return import_hf(path)
-    return load_checkpoint(path)
+    return load_source(path)
 
 
 def init_checkpoint(tc: TrainConfig) -> Checkpoint | None:

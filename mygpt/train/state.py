@@ -41,7 +41,9 @@ def init_state(
     source = ckpt or init
     if source is not None:
         cfg, np_params = source.config, source.params
-        if cfg.vocab_size != rd.tokenizer.vocab_size:
+        # a real model's embedding may have spare rows past its tokenizer (padded to a multiple)
+        spare_ok = rd.tokenizer.kind == "hf" and cfg.vocab_size > rd.tokenizer.vocab_size
+        if cfg.vocab_size != rd.tokenizer.vocab_size and not spare_ok:
             raise MygptError(
                 "checkpoint's vocab size does not match its tokenizer — the file is inconsistent"
             )
