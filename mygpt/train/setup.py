@@ -95,17 +95,17 @@ GPU_SAVING = 0.3
 def compile_note(backend: str, device: str, tc: TrainConfig) -> str | None:
     """One line when ``--compile`` will not pay for itself in this run, else None.
 
-    On a CPU the compiled step measured no faster than eager at the Ch.17, Ch.27 and Ch.28 shapes
-    (the step is matmul-bound; README, "--compile"), so compiling is pure start-up cost there. On a
-    GPU a run must be long enough for even an optimistic saving to repay the compile time.
+    On this project's CPUs the compiled step measured no faster than eager at the Ch.17 and Ch.27
+    shapes (the step is matmul-bound; README, "Training faster"), so there compiling is start-up
+    cost. On a GPU a run must be long enough for even an optimistic saving to repay it.
     """
     if not tc.compile:
         return None
     cost = COMPILE_SECONDS.get(backend, 40)
     if device == "cpu":
         return (
-            f"note: --compile costs ~{cost} s of compiling here and compiled steps measured no "
-            "faster on CPUs (the step is matmul-bound) — drop --compile for a quicker run"
+            f"note: --compile costs ~{cost} s of compiling, and on CPUs compiled steps measured no "
+            "faster at the book's sizes (matmul-bound) — drop --compile for a quicker run"
         )
     if tc.steps * 0.01 * GPU_SAVING < cost:  # a fast GPU step is ~10 ms
         return (
