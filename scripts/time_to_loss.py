@@ -133,7 +133,12 @@ def report(runs: list[dict], names: list[str], target: float, budget: float | No
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT / "mygpt" / "data" / "tinyshakespeare.txt")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="default: Tiny Shakespeare (or the Wikipedia summaries with --wikipedia)",
+    )
     ap.add_argument("--variant", action="append", default=[], help='NAME="flags" (repeatable)')
     ap.add_argument("--only", action="append", default=[], help="run only these variants")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -155,8 +160,9 @@ def main() -> None:
     args = parse_args()
     variants = dict(VARIANTS)
     if args.wikipedia:
-        variants, args.data = dict(WIKI_VARIANTS), WIKIPEDIA
+        variants, args.data = dict(WIKI_VARIANTS), args.data or WIKIPEDIA
         args.baseline = "ch28-shape" if args.baseline == "ch27-modern" else args.baseline
+    args.data = args.data or ROOT / "mygpt" / "data" / "tinyshakespeare.txt"
     for spec in args.variant:
         name, _, flags = spec.partition("=")
         variants[name] = flags
