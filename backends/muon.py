@@ -18,9 +18,11 @@ gives the update the RMS of a typical AdamW update (~0.2), so ``--lr`` means the
 both optimizers and the AdamW group can share it (``--adamw-lr`` sets its own). Keller's factor
 ``max(1, rows/cols)^0.5`` needs a learning rate ~20x AdamW's instead.
 
-Embeddings (the tied head), norms and biases stay on the backend's AdamW. Only ``+ - * @``,
-``sum``, ``** 0.5`` and ``Ops`` methods are used, so it is one implementation on both backends, and
-``step`` is a pure function of its inputs (MLX can compile it).
+Embeddings (and the head), norms and biases stay on AdamW: the backend's own (torch's fused
+kernel), or under ``--compile`` :class:`OpsAdamW`, torch's formula written here. Only ``+ - * @``,
+``sum``, ``** 0.5`` and ``Ops`` methods are used, so each is one implementation on both backends,
+and each has a functional form (``state``/``hyper``/``update``: the update a pure function of
+parameters, gradients, state and the step's scalars) that ``--compile`` compiles.
 """
 
 from __future__ import annotations
