@@ -199,14 +199,30 @@ class Ops(abc.ABC):
         """
 
     @abc.abstractmethod
-    def attention(self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0) -> Array:
+    def rope_at(
+        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
+        """:meth:`rope` with a position per row: row b's tokens are at ``positions[b] + t``."""
+
+    @abc.abstractmethod
+    def attention(
+        self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
+        mask: Array | None = None,
+    ) -> Array:  # fmt: skip
         """Causal attention on (B, H, Tq, D) x (B, Hkv, Tk, D), Hkv dividing H (GQA).
 
         Query head h reads K/V head ``h // (H // Hkv)`` (the book's ``repeat_interleave`` order).
         The causal mask is aligned to the *end* of the keys, so with Tq < Tk (cached decoding) the
         last query sees every key, as it would in a full forward pass. ``dropout`` > 0 drops
         attention probabilities after the softmax (the book's only dropout; training only).
+        ``mask`` (from :meth:`length_mask`) replaces the causal mask: batched decoding, where
+        each row has its own number of valid keys in a buffer of fixed length.
         """
+
+    @abc.abstractmethod
+    def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
+        """A (B, 1, Tq, Tk) boolean mask: query i of row b sees key j iff
+        ``j <= lengths[b] - tq + i`` (causal, aligned to each row's own last valid key)."""
 
     @abc.abstractmethod
     def softmax(self, x: Array, axis: int = -1) -> Array:

@@ -77,6 +77,15 @@ class MLXOps(Ops):
         buf[index] = x
         return buf
 
+    def write_rows(self, buf: Array, x: Array, rows: Sequence[int], starts: Sequence[int]) -> Array:
+        if x.shape[2] == 1:  # one scatter for every row (a decode step)
+            r, s = mx.array(np.asarray(rows, np.int32)), mx.array(np.asarray(starts, np.int32))
+            buf[r, :, s] = x[:, :, 0]
+            return buf
+        for i, (r, s) in enumerate(zip(rows, starts)):
+            buf[r, :, s : s + x.shape[2]] = x[i]
+        return buf
+
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
         if bias is None:
@@ -103,7 +112,33 @@ class MLXOps(Ops):
             x, x.shape[-1], traditional=True, base=None, scale=1.0, offset=offset, freqs=periods
         )
 
-    def attention(self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0) -> Array:
+    def rope_at(
+        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
+        offsets = mx.array(np.asarray(positions, dtype=np.int32))
+        if inv_freq is None:
+            return mx.fast.rope(
+                x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offsets
+            )
+        periods = mx.array(np.float32(1.0) / inv_freq)
+        return mx.fast.rope(
+            x, x.shape[-1], traditional=True, base=None, scale=1.0, offset=offsets, freqs=periods
+        )
+
+    def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
+        last = (
+            np.asarray(lengths, dtype=np.int64)[:, None, None, None] - tq + np.arange(tq)[:, None]
+        )
+        return mx.array(np.arange(tk) <= last)
+
+    def attention(
+        self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
+        mask: Array | None = None,
+    ) -> Array:  # fmt: skip
+        if mask is not None:
+            if dropout > 0:
+                raise ValueError("a length mask is for decoding: no dropout")
+            return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         if dropout > 0:  # the fused kernel has no dropout: spell it out
             return self._attention_with_dropout(q, k, v, scale, dropout)
         # MLX's causal mask is aligned lower-right, which is what cached decoding needs.

@@ -18,7 +18,7 @@ from mygpt import model
 from mygpt.backends import Ops, get_backend
 from mygpt.checkpoint import Checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
-from mygpt.generate import generate
+from mygpt.generate import generate, generate_steps
 from mygpt.precision import resolve_precision
 
 
@@ -78,6 +78,17 @@ class Model:
         self.ops.activate()
         kwargs.setdefault("stop_ids", self.stop_ids)
         return generate(
+            self.ops, self.config, self.params, ids, max_new_tokens, dtype=self.dtype, **kwargs
+        )
+
+    def steps(
+        self, prompt: str | Sequence[int], max_new_tokens: int = 200, **kwargs
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(token id, the logits it was sampled from)`` one at a time: the exact cached path
+        of :meth:`stream` (kwargs as :func:`mygpt.generate.generate_steps`)."""
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self.ops.activate()
+        return generate_steps(
             self.ops, self.config, self.params, ids, max_new_tokens, dtype=self.dtype, **kwargs
         )
 

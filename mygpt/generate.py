@@ -68,6 +68,163 @@ def check_sampling_args(
         raise MygptError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
 
 
+#: rows of every decode step: ``generate`` pads its one stream to this many rows and ``mygpt serve``
+#: decodes in groups of this many, so a stream's arithmetic is the same alone or in company
+DECODE_ROWS = 8
+
+
+#: the most KV memory one fixed-shape group may take; beyond it (a real model's long context)
+#: ``generate`` uses the growing cache and ``mygpt serve`` its round-robin scheduler
+FIXED_SHAPE_MAX_BYTES = 512 * 2**20
+
+
+def fixed_shape_fits(cfg: ModelConfig, dtype: str = "float32") -> bool:
+    """Whether a :data:`DECODE_ROWS` x context KV buffer stays under FIXED_SHAPE_MAX_BYTES."""
+    return model.SlotCache.nbytes(cfg, DECODE_ROWS, dtype) <= FIXED_SHAPE_MAX_BYTES
+
+
+class Stream:
+    """One generation's state: its tokens, its own RNG and sampling settings.
+
+    Each stream owns a ``numpy`` generator seeded with its seed, so its draws do not depend on
+    what other streams sample (a batched server keeps every stream's ``generate`` output).
+    """
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = 10,
+        top_p: float = 1.0,
+        seed: int = 0,
+        keep_prompt_logits: bool = False,
+    ) -> None:
+        if len(prompt_ids) == 0:
+            raise MygptError("the prompt is empty — pass --prompt with at least one character")
+        self.ids = list(prompt_ids)
+        self.prompt_len = len(self.ids)
+        self.rng = np.random.default_rng(seed)
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.keep_prompt_logits = keep_prompt_logits
+        self.prompt_logits: np.ndarray | None = None  # (prompt_len, vocab), when kept
+        self.fresh = True  # nothing of it in a cache yet
+
+    def sample(self, logits: np.ndarray) -> int:
+        nxt = sample_next(
+            logits, self.rng, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p
+        )
+        self.ids.append(nxt)
+        return nxt
+
+
+class Decoder:
+    """Exact batched decoding: streams in fixed-shape groups of :data:`DECODE_ROWS` rows.
+
+    A stream is prefilled alone, exactly as ``generate`` prefills (one forward of its window
+    through a :class:`~mygpt.model.KVCache`, also how every step past the context refills), then
+    copied into its row of a :class:`~mygpt.model.SlotCache`; each decode step runs one
+    (DECODE_ROWS, 1) forward per group that has work, whatever the number of live rows.
+    """
+
+    def __init__(self, ops, cfg: ModelConfig, params: dict, capacity: int, dtype: str) -> None:
+        self.ops, self.cfg, self.params, self.dtype = ops, cfg, params, dtype
+        self.fused = model.fuse_qkv(ops, cfg, params)
+        groups = -(-capacity // DECODE_ROWS)
+        self.groups = [
+            model.SlotCache.allocate(ops, cfg, DECODE_ROWS, dtype) for _ in range(groups)
+        ]
+        self.streams: list[Stream | None] = [None] * (groups * DECODE_ROWS)
+
+    @staticmethod
+    def nbytes(cfg: ModelConfig, capacity: int, dtype: str) -> int:
+        """KV memory of a decoder for ``capacity`` rows, plus one prefill's cache."""
+        rows = -(-capacity // DECODE_ROWS) * DECODE_ROWS
+        return model.SlotCache.nbytes(cfg, rows, dtype) + 2 * model.SlotCache.nbytes(cfg, 1, dtype)
+
+    def add(self, stream: Stream) -> int:
+        """Give ``stream`` a free row (the lowest); its first :meth:`logits` prefills it."""
+        row = self.streams.index(None)  # ValueError when full: callers admit up to capacity
+        self.streams[row] = stream
+        return row
+
+    def remove(self, row: int) -> None:
+        self.streams[row] = None
+
+    def _prefill(self, row: int, stream: Stream) -> np.ndarray:
+        T = self.cfg.max_seq_len
+        window = stream.ids[-T:]
+        cache = model.KVCache(self.cfg.num_layers, max_len=T)
+        x = self.ops.asarray(np.array([window], dtype=np.int64))
+        out = model.forward(self.ops, self.cfg, self.params, x, cache=cache, dtype=self.dtype)
+        if stream.fresh and stream.keep_prompt_logits:
+            stream.prompt_logits = self.ops.to_numpy(out[0])
+        stream.fresh = False
+        if len(stream.ids) < T:  # it will decode from this cache next step
+            group, r = divmod(row, DECODE_ROWS)
+            self.groups[group].load(self.ops, r, cache)
+        return self.ops.to_numpy(out[:, -1])[0]
+
+    def logits(self, rows: Sequence[int]) -> dict[int, np.ndarray]:
+        """Next-token logits of each of ``rows``: prefills alone, then one step per group."""
+        out, todo = {}, {}
+        for row in rows:
+            s = self.streams[row]
+            if s.fresh or len(s.ids) > self.cfg.max_seq_len:
+                out[row] = self._prefill(row, s)
+            else:
+                todo.setdefault(row // DECODE_ROWS, []).append(row)
+        T = self.cfg.max_seq_len
+        for group, members in todo.items():
+            # Rows without a token this step still compute and write a key: at the last index,
+            # which no live row can need (a row's entry there is written by its own last decode,
+            # and every step after that refills from a fresh prefill). Never at 0: a row being
+            # prefilled this step would lose its first key.
+            tokens = np.zeros(DECODE_ROWS, dtype=np.int64)
+            positions = np.full(DECODE_ROWS, T - 1, dtype=np.int64)
+            for row in members:
+                s, r = self.streams[row], row % DECODE_ROWS
+                tokens[r], positions[r] = s.ids[-1], len(s.ids) - 1
+            slots = self.groups[group]
+            step = model.decode(
+                self.ops, self.cfg, self.fused, tokens, positions, slots, dtype=self.dtype
+            )
+            step = self.ops.to_numpy(step)
+            for row in members:
+                out[row] = step[row % DECODE_ROWS]
+        return out
+
+
+def generate_steps(
+    ops,
+    cfg: ModelConfig,
+    params: dict,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int = 200,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = 10,
+    top_p: float = 1.0,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(token, the logits it was sampled from)`` for each new token: the exact cached path."""
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    if not fixed_shape_fits(cfg, dtype):  # a long context: the growing cache, one row
+        yield from _generate_uncached_or_sliding(
+            ops, cfg, params, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed, use_cache=True, sliding=False, dtype=dtype,
+        )  # fmt: skip
+        return
+    stream = Stream(prompt_ids, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    with ops.inference():
+        dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
+        row = dec.add(stream)
+        for _ in range(max_new_tokens):
+            logits = dec.logits([row])[row]
+            yield stream.sample(logits), logits
+
+
 def generate(
     ops,
     cfg: ModelConfig,
@@ -89,6 +246,30 @@ def generate(
     A token in ``stop_ids`` (a real model's end-of-sequence ids) ends the generation; it is not
     yielded.
     """
+    stop = frozenset(int(i) for i in stop_ids)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    if use_cache and not sliding:
+        steps = generate_steps(
+            ops, cfg, params, prompt_ids, max_new_tokens, dtype=dtype, **sampling
+        )
+    else:
+        steps = _generate_uncached_or_sliding(
+            ops, cfg, params, prompt_ids, max_new_tokens, use_cache=use_cache, sliding=sliding,
+            dtype=dtype, **sampling,
+        )  # fmt: skip
+    for token, _ in steps:
+        if token in stop:
+            return
+        yield token
+
+
+def _generate_uncached_or_sliding(
+    ops, cfg: ModelConfig, params: dict, prompt_ids: Sequence[int], max_new_tokens: int, *,
+    temperature: float, top_k: int | None, top_p: float, seed: int, use_cache: bool,
+    sliding: bool, dtype: str,
+) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+    """The book's loop without a cache, with a growing KV cache (refilled past the window), or
+    the rotating (sliding) cache of mlx-lm/llama.cpp; ``(token, logits)`` pairs."""
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
     if sliding and cfg.position != "rope":
         raise MygptError(
@@ -98,7 +279,6 @@ def generate(
     if len(prompt_ids) == 0:
         raise MygptError("the prompt is empty — pass --prompt with at least one character")
     rng = np.random.default_rng(seed)
-    stop = frozenset(int(i) for i in stop_ids)
     ids = list(prompt_ids)
     T = cfg.max_seq_len
 
@@ -120,7 +300,56 @@ def generate(
             else:
                 logits = last_logits(ids[-1:], cache)
             nxt = sample_next(logits, rng, temperature=temperature, top_k=top_k, top_p=top_p)
-            if nxt in stop:
-                return
             ids.append(nxt)
-            yield nxt
+            yield nxt, logits
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities from fp32 logits, in float64 (``mygpt eval``'s arithmetic)."""
+    z = np.asarray(logits, dtype=np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    return z - (np.log(np.exp(z - m).sum(axis=-1, keepdims=True)) + m)
+
+
+def batch_invariance_check(
+    ops, cfg: ModelConfig, params: dict, dtype: str = "float32", steps: int = 3, seed: int = 0
+) -> float:
+    """Largest |logit| difference between streams decoded together and each decoded alone.
+
+    Eight streams with prompts of different lengths share a :class:`Decoder` group; each is
+    then run alone (as ``generate`` runs it, in row 0). 0.0 means batched decoding is exact here.
+    """
+    rng = np.random.default_rng(seed)
+    T = cfg.max_seq_len
+    n = DECODE_ROWS + 2  # more streams than rows: two join in rows others have left
+    prompts = [list(rng.integers(0, cfg.vocab_size, size=int(rng.integers(1, max(2, T // 2)))))
+               for _ in range(n)]  # fmt: skip
+    joins = [i // 2 for i in range(n)]  # streams join at different steps, mid-decode
+
+    def run(group: list[int]) -> dict[int, list[np.ndarray]]:
+        dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
+        live: dict[int, tuple[int, Stream]] = {}
+        seen: dict[int, list[np.ndarray]] = {i: [] for i in group}
+        step = 0
+        while any(len(v) < steps for v in seen.values()):
+            for i in group:
+                if joins[i] <= step and not seen[i] and i not in live and len(live) < DECODE_ROWS:
+                    live[i] = (dec.add(Stream(prompts[i], temperature=0)), None)
+            out = dec.logits([row for row, _ in live.values()])
+            for i, (row, _) in list(live.items()):
+                seen[i].append(out[row])
+                dec.streams[row].sample(out[row])
+                if len(seen[i]) == steps:
+                    dec.remove(row)
+                    del live[i]
+            step += 1
+        return seen
+
+    with ops.inference():
+        together = run(list(range(n)))
+        worst = 0.0
+        for i in range(n):
+            alone = run([i])[i]
+            for a, b in zip(alone, together[i]):
+                worst = max(worst, float(np.abs(a - b).max()))
+    return worst

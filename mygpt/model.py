@@ -185,6 +185,42 @@ class KVCache:
         return keys[:, :, begin:end], values[:, :, begin:end]
 
 
+@dataclass
+class SlotCache:
+    """A fixed-shape KV cache for batched decoding: ``rows`` rows of ``capacity`` positions.
+
+    Every layer's keys and values are one (rows, Hkv, capacity, D) buffer, allocated up front;
+    row r holds one stream, its entry for absolute position p at index p. :func:`decode` always
+    attends over the whole capacity with a per-row length mask, so a row's arithmetic is the same
+    whatever the other rows hold (see DESIGN.md, "Serving exactly").
+    """
+
+    rows: int
+    capacity: int
+    keys: list[Array]
+    values: list[Array]
+
+    @classmethod
+    def allocate(cls, ops, cfg: ModelConfig, rows: int, dtype: str = "float32") -> SlotCache:
+        shape = (rows, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim)
+        keys = [ops.zeros(shape, dtype) for _ in range(cfg.num_layers)]
+        values = [ops.zeros(shape, dtype) for _ in range(cfg.num_layers)]
+        return cls(rows, cfg.max_seq_len, keys, values)
+
+    @staticmethod
+    def nbytes(cfg: ModelConfig, rows: int, dtype: str = "float32") -> int:
+        per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.max_seq_len * cfg.head_dim
+        return rows * per_row * (2 if dtype == "bfloat16" else 4)
+
+    def load(self, ops, row: int, cache: KVCache) -> None:
+        """Copy a prefilled :class:`KVCache` (one row, not past its window) into ``row``."""
+        for i in range(len(self.keys)):
+            end = cache.ends[i]
+            k, v = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
+            self.keys[i] = ops.write_rows(self.keys[i], k, [row], [0])
+            self.values[i] = ops.write_rows(self.values[i], v, [row], [0])
+
+
 # --- forward ---------------------------------------------------------------------------------
 
 
@@ -193,6 +229,27 @@ def _norm(ops, cfg: ModelConfig, params: Params, prefix: str, x: Array, dtype: s
     if cfg.norm == "rms":
         return ops.rms_norm(x, w, cfg.norm_eps)
     return ops.layer_norm(x, w, ops.cast(params[f"{prefix}.bias"], dtype), cfg.norm_eps)
+
+
+def _qkv(
+    ops, cfg: ModelConfig, p: Callable[[str], Array], b: str, x: Array, w_qkv: Array | None = None
+):
+    """(Q and K heads together, V heads), (B, H + Hkv, T, D) and (B, Hkv, T, D), before rope."""
+    B, T, _ = x.shape
+    H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    # Q, K and V from one matmul and one rotary call for Q and K together: a decoded token is
+    # dozens of tiny ops that each cost more to launch than to compute (8% per token on CPU)
+    if w_qkv is None:  # decoding passes the concatenation fuse_qkv made once
+        w_qkv = ops.concat([p(f"{b}.mha.W_{n}.weight") for n in "QKV"], axis=0)
+    b_qkv = ops.concat([p(f"{b}.mha.W_{n}.bias") for n in "QKV"], axis=0) if cfg.attn_bias else None
+    qkv = ops.linear(x, w_qkv, b_qkv)
+    heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
+    qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
+    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D features, before the rotation
+        qn = ops.rms_norm(qk[:, :H], p(f"{b}.mha.q_norm.weight"), cfg.norm_eps)
+        kn = ops.rms_norm(qk[:, H:], p(f"{b}.mha.k_norm.weight"), cfg.norm_eps)
+        qk = ops.concat([qn, kn], axis=1)
+    return qk, v
 
 
 def _attention(
@@ -207,18 +264,8 @@ def _attention(
     dropout: float,
 ) -> Array:
     B, T, C = x.shape
-    H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    # Q, K and V from one matmul and one rotary call for Q and K together: a decoded token is
-    # dozens of tiny ops that each cost more to launch than to compute (8% per token on CPU)
-    w_qkv = ops.concat([p(f"{b}.mha.W_{n}.weight") for n in "QKV"], axis=0)
-    b_qkv = ops.concat([p(f"{b}.mha.W_{n}.bias") for n in "QKV"], axis=0) if cfg.attn_bias else None
-    qkv = ops.linear(x, w_qkv, b_qkv)
-    heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
-    qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
-    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D features, before the rotation
-        qn = ops.rms_norm(qk[:, :H], p(f"{b}.mha.q_norm.weight"), cfg.norm_eps)
-        kn = ops.rms_norm(qk[:, H:], p(f"{b}.mha.k_norm.weight"), cfg.norm_eps)
-        qk = ops.concat([qn, kn], axis=1)
+    H, D = cfg.num_heads, cfg.head_dim
+    qk, v = _qkv(ops, cfg, p, b, x)
     if cfg.position == "rope":
         qk = ops.rope(qk, offset, cfg.rope_base, rope_inv_freq(cfg))
     q, k = qk[:, :H], qk[:, H:]
@@ -295,6 +342,69 @@ def forward(
     if not cfg.tie_embeddings:
         return ops.linear(x, p("lm_head.weight"))
     return ops.linear(x, ops.cast(emb, dtype))  # tied head: logits = x @ E^T
+
+
+def fuse_qkv(ops, cfg: ModelConfig, params: Params) -> Params:
+    """``params`` plus each block's W_Q, W_K, W_V concatenated once (``blocks.i.mha.W_QKV``),
+    which :func:`decode` uses instead of concatenating them at every step."""
+    fused = dict(params)
+    for i in range(cfg.num_layers):
+        b = f"blocks.{i}.mha"
+        fused[f"{b}.W_QKV.weight"] = ops.concat([params[f"{b}.W_{n}.weight"] for n in "QKV"], 0)
+    return fused
+
+
+def decode(
+    ops,
+    cfg: ModelConfig,
+    params: Params,
+    tokens: np.ndarray,
+    positions: np.ndarray,
+    slots: SlotCache,
+    *,
+    dtype: str = "float32",
+) -> Array:
+    """Logits (rows, vocab) for one new token per row of ``slots``, each at its own position.
+
+    ``tokens[r]`` is row r's newest token and ``positions[r]`` its absolute position (the row's
+    cached length); its key and value are written at that index and it attends to keys
+    ``0..positions[r]``. Always the full (rows, 1) x capacity shape: rows with nothing to do
+    still compute (pass token 0 at position 0), so no row's result depends on the others.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    R, H = slots.rows, cfg.num_heads
+    rows = list(range(R))
+
+    def p(name: str) -> Array:
+        return ops.cast(params[name], dtype)
+
+    emb = params["token_embedding.embedding.weight"]
+    x = ops.embedding(emb, ops.asarray(np.asarray(tokens, dtype=np.int64)[:, None]))
+    if cfg.position == "learned":
+        pos_ids = ops.asarray(positions[:, None])
+        x = x + ops.embedding(params["position_embedding.weight"], pos_ids)
+    x = ops.cast(x, dtype)
+    mask = ops.length_mask(positions + 1, 1, slots.capacity)
+    scale = 1.0 / math.sqrt(cfg.head_dim)
+    for i in range(cfg.num_layers):
+        b = f"blocks.{i}"
+        h = _norm(ops, cfg, params, f"{b}.ln1", x, dtype)
+        fused = params.get(f"{b}.mha.W_QKV.weight")
+        qk, v = _qkv(ops, cfg, p, b, h, None if fused is None else ops.cast(fused, dtype))
+        if cfg.position == "rope":
+            qk = ops.rope_at(qk, positions, cfg.rope_base, rope_inv_freq(cfg))
+        q, k = qk[:, :H], qk[:, H:]
+        slots.keys[i] = ops.write_rows(slots.keys[i], k, rows, positions)
+        slots.values[i] = ops.write_rows(slots.values[i], v, rows, positions)
+        out = ops.attention(q, slots.keys[i], slots.values[i], scale=scale, mask=mask)
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (R, 1, H * cfg.head_dim))
+        bias = p(f"{b}.mha.W_O.bias") if cfg.attn_out_bias else None
+        x = x + ops.linear(out, p(f"{b}.mha.W_O.weight"), bias)
+        h = _norm(ops, cfg, params, f"{b}.ln2", x, dtype)
+        x = x + _mlp(ops, cfg, p, b, h)
+    x = _norm(ops, cfg, params, "ln_f", x, dtype)
+    head = p("lm_head.weight") if not cfg.tie_embeddings else ops.cast(emb, dtype)
+    return ops.linear(x, head)[:, 0]
 
 
 def loss_fn(

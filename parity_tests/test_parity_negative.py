@@ -164,3 +164,23 @@ def test_cache_check_in_bf16_still_catches_a_misaligned_mask(pair):
     assert good and not _failures(good)
     bad = run_check(check, None, Broken(cand, attention=_upper_left_causal), "bfloat16")
     assert _failures(bad), "a misaligned causal mask passed in bf16"
+
+
+def _rows_leak(ops, q, k, v, scale, dropout=0.0, mask=None):
+    """Batched decoding whose attention mixes rows: each row also sees row 0's keys."""
+    if mask is None:
+        return ops.attention(q, k, v, scale, dropout)
+    return ops.attention(q, k + k[:1] * 1e-3, v, scale, dropout, mask=mask)
+
+
+def _row_zero_positions(ops, buf, x, rows, starts):
+    """A decode step that writes every row's key at index 0 (ignores the positions)."""
+    return ops.write_rows(buf, x, rows, [0] * len(starts))
+
+
+@pytest.mark.parametrize("broken", [dict(attention=_rows_leak),
+                                    dict(write_rows=_row_zero_positions)], ids=["leak", "write"])  # fmt: skip
+def test_batched_decode_check_catches_rows_that_depend_on_each_other(pair, broken):
+    _, cand = pair
+    rows = run_check(_check("batched decode rope/gqa"), None, Broken(cand, **broken), "float32")
+    assert _failures(rows), "a batched decoder whose rows interact passed"

@@ -2,13 +2,15 @@
 
 Usage (on a shared machine, under the heavy lock):
     flock /tmp/mygpt-heavy.lock uv run python scripts/bench_serve.py
-    uv run python scripts/bench_serve.py --checkpoint model.safetensors --clients 8 --rounds 5
+    uv run python scripts/bench_serve.py --clients 1 8 32 --baseline /tmp/before
 
-Starts one real server process on a free port, then alternates rounds of 1 streaming client and of
-N concurrent streaming clients (interleaved, so machine noise hits both alike). Each request asks
-for ``--max-tokens`` greedy tokens of a different prompt. Reported per mode: aggregate tokens/s
-(tokens of all clients / wall time of the round), per-stream tokens/s, and p50/p95 time to first
-token (request sent -> first text chunk) over all requests of all rounds.
+Starts one real server process on a free port (``--max-concurrent`` = the most clients), then
+alternates rounds of 1, 8 and 32 streaming clients (interleaved, so machine noise hits all alike).
+Each request asks for ``--max-tokens`` greedy tokens of a different prompt. Reported per mode:
+aggregate tokens/s (tokens of all clients / wall time of the round), per-stream tokens/s, and
+p50/p95 time to first token (request sent -> first text chunk) over all requests of all rounds.
+With ``--baseline DIR`` (e.g. ``git worktree add /tmp/before <commit>``) it also times solo
+``mygpt generate`` there and here, interleaved.
 """
 
 from __future__ import annotations
@@ -82,60 +84,31 @@ def summarize(rounds: list[dict]) -> dict:
     }
 
 
-def batching_headroom(checkpoint: Path, clients: int, steps: int = 40) -> dict:
-    """What batched decoding would buy: one forward of ``clients`` rows vs one of a single row.
-
-    In-process, no server: every row is at the same position (the one case today's model code
-    batches exactly), decoding ``steps`` tokens through a KV cache after an 8-token prompt, below
-    the context so no refill happens. Interleaved, median step time per row count.
-    """
-    import numpy as np
-
-    import mygpt
-    from mygpt import model as model_lib
-
-    m = mygpt.load(checkpoint, backend="torch", device="cpu")
-    cfg, ops = m.config, m.ops
-    steps = min(steps, cfg.max_seq_len - 8)
-    times: dict[int, list[float]] = {1: [], clients: []}
-    with ops.inference():
-        for _ in range(3):
-            for b in times:
-                cache = model_lib.KVCache(cfg.num_layers, max_len=cfg.max_seq_len)
-                ids = np.tile(np.arange(8, dtype=np.int64) % cfg.vocab_size, (b, 1))
-                out = model_lib.forward(ops, cfg, m.params, ops.asarray(ids), cache=cache)
-                nxt = np.zeros((b, 1), dtype=np.int64)
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    out = model_lib.forward(ops, cfg, m.params, ops.asarray(nxt), cache=cache)
-                    nxt = ops.to_numpy(out[:, -1]).argmax(-1)[:, None].astype(np.int64)
-                    times[b].append(time.perf_counter() - t0)
-        drift = batch_drift(m, clients)
-    step = {b: statistics.median(t) for b, t in times.items()}
-    return {"step_ms_1_row": step[1] * 1e3, f"step_ms_{clients}_rows": step[clients] * 1e3,
-            "aggregate_speedup": clients * step[1] / step[clients],
-            "max_logit_diff_batched_vs_single": drift}  # fmt: skip
+GEN_TIMER = """
+import os, sys, time
+os.environ.setdefault("MYGPT_THREADS", "1")
+import mygpt
+m = mygpt.load(sys.argv[1], backend="torch", device="cpu")
+n = int(sys.argv[2])
+list(m.stream("ROMEO:", 10, temperature=0))
+best = []
+for _ in range(5):
+    t0 = time.perf_counter()
+    list(m.stream("ROMEO:", n, temperature=0))
+    best.append((time.perf_counter() - t0) / n)
+print(sorted(best)[len(best) // 2])
+"""
 
 
-def batch_drift(m, rows: int, length: int = 20) -> float:
-    """Largest |logit| difference of a decode step run for ``rows`` aligned rows at once against
-    each row alone: nonzero means batched decoding cannot promise `mygpt generate`'s tokens."""
-    import numpy as np
+def generate_cost(root: Path, checkpoint: Path, n: int) -> float:
+    """Median seconds per token of ``mygpt generate`` (greedy, torch, one thread) with the code
+    at ``root`` (this tree, or a worktree of an older commit)."""
+    import subprocess
 
-    from mygpt import model as model_lib
-
-    ids = np.random.default_rng(0).integers(0, m.config.vocab_size, size=(rows, length))
-
-    def last_logits(x: np.ndarray) -> np.ndarray:
-        cache = model_lib.KVCache(m.config.num_layers, max_len=m.config.max_seq_len)
-        model_lib.forward(m.ops, m.config, m.params, m.ops.asarray(x[:, :-1]), cache=cache)
-        out = model_lib.forward(m.ops, m.config, m.params, m.ops.asarray(x[:, -1:]), cache=cache)
-        return m.ops.to_numpy(out[:, -1])
-
-    batched = last_logits(ids)
-    return max(
-        float(np.abs(last_logits(ids[r : r + 1])[0] - batched[r]).max()) for r in range(rows)
-    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", GEN_TIMER, str(checkpoint), str(n)], cwd=root,
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -143,32 +116,46 @@ def main() -> None:
     ap.add_argument(
         "--checkpoint", type=Path, default=ROOT.parent / "shared/fixtures/book/ch27_modern.ckpt"
     )
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--max-tokens", type=int, default=50, help="(ch27: 50 + a short prompt stays "
+                    "inside the context of 64, where no step refills)")  # fmt: skip
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a worktree of the code before batching: time generate there too")  # fmt: skip
     ap.add_argument("--server-arg", action="append", default=[], help="extra `mygpt serve` flags")
     args = ap.parse_args()
-    with running_server(args.checkpoint, *args.server_arg) as url:
+    flags = ["--max-concurrent", str(max(args.clients)), *args.server_arg]
+    with running_server(args.checkpoint, *flags) as url:
         asyncio.run(one_round(url, 1, 20, 0))  # warm-up: first-call allocations, caches
-        results: dict[int, list[dict]] = {1: [], args.clients: []}
+        results: dict[int, list[dict]] = {c: [] for c in args.clients}
         for i in range(args.rounds):
-            for clients in (1, args.clients):
+            for clients in args.clients:
                 results[clients].append(asyncio.run(one_round(url, clients, args.max_tokens, i)))
         health = httpx.get(url + "/health").json()
     summary = {f"{c} client(s)": summarize(r) for c, r in results.items()}
-    print(f"checkpoint {args.checkpoint.name}, backend {health['backend']}, {args.max_tokens} "
-          f"greedy tokens per request, {args.rounds} rounds per mode (interleaved)")  # fmt: skip
+    print(f"checkpoint {args.checkpoint.name}, backend {health['backend']}, scheduler "
+          f"{health['scheduler']}, {args.max_tokens} greedy tokens per request, {args.rounds} "
+          "rounds per mode (interleaved)")  # fmt: skip
     print("| clients | aggregate tokens/s | per-stream tokens/s | TTFT p50 | TTFT p95 |")
     print("|---|---|---|---|---|")
     for c, s in zip(results, summary.values()):
         print(f"| {c} | {s['aggregate_tokens_per_s']:.0f} | {s['per_stream_tokens_per_s']:.0f} | "
               f"{s['ttft_p50_s'] * 1000:.0f} ms | {s['ttft_p95_s'] * 1000:.0f} ms |")  # fmt: skip
-    head = batching_headroom(args.checkpoint, args.clients)
-    print(f"batching headroom (in-process, torch): a decode step of 1 row {head['step_ms_1_row']:.2f} "
-          f"ms, of {args.clients} rows {head[f'step_ms_{args.clients}_rows']:.2f} ms: batched "
-          f"decoding could give up to {head['aggregate_speedup']:.1f}x the aggregate tokens/s, but "
-          f"its logits differ from one row's by up to {head['max_logit_diff_batched_vs_single']:.1e}")  # fmt: skip
-    print(json.dumps({**summary, "batching_headroom": head}), file=sys.stderr)
+    base = summary[f"{args.clients[0]} client(s)"]["aggregate_tokens_per_s"]
+    for c in args.clients[1:]:
+        ratio = summary[f"{c} client(s)"]["aggregate_tokens_per_s"] / base
+        print(f"{c} clients: {ratio:.1f}x the aggregate tokens/s of {args.clients[0]}")
+    gen = {}
+    if args.baseline:
+        costs: dict[str, list[float]] = {"before": [], "after": []}
+        for _ in range(args.rounds):
+            costs["before"].append(generate_cost(args.baseline, args.checkpoint, args.max_tokens))
+            costs["after"].append(generate_cost(ROOT, args.checkpoint, args.max_tokens))
+        gen = {k: statistics.median(v) for k, v in costs.items()}
+        print(f"solo generate ({args.max_tokens} greedy tokens): before {gen['before'] * 1e3:.3f} "
+              f"ms/token, after {gen['after'] * 1e3:.3f} ms/token "
+              f"({(gen['after'] / gen['before'] - 1) * 100:+.0f}%)")  # fmt: skip
+    print(json.dumps({**summary, "generate_s_per_token": gen}), file=sys.stderr)
 
 
 if __name__ == "__main__":

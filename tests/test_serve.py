@@ -155,7 +155,7 @@ BAD = [
     (json.dumps({"prompt": "a" * 65}).encode(), 400, "context of 64"),
     (b'{"prompt": "ROMEO:", "temperature": -0.5}', 400, "temperature"),
     (b'{"prompt": "ROMEO:", "top_p": 0}', 400, "top_p"),
-    (b'{"prompt": "ROMEO:", "n": 2}', 400, "'n'"),
+    (b'{"prompt": "ROMEO:", "n": 0}', 400, "'n'"),
     (b'{"prompt": ""}', 400, "empty"),
     (b'{"prompt": "ROMEO:", "model": "gpt-4"}', 404, "not served here"),
 ]

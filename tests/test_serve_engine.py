@@ -28,11 +28,11 @@ class FakeModel:
         self.scripts = scripts
         self.order: list[int] = []  # which request each produced token belonged to
 
-    def stream(self, prompt_ids, max_new_tokens, **kwargs):
+    def steps(self, prompt_ids, max_new_tokens, **kwargs):
         key = prompt_ids[0]
         for tok in self.scripts[key][:max_new_tokens]:
             self.order.append(key)
-            yield tok
+            yield tok, None
 
 
 async def _run(engine: Engine, reqs: list[GenRequest]) -> list[list[tuple]]:
@@ -53,7 +53,7 @@ async def _run(engine: Engine, reqs: list[GenRequest]) -> list[list[tuple]]:
 
 def _engine(scripts: dict[int, list[int]], **kw) -> tuple[Engine, FakeModel]:
     model = FakeModel(scripts)
-    engine = Engine(lambda: model, **kw)
+    engine = Engine(lambda: model, scheduler="round-robin", **kw)
     engine.start()
     return engine, model
 

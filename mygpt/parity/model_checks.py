@@ -6,6 +6,7 @@ import numpy as np
 
 from mygpt.backends.base import AdamWConfig, Ops
 from mygpt.config import ModelConfig
+from mygpt.generate import DECODE_ROWS, Decoder, Stream, batch_invariance_check
 from mygpt.model import KVCache, forward, init_params, loss_fn
 from mygpt.parity.compare import (
     compare_close,
@@ -111,6 +112,36 @@ def kv_cache_check(position: str, kv: str, mlp: str = "gelu", real: bool = False
         cand.eval(full, stepped)
         got, want = cand.to_numpy(stepped), cand.to_numpy(full)
         return [compare_logits(name, dtype, cand, "full forward", got, want)]
+
+    return ParityCheck(name, check, quick=(position == "rope"), kind="cache")
+
+
+def batched_decode_check(position: str, kv: str) -> ParityCheck:
+    """The fixed-shape decoder (rope_at, length_mask, write_rows) == one full forward, and
+    streams decoded together == each decoded alone, bit for bit (what ``mygpt serve`` needs)."""
+    name = f"batched decode {position}/{kv}"
+
+    def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
+        norm = "rms" if position == "rope" else "layer"
+        cfg = tiny_config(norm, position, kv)
+        params = init_params(cfg, seed=8)
+        x, _ = token_batch(cfg, seed=9, B=1, T=12)
+        P = {k: cand.asarray(v) for k, v in params.items()}
+        full = cand.to_numpy(forward(cand, cfg, P, cand.asarray(x), dtype=dtype))[0]
+        dec = Decoder(cand, cfg, P, DECODE_ROWS, dtype)
+        stream = Stream(list(x[0, :6]), temperature=0)
+        row = dec.add(stream)
+        stepped = [dec.logits([row])[row]]
+        for t in range(6, 12):
+            stream.ids.append(int(x[0, t]))
+            stepped.append(dec.logits([row])[row])
+        drift = batch_invariance_check(cand, cfg, P, dtype, steps=3)
+        solo = Row(
+            f"{name}: batched == solo", dtype, label(cand), drift, drift, "bit-exact",
+            drift == 0.0, "itself, decoded alone",
+        )  # fmt: skip
+        got = np.stack(stepped)
+        return [compare_logits(name, dtype, cand, "full forward", got, full[5:]), solo]
 
     return ParityCheck(name, check, quick=(position == "rope"), kind="cache")
 

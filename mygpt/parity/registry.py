@@ -4,7 +4,13 @@
 from __future__ import annotations
 
 from mygpt.parity.core import ParityCheck
-from mygpt.parity.model_checks import REAL_FEATURES, adamw_check, kv_cache_check, model_check
+from mygpt.parity.model_checks import (
+    REAL_FEATURES,
+    adamw_check,
+    batched_decode_check,
+    kv_cache_check,
+    model_check,
+)
 from mygpt.parity.muon_checks import muon_check
 from mygpt.parity.op_checks import op_checks
 from mygpt.parity.train_checks import step_checks, train_check
@@ -33,6 +39,8 @@ def _all_checks() -> list[ParityCheck]:
         kv_cache_check("rope", "mqa"),
         kv_cache_check("rope", "gqa", "swiglu"),
         kv_cache_check("rope", "gqa", "swiglu", real=True),
+        batched_decode_check("learned", "mha"),
+        batched_decode_check("rope", "gqa"),
         train_check(30, quick=False),
         train_check(30, quick=False, optimizer="muon"),
         train_check(8, quick=True),

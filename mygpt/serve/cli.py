@@ -66,15 +66,31 @@ def _model_id(checkpoint: str) -> str:
     type=int,
     default=16,
     show_default=True,
-    help="Requests generating at once (round-robin, a token each); the rest wait in order.",
+    help="Requests decoding at once (rows of the batch, KV memory planned up front); the rest "
+    "wait in order.",
+)
+@click.option(
+    "--max-queue",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Requests that may wait beyond --max-concurrent; more are answered 429 + Retry-After.",
+)
+@click.option(
+    "--scheduler",
+    type=click.Choice(["auto", "batched", "round-robin"]),
+    default="auto",
+    show_default=True,
+    help="auto: batched decoding where a start-up check finds it bit-exact, else round-robin "
+    "(one request per forward pass, exact by construction).",
 )
 @backend_option
 @device_option
 @precision_option
 def serve(
     checkpoint: str, host: str, port: int, model_name: str | None, chat_template: str | None,
-    max_tokens_limit: int, default_max_tokens: int, max_concurrent: int, backend: str,
-    device: str, precision: str,
+    max_tokens_limit: int, default_max_tokens: int, max_concurrent: int, max_queue: int,
+    scheduler: str, backend: str, device: str, precision: str,
 ) -> None:  # fmt: skip
     """Serve a checkpoint over the OpenAI API (completions, chat, streaming) with a chat page."""
     import uvicorn
@@ -89,6 +105,8 @@ def serve(
                         ("--max-concurrent", max_concurrent)):  # fmt: skip
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
+    if max_queue < 0:
+        raise UsageError(f"--max-queue must be at least 0 (0: none wait), got {max_queue}")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")
     if chat_template not in (None, "model", "auto"):
@@ -100,6 +118,8 @@ def serve(
     engine = Engine(
         lambda: load(checkpoint, backend=backend, device=device, precision=precision),
         max_active=max_concurrent,
+        max_queue=max_queue,
+        scheduler=scheduler,
     )
     engine.start()
     m = engine.model
@@ -110,6 +130,11 @@ def serve(
         default_max_tokens=min(default_max_tokens, max_tokens_limit),
         template=template,
         created=int(time.time()),
+    )
+    click.echo(
+        f"scheduler {engine.mode} ({engine.mode_reason}) · up to {max_concurrent} requests at "
+        f"once, {max_queue} waiting · KV cache {engine.kv_bytes / 2**20:.1f} MiB planned",
+        err=True,
     )
     bound_host, bound_port = sock.getsockname()[:2]
     click.echo(

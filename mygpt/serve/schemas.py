@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI API subset ``mygpt serve`` speaks, validated by pydantic.
 
 Exact or refused: fields are strictly typed (``"5"`` is not a number), unknown fields are an
-error, and OpenAI fields this server cannot honour (``n > 1``, penalties, ``logprobs``, ...) are
-accepted only at their neutral value, so a client never gets output that silently ignored what it
+error, and OpenAI fields this server cannot honour (penalties, ``logit_bias``, ``best_of``, ...)
+are accepted only at their neutral value, so a client never gets output that silently ignored what it
 asked for.
 """
 
@@ -33,12 +33,11 @@ class _Sampling(_Strict):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=16, description="choices per prompt")
     # OpenAI fields with one supported value
-    n: Literal[1] = 1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    logprobs: None = None
     user: str | None = None
 
     @field_validator("stop")
@@ -67,21 +66,34 @@ class _Sampling(_Strict):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+Prompt = str | list[int] | list[str] | list[list[int]]
+
+
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-    echo: Literal[False] = False
+    prompt: Prompt
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tokens: int | None = Field(default=None, ge=0)  # 0 with echo: score the prompt only
     best_of: Literal[1] = 1
     suffix: None = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and len(v) != 1:
-            raise ValueError("this server completes one prompt per request")
+    def _some_prompt(cls, v: Prompt) -> Prompt:
+        if isinstance(v, list) and not v:
+            raise ValueError(
+                "the prompt list is empty: send a string, token ids, or a list of them"
+            )
+        if isinstance(v, list) and len(v) > 64 and not isinstance(v[0], int):
+            raise ValueError("at most 64 prompts per request")
         return v
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt of the request: a string or a list of token ids."""
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        return list(p)
 
 
 class Message(_Strict):
@@ -93,6 +105,8 @@ class Message(_Strict):
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 def first_error(e: ValidationError) -> tuple[str, str | None]:
