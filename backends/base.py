@@ -261,6 +261,11 @@ class Ops(abc.ABC):
         ``compile=True`` runs it through the framework's graph compiler (slow to start: 25-50 s).
         """
 
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` (a pure function of arrays and dicts of arrays) through the framework's graph
+        compiler; ``--compile`` compiles the optimizer step with it. Eager where there is none."""
+        return fn
+
     @abc.abstractmethod
     def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
         """Scale grads so their global L2 norm is at most ``max_norm`` (computed in fp32).
@@ -306,6 +311,21 @@ class Ops(abc.ABC):
     def synchronize(self) -> None:
         """Wait for the device to finish (for timing); a no-op on the CPU."""
         return None
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory measurement (see ``peak_memory``)."""
+        return None
+
+    def peak_memory(self) -> int | None:
+        """Bytes the framework's allocator held at most since ``reset_peak_memory``, or None
+        where the framework keeps no such counter (torch on the CPU: measure the process RSS)."""
+        return None
+
+    @contextlib.contextmanager
+    def no_grad(self) -> Iterator[None]:
+        """No autograd recording inside (an optimizer's arithmetic on parameters); unlike
+        ``inference`` the arrays made here may later be leaves of a backward pass."""
+        yield
 
     @abc.abstractmethod
     def seed(self, seed: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -193,6 +194,9 @@ class MLXOps(Ops):
         state = [mx.random.state]
         return mx.compile(vg, inputs=state, outputs=state)
 
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return mx.compile(fn)
+
     def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
         total = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in grads.values()))
         scale = mx.minimum(1.0, max_norm / (total + 1e-6))
@@ -206,6 +210,12 @@ class MLXOps(Ops):
 
     def synchronize(self) -> None:
         mx.synchronize()
+
+    def reset_peak_memory(self) -> None:
+        mx.reset_peak_memory()
+
+    def peak_memory(self) -> int | None:
+        return int(mx.get_peak_memory())
 
     def seed(self, seed: int) -> None:
         mx.random.seed(seed)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,13 @@ _CPU_MATH_ATTENTION_MAX_LEN = 128
 
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def _quiet_inductor() -> None:
+    if not torch.cuda.is_available():
+        # a CUDA build of torch on a machine without CUDA warns "No CUDA runtime is found" when
+        # inductor first builds a CPU kernel; nothing is wrong
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 class TorchOps(Ops):
@@ -322,10 +330,7 @@ class TorchOps(Ops):
         self, fn: Callable[..., Array], compile: bool = False
     ) -> Callable[..., tuple[Array, Params]]:
         if compile:  # compile the forward; autograd then differentiates the compiled graph
-            if not torch.cuda.is_available():
-                # a CUDA build of torch on a machine without CUDA warns "No CUDA runtime is
-                # found" when inductor first builds a CPU kernel; nothing is wrong
-                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            _quiet_inductor()
             fn = torch.compile(fn)
 
         def value_and_grad_fn(params: Params, *args):
@@ -339,6 +344,10 @@ class TorchOps(Ops):
             return loss.detach(), dict(zip(leaves, grads))
 
         return value_and_grad_fn
+
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        _quiet_inductor()
+        return torch.compile(fn)
 
     def clip_grad_norm(self, grads: Params, max_norm: float) -> tuple[Params, Array]:
         norms = torch._foreach_norm([g.float() for g in grads.values()])
@@ -373,6 +382,18 @@ class TorchOps(Ops):
 
     def seed(self, seed: int) -> None:
         torch.manual_seed(seed)
+
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+
+    @contextlib.contextmanager
+    def no_grad(self) -> Iterator[None]:
+        with torch.no_grad():
+            yield
 
 
 class TorchAdamW(Optimizer):

@@ -122,8 +122,10 @@ def bench_train_step(
     if steps < 1 or warmup < 0:
         raise UsageError("--steps must be >= 1 (and warmup >= 0) — e.g. --steps 20")
     step = synthetic_step(ops, cfg, batch_size, seq_len, dtype, compile, max_grad_norm)
+    t0 = time.perf_counter()
     for _ in range(warmup):
         step()
+    warmup_s = time.perf_counter() - t0  # with --compile, mostly compiling
     times = time_steps(step, steps)
     med = statistics.median(times)
     tokens = batch_size * seq_len
@@ -134,6 +136,7 @@ def bench_train_step(
         "tokens_per_s": tokens / med,
         "flops_per_token": float(fpt),
         "flops_per_s": fpt * tokens / med,
+        "warmup_s": warmup_s,
         "loss": step(),
     }
 
@@ -329,6 +332,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ("dtype", "dtype", "{}"),
         ("ms/step", "ms_per_step", "{:.1f}"),
         ("min ms", "ms_min", "{:.1f}"),
+        ("warm-up s", "warmup_s", "{:.1f}"),
         ("tokens/s", "tokens_per_s", "{:,.0f}"),
         ("FLOPs/token", "flops_per_token", "{:,.0f}"),
         ("GFLOP/s", "flops_per_s", "{:.2f}"),

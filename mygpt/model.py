@@ -79,20 +79,36 @@ def count_params(cfg: ModelConfig) -> int:
     return sum(math.prod(s) for s in param_shapes(cfg).values())
 
 
-def init_params(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """The book's init (PyTorch's defaults), drawn from seeded numpy so every backend starts equal.
+INITS = ("book", "scaled")
+_RESIDUAL_OUT = (".mha.W_O.weight", ".mlp.fc2.weight", ".mlp.down.weight")
 
-    Embeddings N(0, 1); linear weights and biases U(±1/sqrt(fan_in)); norm weights 1, biases 0. The
-    N(0, 1) embedding doubles as the output head, which is why the first loss is ~41, not ~ln(V):
-    the book's numbers depend on it, so it stays the default.
+
+def init_params(cfg: ModelConfig, seed: int = 0, init: str = "book") -> dict[str, np.ndarray]:
+    """Seeded numpy weights, so every backend starts equal.
+
+    ``book`` (the default): PyTorch's defaults. Embeddings N(0, 1); linear weights and biases
+    U(±1/sqrt(fan_in)); norm weights 1, biases 0. The N(0, 1) embedding doubles as the output head,
+    which is why the first loss is ~41, not ~ln(V): the book's numbers depend on it.
+
+    ``scaled`` (nanoGPT's / GPT-2's): every matrix and embedding N(0, 0.02), the projections that
+    write into the residual stream (attention W_O, the MLP's fc2 / down) N(0, 0.02 / sqrt(2 L)),
+    biases 0, norm weights 1. Logits start near 0, so the first loss is ~ln(V).
     """
+    if init not in INITS:
+        raise MygptError(f"unknown --init {init!r} — use one of: {', '.join(INITS)}")
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for name, shape in param_shapes(cfg).items():
-        if "embedding" in name:
-            p = rng.standard_normal(shape)
-        elif name.split(".")[-2] in ("ln1", "ln2", "ln_f", "q_norm", "k_norm"):
+        if name.split(".")[-2] in ("ln1", "ln2", "ln_f", "q_norm", "k_norm"):
             p = np.ones(shape) if name.endswith("weight") else np.zeros(shape)
+        elif init == "scaled":
+            if not name.endswith("weight"):
+                p = np.zeros(shape)
+            else:
+                std = 0.02 / math.sqrt(2 * cfg.num_layers) if name.endswith(_RESIDUAL_OUT) else 0.02
+                p = rng.standard_normal(shape) * std
+        elif "embedding" in name:
+            p = rng.standard_normal(shape)
         else:
             fan_in = shape[-1] if name.endswith("weight") else _fan_in(name, cfg)
             bound = 1.0 / math.sqrt(fan_in)

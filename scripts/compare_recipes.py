@@ -43,6 +43,8 @@ from mygpt.recipes import get_recipe  # noqa: E402
 DEFAULT_RECIPES = ["ch17-baseline", "ch27-modern", "llama"]  # llama: ch27-modern + SwiGLU
 SINGLES = ["ch19-bf16", "ch21-cosine", "ch22-bpe", "ch24-rmsnorm", "ch25-rope", "ch26-gqa"]
 MARKS = (500, 1000, 2000)
+#: recipes defined by their own step budget (``fast``: 400 steps), which ``--steps`` does not override
+OWN_STEPS = {"fast"}
 OPENBLAS_PATHS = (
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
@@ -105,7 +107,7 @@ def run_one(recipe: str, backend: str, args: argparse.Namespace, out_dir: Path) 
         sys.executable, "-m", "mygpt.cli", "train", str(args.data),
         "--recipe", recipe,
         "--output", str(ckpt),
-        "--steps", str(args.steps),
+        "--steps", str(get_recipe(recipe).flags["steps"] if recipe in OWN_STEPS else args.steps),
         "--seed", str(args.seed),
         "--backend", backend,
         "--device", args.device,

@@ -25,7 +25,7 @@ def test_every_recipe_flag_is_a_train_parameter_with_a_valid_value():
 
 
 def test_chapters_and_key_recipes():
-    assert [r.chapter for r in RECIPES.values()] == [17, 19, 20, 21, 22, 24, 25, 26, 27, 27, 28]
+    assert [r.chapter for r in RECIPES.values()] == [17, 19, 20, 21, 22, 24, 25, 26, 27, 27, 27, 28]
     assert get_recipe("ch17-baseline").flags == {}
     modern = get_recipe("ch27-modern").flags
     assert modern["norm"] == "rms" and modern["position"] == "rope"
@@ -34,6 +34,11 @@ def test_chapters_and_key_recipes():
     assert get_recipe("ch26-gqa").flags == {"num_kv_heads": 2}
     assert get_recipe("ch28-wikipedia").flags["seq_len"] == 256
     assert get_recipe("llama").flags == {**modern, "mlp": "swiglu"}
+    fast = get_recipe("fast").flags  # issue 21: ch27-modern's model, trained faster
+    assert {k: fast[k] for k in ("norm", "position", "num_kv_heads")} == {
+        k: modern[k] for k in ("norm", "position", "num_kv_heads")
+    }
+    assert fast["optimizer"] == "muon" and fast["init"] == "scaled" and fast["steps"] == 400
     assert get_recipe("27").name == "ch27-modern"  # the chapter number still means the book's
 
 

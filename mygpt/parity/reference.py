@@ -1,4 +1,4 @@
-"""Independent float64 numpy references: what each op, the optimizer and a training step compute.
+"""Independent float64 numpy references: what each op, the optimizers and a training step compute.
 
 Written from the definitions (the book's, torch's documented formulas), not from either backend,
 so a mistake both frameworks happen to share (a rope pair layout, a GQA head mapping, a causal mask
@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from mygpt.backends.base import AdamWConfig
+from mygpt.backends.muon import NS_COEFFICIENTS, MuonConfig, is_muon_param
 from mygpt.parity.compare import f64
 
 
@@ -133,3 +134,47 @@ class NumpyAdamW:
     def state(self) -> dict[str, np.ndarray]:
         """The moments under the names ``Optimizer.state_dict`` uses."""
         return {f"m.{k}": v for k, v in self.m.items()} | {f"v.{k}": v for k, v in self.v.items()}
+
+
+def np_newton_schulz(g, steps: int = 5, eps: float = 1e-7) -> np.ndarray:
+    """Muon's quintic Newton-Schulz orthogonalisation (Keller Jordan's), in float64."""
+    a, b, c = NS_COEFFICIENTS
+    x = f64(g)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (np.sqrt((x * x).sum()) + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class NumpyMuonAdamW:
+    """``--optimizer muon`` in float64: Nesterov momentum, Newton-Schulz, decoupled decay and the
+    0.2 sqrt(max(rows, cols)) step on the blocks' matrices; torch's AdamW on the rest."""
+
+    def __init__(self, params: dict, config: MuonConfig, adamw_lr_ratio: float = 1.0) -> None:
+        self.c, self.ratio = config, adamw_lr_ratio
+        self.muon = [k for k, v in params.items() if is_muon_param(k, np.shape(v))]
+        rest = {k: v for k, v in params.items() if k not in self.muon}
+        self.adamw = NumpyAdamW(rest, AdamWConfig(weight_decay=config.weight_decay))
+        self.buf = {k: np.zeros_like(f64(params[k])) for k in self.muon}
+
+    def step(self, params: dict, grads: dict, lr: float) -> dict:
+        mu, wd = self.c.momentum, self.c.weight_decay
+        rest = [k for k in params if k not in self.buf]
+        out = self.adamw.step(
+            {k: params[k] for k in rest}, {k: grads[k] for k in rest}, lr * self.ratio
+        )
+        for k in self.muon:
+            g = f64(grads[k])
+            self.buf[k] = mu * self.buf[k] + (1 - mu) * g
+            o = np_newton_schulz((1 - mu) * g + mu * self.buf[k], self.c.ns_steps, self.c.eps)
+            rows, cols = o.shape
+            out[k] = f64(params[k]) * (1 - lr * wd) - lr * 0.2 * math.sqrt(max(rows, cols)) * o
+        return {k: out[k] for k in params}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """AdamW's moments and the momentum buffers under ``Optimizer.state_dict``'s names."""
+        return self.adamw.state() | {f"muon.{k}": v for k, v in self.buf.items()}

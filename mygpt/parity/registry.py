@@ -12,6 +12,7 @@ from mygpt.parity.model_checks import (
     kv_cache_check,
     model_check,
 )
+from mygpt.parity.muon_checks import muon_check
 from mygpt.parity.op_checks import op_checks
 from mygpt.parity.train_checks import step_checks, train_check
 
@@ -32,6 +33,8 @@ def _all_checks() -> list[ParityCheck]:
         # what real open-weight models add, each on the Llama shape (GQA)
         *[model_check("rms", "rope", "gqa", "swiglu", f) for f in REAL_FEATURES],
         ParityCheck("adamw+clip", adamw_check, dtypes=("float32",), kind="optimizer"),
+        muon_check(1),
+        muon_check(30),
         kv_cache_check("learned", "mha"),
         kv_cache_check("rope", "gqa"),
         kv_cache_check("rope", "mqa"),
@@ -40,6 +43,7 @@ def _all_checks() -> list[ParityCheck]:
         batched_decode_check("learned", "mha"),
         batched_decode_check("rope", "gqa"),
         train_check(30, quick=False),
+        train_check(30, quick=False, optimizer="muon"),
         train_check(8, quick=True),
         *step_checks(),
         *lora_checks(),

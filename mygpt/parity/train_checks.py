@@ -30,20 +30,21 @@ import numpy as np
 import mygpt.train as train_mod  # looked up at call time: the negative tests patch the step
 from mygpt.backends.base import AdamWConfig, Ops
 from mygpt.backends.distributed import ProcessGroup
+from mygpt.backends.muon import MuonConfig, make_optimizer
 from mygpt.config import ModelConfig
 from mygpt.model import init_params, loss_fn
 from mygpt.parity.compare import compare_close, compare_loss, compare_rel_max, flat
 from mygpt.parity.core import GRAD_TOL, TRAIN_PARAM_TOL, ParityCheck, Row, label
 from mygpt.parity.inputs import device_params, snap_all, tiny_config, token_batch
-from mygpt.parity.reference import NumpyAdamW, np_clip_grad_norm, np_mean_grads
+from mygpt.parity.reference import NumpyAdamW, NumpyMuonAdamW, np_clip_grad_norm, np_mean_grads
 
 # --- cross-backend training runs -----------------------------------------------------------------
 
 
-def _train(ops: Ops, cfg: ModelConfig, dtype: str, steps: int, lr: float):
+def _train(ops: Ops, cfg: ModelConfig, dtype: str, steps: int, lr: float, optimizer: str = "adamw"):
     """``steps`` real training steps (clip 1.0, one micro-batch): the loss curve, final params."""
     P = device_params(ops, init_params(cfg, seed=5))
-    opt = ops.adamw(P, AdamWConfig())
+    opt = make_optimizer(ops, P, optimizer)
     step = train_mod.make_train_step(ops, cfg, opt, dtype=dtype, max_grad_norm=1.0)
     losses = []
     for s in range(steps):
@@ -53,8 +54,8 @@ def _train(ops: Ops, cfg: ModelConfig, dtype: str, steps: int, lr: float):
     return losses, snap_all(ops, P)
 
 
-def train_check(steps: int, quick: bool) -> ParityCheck:
-    name = f"train {steps} steps"
+def train_check(steps: int, quick: bool, optimizer: str = "adamw") -> ParityCheck:
+    name = f"train {steps} steps" + ("" if optimizer == "adamw" else f" {optimizer}")
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         if ref is None:
@@ -62,8 +63,8 @@ def train_check(steps: int, quick: bool) -> ParityCheck:
         vs = label(ref)
         if dtype == "float32":
             cfg = tiny_config("layer", "learned", "mha")
-            lc, pc = _train(cand, cfg, dtype, steps, lr=3e-3)
-            lr_, pr = _train(ref, cfg, dtype, steps, lr=3e-3)
+            lc, pc = _train(cand, cfg, dtype, steps, 3e-3, optimizer)
+            lr_, pr = _train(ref, cfg, dtype, steps, 3e-3, optimizer)
             return [
                 compare_loss(f"{name} loss curve", dtype, cand, vs, lc, lr_),
                 compare_rel_max(f"{name} params", dtype, cand, vs, pc, pr, TRAIN_PARAM_TOL),
@@ -71,8 +72,8 @@ def train_check(steps: int, quick: bool) -> ParityCheck:
         # bf16: only the loss curve, on an even smaller model (bf16 matmuls are slow on CPUs
         # without bf16 units)
         cfg = tiny_config("rms", "rope", "gqa", num_layers=1, embed_dim=16, max_seq_len=8)
-        lc, _ = _train(cand, cfg, dtype, steps, lr=3e-3)
-        lr_, _ = _train(ref, cfg, dtype, steps, lr=3e-3)
+        lc, _ = _train(cand, cfg, dtype, steps, 3e-3, optimizer)
+        lr_, _ = _train(ref, cfg, dtype, steps, 3e-3, optimizer)
         return [compare_loss(f"{name} loss curve", dtype, cand, vs, lc, lr_)]
 
     return ParityCheck(name, check, quick=quick, kind="train")
@@ -90,6 +91,7 @@ class StepVariant:
     max_grad_norm: float = 0.0
     dropout: float = 0.0
     compile: bool = False
+    optimizer: str = "adamw"  # or "muon" (--optimizer)
     #: further keywords for ``make_train_step``, built for the backend under test
     #: (e.g. ``lambda ops: {"grad_sync": ...}``)
     step_kwargs: Callable[[Ops], Mapping[str, Any]] | None = None
@@ -159,7 +161,7 @@ def run_step_variant(ops: Ops, variant: StepVariant) -> tuple[_Trace, _Trace, Mo
     cfg = tiny_config("rms", "rope", "gqa", dropout=variant.dropout)
     params0 = init_params(cfg, seed=5)
     P = device_params(ops, params0)
-    rec = _Recorder(ops, ops.adamw(P, AdamWConfig()))
+    rec = _Recorder(ops, make_optimizer(ops, P, variant.optimizer))
     real = train_mod.make_train_step(
         ops,
         cfg,
@@ -170,7 +172,12 @@ def run_step_variant(ops: Ops, variant: StepVariant) -> tuple[_Trace, _Trace, Mo
         **(variant.step_kwargs(ops) if variant.step_kwargs else {}),
     )
     eager = ops.value_and_grad(lambda p, x, y: loss_fn(ops, cfg, p, x, y, "float32", train=True))
-    np_opt, got, want = NumpyAdamW(params0, AdamWConfig()), _Trace(), _Trace()
+    np_opt = (
+        NumpyMuonAdamW(params0, MuonConfig())
+        if variant.optimizer == "muon"
+        else NumpyAdamW(params0, AdamWConfig())
+    )
+    got, want = _Trace(), _Trace()
     for s in range(_STEPS):
         micro = _micro_batches(ops, cfg, s, variant.grad_accum)
         # the same seed before each: dropout draws the same masks in the same order
@@ -269,6 +276,7 @@ def _simulated_sync(ops: Ops) -> Mapping[str, Any]:
 STEP_VARIANTS = (
     StepVariant("grad-accum 2", grad_accum=2),
     StepVariant("clip 0.5", max_grad_norm=0.5),
+    StepVariant("muon grad-accum 2 clip 0.5", grad_accum=2, max_grad_norm=0.5, optimizer="muon"),
     StepVariant("dropout 0.1 grad-accum 2", grad_accum=2, dropout=0.1),
     StepVariant(
         "data-parallel sync grad-accum 2 clip 0.5",

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mygpt.backends.muon import OPTIMIZERS
 from mygpt.config import LEGACY_NAMES, ModelConfig
 from mygpt.data.cache import TOKENIZER_KINDS
 from mygpt.errors import MygptError
+from mygpt.model import INITS
 from mygpt.schedule import SCHEDULES, lr_at
 from mygpt.settings import (
     BACKEND_CHOICES,
@@ -54,7 +56,21 @@ class TrainConfig:
     schedule: str = setting("constant", "LR schedule.", choices=SCHEDULES)
     warmup: int = setting(0, "Linear warm-up steps (cosine).")
     max_grad_norm: float = setting(0.0, "Clip the global gradient norm; 0 = no clipping.")
-    weight_decay: float = setting(0.01, "AdamW decoupled weight decay.")
+    weight_decay: float = setting(0.01, "Decoupled weight decay (AdamW, and Muon's matrices).")
+    optimizer: str = setting(
+        "adamw",
+        "adamw: the book's, every parameter; muon: Muon on the blocks' matrices, AdamW on the rest.",
+        choices=OPTIMIZERS,
+    )
+    adamw_lr: float = setting(
+        0.0, "With --optimizer muon: AdamW's peak LR (embeddings, norms, biases); 0 = --lr."
+    )
+    init: str = setting(
+        "book",
+        "Weight init: book (PyTorch's defaults, N(0,1) embeddings); scaled (nanoGPT's N(0, 0.02), "
+        "residual projections / sqrt(2 layers)).",
+        choices=INITS,
+    )
     grad_accum: int = setting(1, "Global batches averaged per optimizer step.")
     val_split: float = setting(0.0, "Tail fraction of the corpus held out for validation.")
     val_file: str | None = setting(None, "A separate validation text file.", type=str)
@@ -115,6 +131,11 @@ class TrainConfig:
             out |= {k: getattr(self.model, k) for k in self.model.given if k in MODEL}
         return out
 
+    @property
+    def adamw_lr_ratio(self) -> float:
+        """AdamW's learning rate over ``--lr`` under ``--optimizer muon`` (both follow the schedule)."""
+        return self.adamw_lr / self.lr if self.adamw_lr > 0 else 1.0
+
     def lr_at(self, step: int) -> float:
         return lr_at(
             step,
@@ -144,8 +165,10 @@ class TrainConfig:
                 f"--seq-len {self.seq_len} is longer than --max-seq-len {self.model.max_seq_len} — "
                 "raise --max-seq-len or lower --seq-len"
             )
-        if self.warmup < 0 or self.max_grad_norm < 0 or self.min_lr < 0:
-            raise MygptError("--warmup, --max-grad-norm and --min-lr must not be negative")
+        if self.warmup < 0 or self.max_grad_norm < 0 or self.min_lr < 0 or self.adamw_lr < 0:
+            raise MygptError(
+                "--warmup, --max-grad-norm, --min-lr and --adamw-lr must not be negative"
+            )
         self.validate_lora()
 
     def validate_lora(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mygpt.backends import AdamWConfig
+from mygpt.backends.muon import make_optimizer
 from mygpt.config import ModelConfig
 from mygpt.model import init_params
 from mygpt.train.step import make_train_step
@@ -37,7 +37,7 @@ def synthetic_step(
     state: dict[str, Any] = {
         "params": ops.trainable({k: ops.asarray(v) for k, v in init_params(cfg, seed).items()})
     }
-    opt = ops.adamw(state["params"], AdamWConfig())
+    opt = make_optimizer(ops, state["params"], "adamw", functional=compile)
 
     train_step = make_train_step(
         ops, cfg, opt, dtype=dtype, max_grad_norm=max_grad_norm, compile=compile

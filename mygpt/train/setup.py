@@ -50,9 +50,9 @@ def start_run(tc: TrainConfig, config: ModelConfig | None = None) -> Run:
         f"backend: {ops.name} ({backend_why}) · device: {ops.device} ({ops.device_reason}{threads}) · "
         f"precision: {dtype} ({why}){where}"
     )
-    note = reference_blas_warning(ops)
-    if note:
-        console.status(note)
+    for note in (reference_blas_warning(ops), compile_note(ops.name, ops.device, tc)):
+        if note:
+            console.status(note)
     if dist.world_size > 1 and tc.model.dropout > 0:
         console.status(
             f"note: with --dropout each of the {dist.world_size} ranks draws its own masks, so "
@@ -84,3 +84,32 @@ def _probe_vocab(tc: TrainConfig) -> int:
     return {"char": 96, "bpe": 128 + tc.num_merges, "bytebpe": 256 + tc.num_merges}.get(
         tc.tokenizer, 1024
     )
+
+
+#: seconds ``--compile`` spent compiling the Ch.17-Ch.28 steps on this project's 2-core CPUs
+COMPILE_SECONDS = {"torch": 40, "mlx": 5}
+#: the step time compiling saves at best on a GPU (elementwise ops fused): optimistic on purpose
+GPU_SAVING = 0.3
+
+
+def compile_note(backend: str, device: str, tc: TrainConfig) -> str | None:
+    """One line when ``--compile`` will not pay for itself in this run, else None.
+
+    On this project's CPUs the compiled step measured no faster than eager at the Ch.17 and Ch.27
+    shapes (the step is matmul-bound; README, "Training faster"), so there compiling is start-up
+    cost. On a GPU a run must be long enough for even an optimistic saving to repay it.
+    """
+    if not tc.compile:
+        return None
+    cost = COMPILE_SECONDS.get(backend, 40)
+    if device == "cpu":
+        return (
+            f"note: --compile costs ~{cost} s of compiling, and on CPUs compiled steps measured no "
+            "faster at the book's sizes (matmul-bound) — drop --compile for a quicker run"
+        )
+    if tc.steps * 0.01 * GPU_SAVING < cost:  # a fast GPU step is ~10 ms
+        return (
+            f"note: --compile costs ~{cost} s of compiling, more than {tc.steps} steps can save "
+            "on a GPU — drop --compile for runs this short"
+        )
+    return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mygpt import model
-from mygpt.backends import AdamWConfig
+from mygpt.backends.muon import make_optimizer
 from mygpt.checkpoint import Checkpoint
 from mygpt.config import ModelConfig
 from mygpt.console import console
@@ -83,7 +83,7 @@ def init_state(
             )
     else:
         cfg = tc.model_config(rd.tokenizer.vocab_size)
-        np_params = model.init_params(cfg, seed=tc.seed)
+        np_params = model.init_params(cfg, seed=tc.seed, init=tc.init)
     if tc.seq_len > cfg.max_seq_len:
         raise MygptError(
             f"--seq-len {tc.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len} — lower --seq-len"
@@ -95,12 +95,19 @@ def init_state(
         np_params, extra["base"] = extra.pop("adapters"), base
     check_ranks_agree(run, tc, rd, np_params)
     params = ops.trainable({k: ops.asarray(v) for k, v in np_params.items()})
-    opt = ops.adamw(params, AdamWConfig(weight_decay=tc.weight_decay))
+    opt = make_optimizer(
+        ops,
+        params,
+        tc.optimizer,
+        weight_decay=tc.weight_decay,
+        adamw_lr_ratio=tc.adamw_lr_ratio,
+        functional=tc.compile,  # --compile compiles the optimizer step too
+    )
     start_step = 0
     if ckpt is not None:
         ts = ckpt.train_state
         start_step = int(ts["step"])
-        opt.load_state_dict(int(ts.get("optimizer_steps", start_step)), ckpt.optimizer_state)
+        _load_optimizer(opt, int(ts.get("optimizer_steps", start_step)), ckpt.optimizer_state)
         rd.sampler.load_state_dict(ts["sampler"])
         if rd.val_sampler is not None and ts.get("val_sampler"):
             rd.val_sampler.load_state_dict(ts["val_sampler"])
@@ -120,6 +127,16 @@ def init_state(
         console.status(f"lora: rank {tc.lora_rank} on {tc.lora_targets} · {n:,} trainable parameters "
                        f"({n / model.count_params(cfg):.2%}) · base frozen")  # fmt: skip
     return TrainState(cfg, params, opt, start_step, **extra)
+
+
+def _load_optimizer(opt: Any, steps: int, tensors: dict) -> None:
+    try:
+        opt.load_state_dict(steps, tensors)
+    except KeyError as e:
+        raise MygptError(
+            f"the checkpoint's optimizer state has no {e.args[0]} (it was trained with another "
+            "--optimizer) — resume with the checkpoint's --optimizer"
+        ) from None
 
 
 def _digest(*parts: Any) -> bytes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from mygpt import model
 from mygpt.config import ModelConfig
 
@@ -26,11 +28,18 @@ def make_train_step(
     """One optimizer step: ``step(params, micro_batches, lr) -> (params, mean loss)``.
 
     Gradients of the micro-batches (backend arrays ``(x, y)`` or ``(x, y, mask)``) are averaged, which is gradient
-    accumulation; ``grad_sync`` then averages them across data-parallel ranks (each rank holds
+    accumulation, in the memory of one micro-batch (the running sum is evaluated after each);
+    ``grad_sync`` then averages them across data-parallel ranks (each rank holds
     equal shares of every global batch, so the mean of the ranks' means is the global mean);
-    then clipping (fp32 global norm, the same on every rank after the sync) and AdamW. The loss
-    stays a device array, so nothing here waits for the device: the caller decides when to read
-    it back. It is this rank's loss; the logger averages it over ranks.
+    then clipping (fp32 global norm, the same on every rank after the sync) and the optimizer.
+    The loss stays a device array, so nothing here waits for the device: the caller decides when
+    to read it back. It is this rank's loss; the logger averages it over ranks.
+
+    ``compile``: the forward and backward pass (per micro-batch) and clipping + the optimizer
+    update (when ``opt`` has the functional form, ``state``/``hyper``/``update``, as
+    ``make_optimizer(..., functional=True)`` builds) are each one compiled graph, the optimizer
+    state an input and an output of the second. (The gradient all-reduce between them is not
+    compiled.)
 
     With ``lora`` (a :class:`mygpt.lora.LoraConfig`), ``params`` are the adapters and ``base``
     the frozen weights: only the adapters are differentiated, synced and stepped.
@@ -55,18 +64,60 @@ def make_train_step(
             else:
                 loss = loss + l_i
                 grads = {k: grads[k] + g_i[k] for k in grads}
+            if len(micro_batches) > 1:
+                # a lazy backend (MLX) would otherwise build every micro-batch's graph before one
+                # evaluation, holding all their activations at once: evaluating the running sum
+                # here frees each micro-batch's before the next starts (a no-op on torch)
+                ops.eval(loss, grads)
         if len(micro_batches) > 1:
             loss = loss / len(micro_batches)
             grads = {k: g / len(micro_batches) for k, g in grads.items()}
         if grad_sync is not None:
             grads = grad_sync(grads)
-        if max_grad_norm > 0:
-            grads, _ = ops.clip_grad_norm(grads, max_grad_norm)
-        params = opt.step(params, grads, lr)
+        params = apply(params, grads, lr)
         ops.eval(loss, params, opt.arrays())
         return params, loss
 
+    functional = all(hasattr(opt, a) for a in ("state", "set_state", "hyper", "update"))
+    apply = (
+        _compiled_update(ops, opt, max_grad_norm)
+        if compile and functional
+        else _eager_update(ops, opt, max_grad_norm)
+    )
     return step
+
+
+Update = Callable[[dict, dict, float], dict]
+
+
+def _eager_update(ops: Any, opt: Any, max_grad_norm: float) -> Update:
+    def apply(params: dict, grads: dict, lr: float) -> dict:
+        if max_grad_norm > 0:
+            grads, _ = ops.clip_grad_norm(grads, max_grad_norm)
+        return opt.step(params, grads, lr)
+
+    return apply
+
+
+def _compiled_update(ops: Any, opt: Any, max_grad_norm: float) -> Update:
+    """Clip + the optimizer's pure update as one compiled graph. The step's scalars (learning
+    rate, bias corrections) go in as 0-d arrays: as Python floats the compilers would bake them
+    in and recompile at every step."""
+
+    def update(params: dict, grads: dict, state: Any, hyper: dict) -> tuple[dict, Any]:
+        if max_grad_norm > 0:
+            grads, _ = ops.clip_grad_norm(grads, max_grad_norm)
+        return opt.update(params, grads, state, hyper)
+
+    compiled = ops.compile(update)
+
+    def apply(params: dict, grads: dict, lr: float) -> dict:
+        hyper = {k: ops.asarray(np.float32(v)) for k, v in opt.hyper(lr).items()}
+        params, state = compiled(params, grads, opt.state(), hyper)
+        opt.set_state(state)
+        return params
+
+    return apply
 
 
 def dropout_seed(seed: int, step: int, rank: int = 0) -> int:
