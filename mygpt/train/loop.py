@@ -77,7 +77,11 @@ def train(
     try:
         rd = load_data(run, tc, _tokenizer_of(source))
         state = init_state(run, tc, rd, ckpt, init)
-        return _train_loop(run, tc, rd, state, ckpt is not None, on_log)
+        result = _train_loop(run, tc, rd, state, ckpt is not None, on_log)
+        # every rank leaves together: a rank tearing its process group down while a peer's last
+        # collective is still in flight can abort the peer at exit (gloo's worker threads)
+        run.dist.barrier("the end of the run")
+        return result
     except PeerLost as e:
         raise MygptError(str(e)) from None
     finally:
