@@ -10,7 +10,12 @@ from pathlib import Path
 
 import click
 
-from mygpt.settings import backend_option, device_option, precision_option
+from mygpt.settings import (
+    backend_option,
+    device_option,
+    encoding_errors_option,
+    precision_option,
+)
 
 
 @click.command(name="eval")
@@ -40,13 +45,7 @@ from mygpt.settings import backend_option, device_option, precision_option
     default=None,
     help="Score only the first N tokens (the file is streamed: only what they need is read).",
 )
-@click.option(
-    "--encoding-errors",
-    type=click.Choice(["strict", "replace", "ignore"]),
-    default="strict",
-    show_default=True,
-    help="What to do with bytes in FILE that are not UTF-8.",
-)
+@encoding_errors_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @backend_option
 @device_option

@@ -19,6 +19,7 @@ from mygpt.backends import BACKENDS, DEVICES
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
 PRECISIONS = ("auto", "fp32", "bf16")
+ENCODING_ERRORS = ("strict", "replace", "ignore")
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", **option: Any) -> Any:
@@ -151,3 +152,11 @@ def device_option(fn: Callable) -> Callable:
 def precision_option(fn: Callable) -> Callable:
     """``--precision`` for inference commands (fp32 by default: exact, and fast on CPUs)."""
     return _option("--precision", PRECISIONS, "fp32", PRECISION_HELP)(fn)
+
+
+ENCODING_ERRORS_HELP = "What to do with bytes in the input text that are not UTF-8."
+
+
+def encoding_errors_option(fn: Callable) -> Callable:
+    """``--encoding-errors``, as every command that reads a text declares it."""
+    return _option("--encoding-errors", ENCODING_ERRORS, "strict", ENCODING_ERRORS_HELP)(fn)

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from mygpt.errors import UsageError
+from mygpt.settings import encoding_errors_option
 
 
 class ByteSize(click.ParamType):
@@ -149,13 +150,7 @@ def download_cmd(
     default=None,
     help="Write the token file here (sidecar beside it) instead of the cache.",
 )
-@click.option(
-    "--encoding-errors",
-    type=click.Choice(["strict", "replace", "ignore"]),
-    default="strict",
-    show_default=True,
-    help="What to do with bytes that are not UTF-8.",
-)
+@encoding_errors_option
 @click.option(
     "--workers",
     type=click.IntRange(min=1),

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mygpt.errors import MygptError
+from mygpt.settings import ENCODING_ERRORS
 
 MANIFEST = "corpus.json"
-ENCODING_ERRORS = ("strict", "replace", "ignore")
 _CHUNK = 16 * 1024 * 1024
 
 

@@ -24,6 +24,8 @@ from mygpt.settings import (
     BACKEND_HELP,
     DEVICE_HELP,
     DEVICES,
+    ENCODING_ERRORS,
+    ENCODING_ERRORS_HELP,
     PRECISION_HELP,
     PRECISIONS,
     cli_fields,
@@ -94,11 +96,7 @@ class TrainConfig:
     cache_dir: str | None = setting(
         None, "Token cache directory (default ~/.cache/mygpt).", type=str
     )
-    encoding_errors: str = setting(
-        "strict",
-        "What to do with bytes in FILE that are not UTF-8.",
-        choices=("strict", "replace", "ignore"),
-    )
+    encoding_errors: str = setting("strict", ENCODING_ERRORS_HELP, choices=ENCODING_ERRORS)
     init_from: str | None = setting(
         None,
         "Start from this checkpoint's weights, architecture and tokenizer (fresh optimizer).",
