@@ -116,8 +116,28 @@ def infer(path: Path, backend: str) -> dict:
     return {"load_s": load_s, "prefill_32_s": prefill_s, "decode_tok_s": decode}
 
 
-def train(path: Path, backend: str, batch: int, seq: int) -> dict:
+def _timed_steps(ops, vg, opt, trained: dict, batch: int, seq: int, lr: float) -> dict:
+    """STEPS optimizer steps of ``trained`` on one random batch; the last step's time (the
+    first pays one-time setup) and the memory around the steps."""
     import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = ops.asarray(rng.integers(10, 1900, (batch, seq)))
+    y = ops.asarray(rng.integers(10, 1900, (batch, seq)))
+    before = {"rss_before_step_gb": rss_now_gb(), "peak_rss_before_step_gb": peak_rss_gb()}
+    times = []
+    for _ in range(STEPS):
+        t = time.perf_counter()
+        loss, grads = vg(trained, x, y)
+        trained = opt.step(trained, grads, lr)
+        ops.eval(loss, trained, opt.arrays())
+        times.append(time.perf_counter() - t)
+    step_s = times[-1]
+    return {"tokens": batch * seq, "step_s": step_s, "first_step_s": times[0],
+            "train_tok_s": batch * seq / step_s, **before, "rss_after_step_gb": rss_now_gb()}  # fmt: skip
+
+
+def train(path: Path, backend: str, batch: int, seq: int) -> dict:
 
     from mygpt.backends import get_backend
     from mygpt.backends.base import AdamWConfig
@@ -130,20 +150,7 @@ def train(path: Path, backend: str, batch: int, seq: int) -> dict:
     del ckpt
     opt = ops.adamw(params, AdamWConfig())
     vg = ops.value_and_grad(lambda p, x, y: loss_fn(ops, cfg, p, x, y))
-    rng = np.random.default_rng(0)
-    x = ops.asarray(rng.integers(10, 1900, (batch, seq)))
-    y = ops.asarray(rng.integers(10, 1900, (batch, seq)))
-    before = {"rss_before_step_gb": rss_now_gb(), "peak_rss_before_step_gb": peak_rss_gb()}
-    times = []
-    for _ in range(STEPS):
-        t = time.perf_counter()
-        loss, grads = vg(params, x, y)
-        params = opt.step(params, grads, 1e-5)
-        ops.eval(loss, params, opt.arrays())
-        times.append(time.perf_counter() - t)
-    step_s = times[-1]  # the last step: the first pays one-time setup
-    return {"tokens": batch * seq, "step_s": step_s, "first_step_s": times[0],
-            "train_tok_s": batch * seq / step_s, **before, "rss_after_step_gb": rss_now_gb()}  # fmt: skip
+    return _timed_steps(ops, vg, opt, params, batch, seq, lr=1e-5)
 
 
 def train_lora(path: Path, backend: str, batch: int, seq: int, rank: int, targets: str) -> dict:
@@ -165,22 +172,8 @@ def train_lora(path: Path, backend: str, batch: int, seq: int, rank: int, target
     vg = ops.value_and_grad(
         lambda a, x, y: loss_fn(ops, cfg, base, x, y, lora=LoraWeights(a, lora.scale))
     )
-    rng = np.random.default_rng(0)
-    x = ops.asarray(rng.integers(10, 1900, (batch, seq)))
-    y = ops.asarray(rng.integers(10, 1900, (batch, seq)))
-    before = {"rss_before_step_gb": rss_now_gb(), "peak_rss_before_step_gb": peak_rss_gb()}
-    times = []
-    for _ in range(STEPS):
-        t = time.perf_counter()
-        loss, grads = vg(adapters, x, y)
-        adapters = opt.step(adapters, grads, 1e-4)
-        ops.eval(loss, adapters, opt.arrays())
-        times.append(time.perf_counter() - t)
-    step_s = times[-1]
     n = sum(int(np.prod(v.shape)) for v in adapters.values())
-    return {"tokens": batch * seq, "step_s": step_s, "first_step_s": times[0],
-            "train_tok_s": batch * seq / step_s, "trainable": n, **before,
-            "rss_after_step_gb": rss_now_gb()}  # fmt: skip
+    return {**_timed_steps(ops, vg, opt, adapters, batch, seq, lr=1e-4), "trainable": n}
 
 
 def child(args: argparse.Namespace) -> None:
