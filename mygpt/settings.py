@@ -25,12 +25,7 @@ ENCODING_ERRORS = ("strict", "replace", "ignore")
 def setting(default: Any = dataclasses.MISSING, help: str = "", **option: Any) -> Any:
     """A settings field: its default and its ``--flag``'s help, plus click details (``choices``;
     ``type`` where the default is None; ``cli=False`` for a field with no flag)."""
-    kw: dict[str, Any] = {"metadata": {"help": help, **option}}
-    if isinstance(default, (dict, list)):
-        kw["default_factory"] = lambda: type(default)(default)
-    else:
-        kw["default"] = default
-    return dataclasses.field(**kw)
+    return dataclasses.field(default=default, metadata={"help": help, **option})
 
 
 def track_given(cls: type) -> type:
