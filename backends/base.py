@@ -200,9 +200,22 @@ class Ops(abc.ABC):
 
     @abc.abstractmethod
     def rope_at(
-        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None
-    ) -> Array:
-        """:meth:`rope` with a position per row: row b's tokens are at ``positions[b] + t``."""
+        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None,
+        rotated: int | None = None,
+    ) -> Array:  # fmt: skip
+        """:meth:`rope` with a position per row: row b's tokens are at ``positions[b] + t``.
+
+        ``rotated``: only heads ``0..rotated-1`` turn, the rest come back as they are (a decode
+        step's Q|K|V heads in one array). Every layer of a decode step passes the same
+        ``positions`` object, so a backend may make the step's rotations once."""
+
+    @abc.abstractmethod
+    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], starts: np.ndarray) -> Array:
+        """Write new keys and values into a (2, B, Hkv, T, D) decode buffer (keys, then values)
+        and return it (MLX's may be a new array; torch writes in place).
+
+        ``x`` is (n, 2 * Hkv, t, D), the keys' heads then the values'; its row i lands in row
+        ``rows[i]`` at positions ``starts[i] .. starts[i] + t - 1``."""
 
     @abc.abstractmethod
     def attention(
@@ -221,8 +234,9 @@ class Ops(abc.ABC):
 
     @abc.abstractmethod
     def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
-        """A (B, 1, Tq, Tk) boolean mask: query i of row b sees key j iff
-        ``j <= lengths[b] - tq + i`` (causal, aligned to each row's own last valid key)."""
+        """A (B, 1, Tq, Tk) mask for :meth:`attention`: query i of row b sees key j iff
+        ``j <= lengths[b] - tq + i`` (causal, aligned to each row's own last valid key). Its
+        form is the backend's (torch: additive 0/-inf; MLX: boolean)."""
 
     @abc.abstractmethod
     def softmax(self, x: Array, axis: int = -1) -> Array:

@@ -77,14 +77,19 @@ class MLXOps(Ops):
         buf[index] = x
         return buf
 
-    def write_rows(self, buf: Array, x: Array, rows: Sequence[int], starts: Sequence[int]) -> Array:
-        if x.shape[2] == 1:  # one scatter for every row (a decode step)
-            r, s = mx.array(np.asarray(rows, np.int32)), mx.array(np.asarray(starts, np.int32))
-            buf[r, :, s] = x[:, :, 0]
-            return buf
+    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], starts: np.ndarray) -> Array:
+        n, heads, t, _ = x.shape
+        hkv = heads // 2
+        if t == 1:  # a decode step: one scatter for every row, keys and values
+            half = mx.array(np.repeat(np.arange(2, dtype=np.int32), n))
+            r = mx.array(np.tile(np.asarray(rows, np.int32), 2))
+            s = mx.array(np.tile(np.asarray(starts, np.int32), 2))
+            kv[half, r, :, s] = mx.concatenate([x[:, :hkv, 0], x[:, hkv:, 0]], axis=0)
+            return kv
         for i, (r, s) in enumerate(zip(rows, starts)):
-            buf[r, :, s : s + x.shape[2]] = x[i]
-        return buf
+            kv[0, r, :, s : s + t] = x[i, :hkv]
+            kv[1, r, :, s : s + t] = x[i, hkv:]
+        return kv
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
@@ -113,8 +118,12 @@ class MLXOps(Ops):
         )
 
     def rope_at(
-        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None
-    ) -> Array:
+        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None,
+        rotated: int | None = None,
+    ) -> Array:  # fmt: skip
+        if rotated is not None and rotated < x.shape[1]:
+            turned = self.rope_at(x[:, :rotated], positions, base, inv_freq)
+            return mx.concatenate([turned, x[:, rotated:]], axis=1)
         offsets = mx.array(np.asarray(positions, dtype=np.int32))
         if inv_freq is None:
             return mx.fast.rope(

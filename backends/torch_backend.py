@@ -107,14 +107,18 @@ class TorchOps(Ops):
         buf.narrow(axis, start, x.shape[axis]).copy_(x)
         return buf
 
-    def write_rows(self, buf: Array, x: Array, rows: Sequence[int], starts: Sequence[int]) -> Array:
-        if x.shape[2] == 1 and buf.is_contiguous():  # one index_copy_ for all rows (a decode step)
-            flat = self._step_indices(buf.shape, rows, starts)
-            buf.view(-1, buf.shape[-1]).index_copy_(0, flat, x.reshape(-1, x.shape[-1]))
-            return buf
+    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], starts: np.ndarray) -> Array:
+        n, heads, t, _ = x.shape
+        if t == 1 and kv.is_contiguous():  # a decode step: one index_put_ for every row and head
+            index = self._kv_indices(kv.shape, rows, starts)
+            # index_put_ takes x as the strided view it may be (no copy)
+            kv.view(-1, kv.shape[-1]).index_put_((index,), x.squeeze(2))
+            return kv
+        hkv = heads // 2
         for i, (r, s) in enumerate(zip(rows, starts)):
-            buf[r, :, s : s + x.shape[2]] = x[i]
-        return buf
+            kv[0, r, :, s : s + t] = x[i, :hkv]
+            kv[1, r, :, s : s + t] = x[i, hkv:]
+        return kv
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
@@ -185,37 +189,59 @@ class TorchOps(Ops):
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
-    def _step_indices(self, shape, rows: Sequence[int], starts: Sequence[int]) -> Array:
-        """Flat (row, head, position) indices of a decode step's writes into a (B, H, T, D)
-        buffer, in x's (row, head) order; made once and reused by every layer of that step."""
-        key = ("idx", tuple(shape), tuple(rows), tuple(int(s) for s in starts))
-        if self._step_memo.get("idx", (None,))[0] != key:
-            _, H, T, _ = shape
-            r, s = np.asarray(rows, dtype=np.int64), np.asarray(starts, dtype=np.int64)
-            flat = ((r[:, None] * H + np.arange(H)) * T + s[:, None]).reshape(-1)
-            self._step_memo["idx"] = (key, torch.as_tensor(flat, device=self._dev))
-        return self._step_memo["idx"][1]
+    def _kv_indices(self, shape, rows: Sequence[int], starts: np.ndarray) -> Array:
+        """Flat indices, (rows, 2 * Hkv), of a decode step's key and value writes into a
+        (2, B, Hkv, T, D) buffer; made once and reused by every layer of that step."""
+        memo = self._step_memo.get("kv")
+        if memo is None or memo[0] is not starts or memo[1] != (shape, rows):
+            _, B, hkv, T, _ = shape
+            half, head = np.divmod(np.arange(2 * hkv), hkv)  # keys' heads, then values'
+            r, s = np.asarray(rows, dtype=np.int64)[:, None], np.asarray(starts)[:, None]
+            flat = ((half * B + r) * hkv + head) * T + s
+            index = torch.as_tensor(flat, device=self._dev)
+            memo = self._step_memo["kv"] = (starts, (shape, rows), index)
+        return memo[2]
 
     def rope_at(
-        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None
-    ) -> Array:
+        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None,
+        rotated: int | None = None,
+    ) -> Array:  # fmt: skip
         t, d = x.shape[-2], x.shape[-1]
-        pos = np.asarray(positions, dtype=np.int64)
-        freq_key = None if inv_freq is None else inv_freq.tobytes()
-        key = ("rope", pos.tobytes(), t, d, base, freq_key)
-        if self._step_memo.get("rope", (None,))[0] != key:  # the same for every layer of a step
-            table = self._rope_table(int(pos.max()) + t, d, base, inv_freq)
-            idx = torch.as_tensor(pos[:, None] + np.arange(t), device=table.device)
-            self._step_memo["rope"] = (key, table[idx][:, None])  # (B, 1, t, d/2)
-        rot = self._step_memo["rope"][1]
+        memo = self._step_memo.get("rope")
+        key = (x.shape[1], t, d, base, rotated)
+        if memo is None or memo[0] is not positions or memo[1] is not inv_freq or memo[2] != key:
+            memo = self._step_memo["rope"] = (
+                positions, inv_freq, key, self._rotations(x.shape[1], t, d, positions, base,
+                                                          inv_freq, rotated),
+            )  # fmt: skip
+        rot = memo[3]
+        if x.dtype == torch.float32:
+            return torch.view_as_real(
+                torch.view_as_complex(x.unflatten(-1, (d // 2, 2))) * rot
+            ).flatten(-2)
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
+    def _rotations(self, heads, t, d, positions, base, inv_freq, rotated) -> Array:
+        """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2); heads
+        from ``rotated`` on get 1 (multiplying by 1 + 0i leaves them exactly as they are)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        table = self._rope_table(int(pos.max()) + t, d, base, inv_freq)
+        idx = torch.as_tensor(pos[:, None] + np.arange(t), device=table.device)
+        rot = table[idx][:, None]  # (B, 1, t, d/2)
+        if rotated is None or rotated >= heads:
+            return rot
+        full = torch.ones((len(pos), heads, t, d // 2), dtype=rot.dtype, device=rot.device)
+        full[:, :rotated] = rot
+        return full
+
     def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
+        # additive (0 or -inf), which attention adds inside its score matmul (baddbmm)
         last = (
             np.asarray(lengths, dtype=np.int64)[:, None, None, None] - tq + np.arange(tq)[:, None]
         )
-        return torch.as_tensor(np.arange(tk) <= last, device=self._dev)
+        bias = np.where(np.arange(tk) <= last, np.float32(0), np.float32(-np.inf))
+        return torch.as_tensor(bias, device=self._dev)
 
     def attention(
         self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
@@ -240,20 +266,35 @@ class TorchOps(Ops):
         )
 
     def _attention_masked(self, q: Array, k: Array, v: Array, scale: float, mask: Array) -> Array:
-        """Attention under a per-row length mask as two matmuls around a softmax.
+        """Attention under a per-row length mask as two batched matmuls around a softmax.
 
         Query heads are grouped under their K/V head (no repeated K/V); each (row, K/V head) is
-        its own matmul, so a row's arithmetic does not depend on how many rows there are. For
-        one query per row this is ~4x faster than SDPA with a mask on CPU.
+        its own matrix of the batch, so a row's arithmetic does not depend on the other rows.
+        The mask is added inside the score matmul (baddbmm). For one query per row this is
+        several times faster than SDPA with a mask on CPU.
         """
         B, H, tq, D = q.shape
         hkv, tk = k.shape[1], k.shape[2]
         rep = H // hkv
-        qg = q.reshape(B, hkv, rep * tq, D)
-        scores = torch.matmul(qg, k.transpose(-1, -2)).view(B, hkv, rep, tq, tk) * scale
-        scores = scores.float().masked_fill(~mask[:, :, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(v.dtype).view(B, hkv, rep * tq, tk)
-        return torch.matmul(probs, v).view(B, H, tq, D)
+        qg = q.reshape(B * hkv, rep * tq, D)
+        bias = self._grouped_bias(mask, hkv, rep)
+        kt = k.reshape(B * hkv, tk, D).transpose(1, 2)
+        if q.dtype != torch.float32:  # scores and softmax in fp32, as SDPA keeps them
+            scores = (torch.bmm(qg, kt) * scale).float() + bias
+        else:
+            scores = torch.baddbmm(bias, qg, kt, alpha=scale)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        return torch.bmm(probs, v.reshape(B * hkv, tk, D)).view(B, H, tq, D)
+
+    def _grouped_bias(self, mask: Array, hkv: int, rep: int) -> Array:
+        """``mask`` (B, 1, tq, tk) laid out as (B * hkv, rep * tq, tk) for the grouped score
+        matmul; made once per decode step (every layer passes the same mask)."""
+        memo = self._step_memo.get("bias")
+        if memo is None or memo[0] is not mask or memo[1] != hkv or memo[2] != rep:
+            B, _, tq, tk = mask.shape
+            grouped = mask[:, :, None].expand(B, hkv, rep, tq, tk).reshape(B * hkv, rep * tq, tk)
+            self._step_memo["bias"] = memo = (mask, hkv, rep, grouped)
+        return memo[3]
 
     def _use_bmm_attention(self, q: Array, length: int) -> bool:
         if self.attention_kernel != "auto":

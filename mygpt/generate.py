@@ -129,7 +129,7 @@ class Decoder:
 
     def __init__(self, ops, cfg: ModelConfig, params: dict, capacity: int, dtype: str) -> None:
         self.ops, self.cfg, self.params, self.dtype = ops, cfg, params, dtype
-        self.fused = model.fuse_qkv(ops, cfg, params)
+        self.weights = model.decode_weights(ops, cfg, params, dtype)
         groups = -(-capacity // DECODE_ROWS)
         self.groups = [
             model.SlotCache.allocate(ops, cfg, DECODE_ROWS, dtype) for _ in range(groups)
@@ -186,9 +186,7 @@ class Decoder:
                 s, r = self.streams[row], row % DECODE_ROWS
                 tokens[r], positions[r] = s.ids[-1], len(s.ids) - 1
             slots = self.groups[group]
-            step = model.decode(
-                self.ops, self.cfg, self.fused, tokens, positions, slots, dtype=self.dtype
-            )
+            step = model.decode(self.ops, self.cfg, self.weights, tokens, positions, slots)
             step = self.ops.to_numpy(step)
             for row in members:
                 out[row] = step[row % DECODE_ROWS]

@@ -189,23 +189,21 @@ class KVCache:
 class SlotCache:
     """A fixed-shape KV cache for batched decoding: ``rows`` rows of ``capacity`` positions.
 
-    Every layer's keys and values are one (rows, Hkv, capacity, D) buffer, allocated up front;
-    row r holds one stream, its entry for absolute position p at index p. :func:`decode` always
-    attends over the whole capacity with a per-row length mask, so a row's arithmetic is the same
-    whatever the other rows hold (see DESIGN.md, "Serving exactly").
+    Every layer's keys and values are one (2, rows, Hkv, capacity, D) buffer (keys, then
+    values), allocated up front; row r holds one stream, its entry for absolute position p at
+    index p. :func:`decode` always attends over the whole capacity with a per-row length mask,
+    so a row's arithmetic is the same whatever the other rows hold (see DESIGN.md, "Serving
+    exactly").
     """
 
     rows: int
     capacity: int
-    keys: list[Array]
-    values: list[Array]
+    kv: list[Array]
 
     @classmethod
     def allocate(cls, ops, cfg: ModelConfig, rows: int, dtype: str = "float32") -> SlotCache:
-        shape = (rows, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim)
-        keys = [ops.zeros(shape, dtype) for _ in range(cfg.num_layers)]
-        values = [ops.zeros(shape, dtype) for _ in range(cfg.num_layers)]
-        return cls(rows, cfg.max_seq_len, keys, values)
+        shape = (2, rows, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim)
+        return cls(rows, cfg.max_seq_len, [ops.zeros(shape, dtype) for _ in range(cfg.num_layers)])
 
     @staticmethod
     def nbytes(cfg: ModelConfig, rows: int, dtype: str = "float32") -> int:
@@ -214,11 +212,10 @@ class SlotCache:
 
     def load(self, ops, row: int, cache: KVCache) -> None:
         """Copy a prefilled :class:`KVCache` (one row, not past its window) into ``row``."""
-        for i in range(len(self.keys)):
+        for i in range(len(self.kv)):
             end = cache.ends[i]
-            k, v = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
-            self.keys[i] = ops.write_rows(self.keys[i], k, [row], [0])
-            self.values[i] = ops.write_rows(self.values[i], v, [row], [0])
+            heads = ops.concat([cache.keys[i][:, :, :end], cache.values[i][:, :, :end]], axis=1)
+            self.kv[i] = ops.write_kv(self.kv[i], heads, [row], np.zeros(1, dtype=np.int64))
 
 
 # --- forward ---------------------------------------------------------------------------------
@@ -410,67 +407,81 @@ def forward(
     return ops.linear(x, ops.cast(emb, dtype))  # tied head: logits = x @ E^T
 
 
-def fuse_qkv(ops, cfg: ModelConfig, params: Params) -> Params:
-    """``params`` plus each block's W_Q, W_K, W_V concatenated once (``blocks.i.mha.W_QKV``),
-    which :func:`decode` uses instead of concatenating them at every step."""
-    fused = dict(params)
+def decode_weights(ops, cfg: ModelConfig, params: Params, dtype: str = "float32") -> Params:
+    """``params`` made ready for :func:`decode`, once: each block's W_Q, W_K, W_V (and biases)
+    concatenated (``blocks.i.mha.W_QKV.weight``) and every tensor cast to ``dtype``.
+
+    The embedding tables stay as they are (a token's row is summed with its position's in
+    fp32, then cast, as :func:`forward` does); ``head`` is the output projection, the tied
+    embedding cast or ``lm_head``. A decoded token is about a hundred tiny ops: concatenating and
+    casting at every step would add dozens more (a cast gives the same values whenever made)."""
+    ready = {name: ops.cast(w, dtype) for name, w in params.items()}
+    for name in ("token_embedding.embedding.weight", "position_embedding.weight"):
+        if name in params:  # looked up in fp32 and summed before the cast, as forward does
+            ready[name] = params[name]
+    # the output projection: an untied head, or the tied embedding cast once
+    tied = cfg.tie_embeddings
+    ready["head"] = (
+        ops.cast(params["token_embedding.embedding.weight"], dtype)
+        if tied
+        else ready["lm_head.weight"]
+    )
     for i in range(cfg.num_layers):
         b = f"blocks.{i}.mha"
-        fused[f"{b}.W_QKV.weight"] = ops.concat([params[f"{b}.W_{n}.weight"] for n in "QKV"], 0)
-    return fused
+        ready[f"{b}.W_QKV.weight"] = ops.concat([ready[f"{b}.W_{n}.weight"] for n in "QKV"], 0)
+        if cfg.attn_bias:
+            ready[f"{b}.W_QKV.bias"] = ops.concat([ready[f"{b}.W_{n}.bias"] for n in "QKV"], 0)
+    return ready
 
 
 def decode(
     ops,
     cfg: ModelConfig,
-    params: Params,
+    weights: Params,
     tokens: np.ndarray,
     positions: np.ndarray,
     slots: SlotCache,
-    *,
-    dtype: str = "float32",
 ) -> Array:
     """Logits (rows, vocab) for one new token per row of ``slots``, each at its own position.
 
-    ``tokens[r]`` is row r's newest token and ``positions[r]`` its absolute position (the row's
-    cached length); its key and value are written at that index and it attends to keys
-    ``0..positions[r]``. Always the full (rows, 1) x capacity shape: rows with nothing to do
-    still compute (pass token 0 at position 0), so no row's result depends on the others.
+    ``weights`` come from :func:`decode_weights`. ``tokens[r]`` is row r's newest token and
+    ``positions[r]`` its absolute position (the row's cached length); its key and value are
+    written at that index and it attends to keys ``0..positions[r]``. Always the full (rows, 1)
+    x capacity shape: rows with nothing to do still compute, so no row's result depends on the
+    others. Activations are (rows, features): with one token per row there is no time axis.
     """
-    positions = np.asarray(positions, dtype=np.int64)
-    R, H = slots.rows, cfg.num_heads
-    rows = list(range(R))
-
-    def p(name: str) -> Array:
-        return ops.cast(params[name], dtype)
-
-    emb = params["token_embedding.embedding.weight"]
-    x = ops.embedding(emb, ops.asarray(np.asarray(tokens, dtype=np.int64)[:, None]))
+    # a fresh array per step: the backend keys its per-step tables (rope rotation, write
+    # indices, the attention mask's layout) on this object
+    positions = np.array(positions, dtype=np.int64)
+    R, H, Hkv, D = slots.rows, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    rows = range(R)
+    w = weights.__getitem__
+    x = ops.embedding(w("token_embedding.embedding.weight"), ops.asarray(np.asarray(tokens)))
     if cfg.position == "learned":
-        pos_ids = ops.asarray(positions[:, None])
-        x = x + ops.embedding(params["position_embedding.weight"], pos_ids)
+        x = x + ops.embedding(w("position_embedding.weight"), ops.asarray(positions))
+    dtype = ops.dtype_of(w("head"))
     x = ops.cast(x, dtype)
     mask = ops.length_mask(positions + 1, 1, slots.capacity)
-    scale = 1.0 / math.sqrt(cfg.head_dim)
+    scale = 1.0 / math.sqrt(D)
+    inv_freq = rope_inv_freq(cfg)
     for i in range(cfg.num_layers):
         b = f"blocks.{i}"
-        h = _norm(ops, cfg, params, f"{b}.ln1", x, dtype)
-        fused = params.get(f"{b}.mha.W_QKV.weight")
-        qk, v = _qkv(ops, cfg, p, b, h, None if fused is None else ops.cast(fused, dtype))
-        if cfg.position == "rope":
-            qk = ops.rope_at(qk, positions, cfg.rope_base, rope_inv_freq(cfg))
-        q, k = qk[:, :H], qk[:, H:]
-        slots.keys[i] = ops.write_rows(slots.keys[i], k, rows, positions)
-        slots.values[i] = ops.write_rows(slots.values[i], v, rows, positions)
-        out = ops.attention(q, slots.keys[i], slots.values[i], scale=scale, mask=mask)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (R, 1, H * cfg.head_dim))
-        bias = p(f"{b}.mha.W_O.bias") if cfg.attn_out_bias else None
-        x = x + ops.linear(out, p(f"{b}.mha.W_O.weight"), bias)
-        h = _norm(ops, cfg, params, f"{b}.ln2", x, dtype)
-        x = x + _mlp(ops, cfg, p, b, h)
-    x = _norm(ops, cfg, params, "ln_f", x, dtype)
-    head = p("lm_head.weight") if not cfg.tie_embeddings else ops.cast(emb, dtype)
-    return ops.linear(x, head)[:, 0]
+        h = _norm(ops, cfg, weights, f"{b}.ln1", x, dtype)
+        qkv = ops.linear(h, w(f"{b}.mha.W_QKV.weight"), weights.get(f"{b}.mha.W_QKV.bias"))
+        heads = ops.reshape(qkv, (R, H + 2 * Hkv, 1, D))  # (rows, Q|K|V heads, 1 token, D)
+        if cfg.qk_norm:
+            qn = ops.rms_norm(heads[:, :H], w(f"{b}.mha.q_norm.weight"), cfg.norm_eps)
+            kn = ops.rms_norm(heads[:, H : H + Hkv], w(f"{b}.mha.k_norm.weight"), cfg.norm_eps)
+            heads = ops.concat([qn, kn, heads[:, H + Hkv :]], axis=1)
+        if cfg.position == "rope":  # Q and K heads; V passes through
+            heads = ops.rope_at(heads, positions, cfg.rope_base, inv_freq, rotated=H + Hkv)
+        slots.kv[i] = ops.write_kv(slots.kv[i], heads[:, H:], rows, positions)
+        out = ops.attention(heads[:, :H], slots.kv[i][0], slots.kv[i][1], scale, mask=mask)
+        out = ops.reshape(out, (R, H * D))  # (rows, H, 1, D): heads in order, contiguous
+        x = x + ops.linear(out, w(f"{b}.mha.W_O.weight"), weights.get(f"{b}.mha.W_O.bias"))
+        h = _norm(ops, cfg, weights, f"{b}.ln2", x, dtype)
+        x = x + _mlp(ops, cfg, w, b, h)
+    return ops.linear(_norm(ops, cfg, weights, "ln_f", x, dtype), w("head"))
 
 
 def loss_fn(

@@ -173,13 +173,13 @@ def _rows_leak(ops, q, k, v, scale, dropout=0.0, mask=None):
     return ops.attention(q, k + k[:1] * 1e-3, v, scale, dropout, mask=mask)
 
 
-def _row_zero_positions(ops, buf, x, rows, starts):
-    """A decode step that writes every row's key at index 0 (ignores the positions)."""
-    return ops.write_rows(buf, x, rows, [0] * len(starts))
+def _row_zero_positions(ops, kv, x, rows, starts):
+    """A decode step that writes every row's key and value at index 0 (ignores the positions)."""
+    return ops.write_kv(kv, x, rows, np.zeros_like(starts))
 
 
 @pytest.mark.parametrize("broken", [dict(attention=_rows_leak),
-                                    dict(write_rows=_row_zero_positions)], ids=["leak", "write"])  # fmt: skip
+                                    dict(write_kv=_row_zero_positions)], ids=["leak", "write"])  # fmt: skip
 def test_batched_decode_check_catches_rows_that_depend_on_each_other(pair, broken):
     _, cand = pair
     rows = run_check(_check("batched decode rope/gqa"), None, Broken(cand, **broken), "float32")

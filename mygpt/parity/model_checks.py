@@ -117,7 +117,7 @@ def kv_cache_check(position: str, kv: str, mlp: str = "gelu", real: bool = False
 
 
 def batched_decode_check(position: str, kv: str) -> ParityCheck:
-    """The fixed-shape decoder (rope_at, length_mask, write_rows) == one full forward, and
+    """The fixed-shape decoder (rope_at, length_mask, write_kv) == one full forward, and
     streams decoded together == each decoded alone, bit for bit (what ``mygpt serve`` needs)."""
     name = f"batched decode {position}/{kv}"
 
