@@ -48,6 +48,7 @@ class TorchOps(Ops):
         self._causal_bias: dict[tuple[int, torch.dtype], Array] = {}
         self._constants: dict[float, Array] = {}
         self._step_memo: dict[str, tuple] = {}  # per decode step: index tensors, rope rotation
+        self._tables: dict[tuple, Array] = {}  # per shape: what the decode steps index
         # training attention: "auto" picks per call; "sdpa" or "bmm" force one (parity tests)
         self.attention_kernel = "auto"
         if device == "cpu":
@@ -189,16 +190,32 @@ class TorchOps(Ops):
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
+    # --- a decode step's tables: every layer passes the same positions array, so each table is
+    # made once per step, by indexing one made once per shape (a decoded token is ~100 tiny ops:
+    # rebuilding these in numpy at every layer cost as much as a tenth of them)
+    def _step_positions(self, positions: np.ndarray) -> Array:
+        memo = self._step_memo.get("pos")
+        if memo is None or memo[0] is not positions:
+            memo = self._step_memo["pos"] = (
+                positions,
+                torch.as_tensor(positions, device=self._dev),
+            )
+        return memo[1]
+
     def _kv_indices(self, shape, rows: Sequence[int], starts: np.ndarray) -> Array:
         """Flat indices, (rows, 2 * Hkv), of a decode step's key and value writes into a
-        (2, B, Hkv, T, D) buffer; made once and reused by every layer of that step."""
+        (2, B, Hkv, T, D) buffer."""
+        rows = rows if isinstance(rows, range) else tuple(rows)  # a key of the tables
         memo = self._step_memo.get("kv")
         if memo is None or memo[0] is not starts or memo[1] != (shape, rows):
-            _, B, hkv, T, _ = shape
-            half, head = np.divmod(np.arange(2 * hkv), hkv)  # keys' heads, then values'
-            r, s = np.asarray(rows, dtype=np.int64)[:, None], np.asarray(starts)[:, None]
-            flat = ((half * B + r) * hkv + head) * T + s
-            index = torch.as_tensor(flat, device=self._dev)
+            first = self._tables.get(("kv", shape, rows))
+            if first is None:  # each write's index at position 0
+                _, B, hkv, T, _ = shape
+                half, head = np.divmod(np.arange(2 * hkv), hkv)  # keys' heads, then values'
+                r = np.asarray(rows, dtype=np.int64)[:, None]
+                first = torch.as_tensor(((half * B + r) * hkv + head) * T, device=self._dev)
+                self._tables[("kv", shape, rows)] = first
+            index = first + self._step_positions(starts)[:, None]
             memo = self._step_memo["kv"] = (starts, (shape, rows), index)
         return memo[2]
 
@@ -210,15 +227,12 @@ class TorchOps(Ops):
         memo = self._step_memo.get("rope")
         key = (x.shape[1], t, d, base, rotated)
         if memo is None or memo[0] is not positions or memo[1] is not inv_freq or memo[2] != key:
-            memo = self._step_memo["rope"] = (
-                positions, inv_freq, key, self._rotations(x.shape[1], t, d, positions, base,
-                                                          inv_freq, rotated),
-            )  # fmt: skip
+            rot = self._rotations(x.shape[1], t, d, positions, base, inv_freq, rotated)
+            memo = self._step_memo["rope"] = (positions, inv_freq, key, rot)
         rot = memo[3]
         if x.dtype == torch.float32:
-            return torch.view_as_real(
-                torch.view_as_complex(x.unflatten(-1, (d // 2, 2))) * rot
-            ).flatten(-2)
+            xc = torch.view_as_complex(x.unflatten(-1, (d // 2, 2)))
+            return torch.view_as_real(xc * rot).flatten(-2)
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
@@ -226,22 +240,31 @@ class TorchOps(Ops):
         """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2); heads
         from ``rotated`` on get 1 (multiplying by 1 + 0i leaves them exactly as they are)."""
         pos = np.asarray(positions, dtype=np.int64)
-        table = self._rope_table(int(pos.max()) + t, d, base, inv_freq)
+        n = int(pos.max()) + t
+        rotated = heads if rotated is None else min(rotated, heads)
+        key = ("rope", heads, d, base, None if inv_freq is None else inv_freq.tobytes(), rotated)
+        table = self._tables.get(key)
+        if table is None or table.shape[0] < n:  # (positions, heads, d/2), grown by doubling
+            one_head = self._rope_table(n, d, base, inv_freq)
+            table = torch.ones((one_head.shape[0], heads, d // 2), dtype=one_head.dtype,
+                               device=one_head.device)  # fmt: skip
+            table[:, :rotated] = one_head[:, None]
+            self._tables[key] = table
+        if t == 1:
+            return table[self._step_positions(positions)][:, :, None]
         idx = torch.as_tensor(pos[:, None] + np.arange(t), device=table.device)
-        rot = table[idx][:, None]  # (B, 1, t, d/2)
-        if rotated is None or rotated >= heads:
-            return rot
-        full = torch.ones((len(pos), heads, t, d // 2), dtype=rot.dtype, device=rot.device)
-        full[:, :rotated] = rot
-        return full
+        return table[idx].transpose(1, 2)  # (B, heads, t, d/2)
 
     def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
-        # additive (0 or -inf), which attention adds inside its score matmul (baddbmm)
-        last = (
-            np.asarray(lengths, dtype=np.int64)[:, None, None, None] - tq + np.arange(tq)[:, None]
-        )
-        bias = np.where(np.arange(tk) <= last, np.float32(0), np.float32(-np.inf))
-        return torch.as_tensor(bias, device=self._dev)
+        # additive (0 or -inf), which attention adds inside its score matmul (baddbmm); row L of
+        # a table made once per tk is the mask of a query that sees L keys
+        table = self._tables.get(("mask", tk))
+        if table is None:
+            sees = np.arange(tk)[None, :] < np.arange(tk + 1)[:, None]
+            bias = np.where(sees, np.float32(0), np.float32(-np.inf))
+            table = self._tables[("mask", tk)] = torch.as_tensor(bias, device=self._dev)
+        seen = np.asarray(lengths, dtype=np.int64)[:, None] - tq + 1 + np.arange(tq)
+        return table[torch.as_tensor(seen, device=self._dev)][:, None]  # (B, 1, tq, tk)
 
     def attention(
         self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
