@@ -186,8 +186,11 @@ class Merger:
 
     def __init__(self, jobs: list[Job]) -> None:
         self.jobs = jobs
-        self.queue: asyncio.Queue = asyncio.Queue()
         self.left = len(jobs)
+        if len(jobs) == 1:  # one choice (most requests): read its own queue, no pump task
+            self.queue, self._tasks = jobs[0].events, []
+            return
+        self.queue = asyncio.Queue()
         self._tasks = [asyncio.create_task(self._pump(i, j)) for i, j in enumerate(jobs)]
 
     async def _pump(self, i: int, job: Job) -> None:
@@ -202,9 +205,10 @@ class Merger:
         if not self.left:
             return None
         try:
-            i, event = await asyncio.wait_for(self.queue.get(), timeout=timeout)
+            got = await asyncio.wait_for(self.queue.get(), timeout=timeout)
         except asyncio.TimeoutError:
             return None
+        i, event = (0, got) if not self._tasks else got
         self.left -= event[0] != "text"
         return i, event
 

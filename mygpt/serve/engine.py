@@ -140,16 +140,32 @@ class Job:
         # a byte-level token may end inside a character: decode incrementally, as cli.generate does
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stopper = StopMatcher(req.stop)
+        self.outbox: list | None = None  # during a batched step: events wait here (see emit)
 
     def cancel(self) -> None:
         """Called from the event loop when the client is gone; the worker drops the job."""
         self.cancelled = True
 
     def emit(self, *event) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the request's event loop is gone: nobody is listening
-            self.cancelled = True
+        if self.outbox is not None:  # a batched step delivers its rows' events together
+            self.outbox.append((self, event))
+            return
+        deliver(self.loop, [(self, event)])
+
+
+def deliver(loop: asyncio.AbstractEventLoop, items: list[tuple[Job, tuple]]) -> None:
+    """Hand events to their jobs' queues on ``loop``: one wake-up of the loop for all of them
+    (a wake-up per token per stream was most of the server's cost beside the model)."""
+
+    def put() -> None:
+        for job, event in items:
+            job.events.put_nowait(event)
+
+    try:
+        loop.call_soon_threadsafe(put)
+    except RuntimeError:  # the requests' event loop is gone: nobody is listening
+        for job, _ in items:
+            job.cancelled = True
 
 
 class Engine:
@@ -308,7 +324,6 @@ class Engine:
         jobs = list(self._active)
         if not jobs:
             return
-        m = self.model
         try:
             logits = self.decoder.logits([j.row for j in jobs])
         except Exception as e:  # a bug must fail these requests, not stop the worker thread
@@ -316,6 +331,23 @@ class Engine:
                 self._finish(job, "error", f"internal error: {e!r}", stat="failed")
             return
         self.stats["steps"] += 1
+        outbox: list[tuple[Job, tuple]] = []
+        for job in jobs:
+            job.outbox = outbox
+        try:
+            self._sample_all(jobs, logits)
+        finally:
+            for job in jobs:
+                job.outbox = None
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+            for job, event in outbox:
+                by_loop.setdefault(job.loop, []).append((job, event))
+            for loop, items in by_loop.items():
+                deliver(loop, items)
+
+    def _sample_all(self, jobs: list[Job], logits: dict[int, np.ndarray]) -> None:
+        """Each job's token from its row's logits, its text and events (into the outbox)."""
+        m = self.model
         for job in jobs:
             req = job.req
             if job.count == 0 and req.echo:
