@@ -124,15 +124,8 @@ class MLXOps(Ops):
         if rotated is not None and rotated < x.shape[1]:
             turned = self.rope_at(x[:, :rotated], positions, base, inv_freq)
             return mx.concatenate([turned, x[:, rotated:]], axis=1)
-        offsets = mx.array(np.asarray(positions, dtype=np.int32))
-        if inv_freq is None:
-            return mx.fast.rope(
-                x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offsets
-            )
-        periods = mx.array(np.float32(1.0) / inv_freq)
-        return mx.fast.rope(
-            x, x.shape[-1], traditional=True, base=None, scale=1.0, offset=offsets, freqs=periods
-        )
+        # mx.fast.rope takes an offset per row as an array
+        return self.rope(x, mx.array(np.asarray(positions, dtype=np.int32)), base, inv_freq)
 
     def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
         last = (
