@@ -117,7 +117,7 @@ def main() -> None:
         "--checkpoint", type=Path, default=ROOT.parent / "shared/fixtures/book/ch27_modern.ckpt"
     )
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=50, help="(ch27: 50 + a short prompt stays "
                     "inside the context of 64, where no step refills)")  # fmt: skip
     ap.add_argument("--baseline", type=Path, default=None,
