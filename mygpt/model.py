@@ -261,7 +261,6 @@ def _qkv(
     p: Callable[[str], Array],
     b: str,
     x: Array,
-    w_qkv: Array | None = None,
     *,
     lora: LoraWeights | None = None,
     train: bool = False,
@@ -270,21 +269,27 @@ def _qkv(
     with ``lora``, the adapters' deltas are added to the fused projection."""
     B, T, _ = x.shape
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    # Q, K and V from one matmul and one rotary call for Q and K together: a decoded token is
-    # dozens of tiny ops that each cost more to launch than to compute (8% per token on CPU)
-    if w_qkv is None:  # decoding passes the concatenation fuse_qkv made once
-        w_qkv = ops.concat([p(f"{b}.mha.W_{n}.weight") for n in "QKV"], axis=0)
+    # Q, K and V from one matmul and one rotary call for Q and K together: a token is dozens of
+    # tiny ops that each cost more to launch than to compute (8% per token on CPU)
+    w_qkv = ops.concat([p(f"{b}.mha.W_{n}.weight") for n in "QKV"], axis=0)
     b_qkv = ops.concat([p(f"{b}.mha.W_{n}.bias") for n in "QKV"], axis=0) if cfg.attn_bias else None
     qkv = ops.linear(x, w_qkv, b_qkv)
     if lora is not None:
         qkv = _qkv_lora(ops, cfg, lora, b, x, qkv, train)
     heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
     qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
-    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D features, before the rotation
-        qn = ops.rms_norm(qk[:, :H], p(f"{b}.mha.q_norm.weight"), cfg.norm_eps)
-        kn = ops.rms_norm(qk[:, H:], p(f"{b}.mha.k_norm.weight"), cfg.norm_eps)
-        qk = ops.concat([qn, kn], axis=1)
+    if cfg.qk_norm:
+        qk = ops.concat(_qk_norm(ops, cfg, p, b, qk), axis=1)
     return qk, v
+
+
+def _qk_norm(ops, cfg: ModelConfig, p: Callable[[str], Array], b: str, qk: Array):
+    """Qwen3's RMSNorm over each head's D features, before the rotation: (Q heads, K heads)
+    normed, from ``qk`` (B, H + Hkv, T, D) (or more heads after them, which it ignores)."""
+    H, Hkv = cfg.num_heads, cfg.num_kv_heads
+    qn = ops.rms_norm(qk[:, :H], p(f"{b}.mha.q_norm.weight"), cfg.norm_eps)
+    kn = ops.rms_norm(qk[:, H : H + Hkv], p(f"{b}.mha.k_norm.weight"), cfg.norm_eps)
+    return qn, kn
 
 
 def _attention(
@@ -416,16 +421,13 @@ def decode_weights(ops, cfg: ModelConfig, params: Params, dtype: str = "float32"
     embedding cast or ``lm_head``. A decoded token is about a hundred tiny ops: concatenating and
     casting at every step would add dozens more (a cast gives the same values whenever made)."""
     ready = {name: ops.cast(w, dtype) for name, w in params.items()}
+    # the output projection: the tied embedding (cast) or an untied head
+    ready["head"] = ready[
+        "token_embedding.embedding.weight" if cfg.tie_embeddings else "lm_head.weight"
+    ]
     for name in ("token_embedding.embedding.weight", "position_embedding.weight"):
         if name in params:  # looked up in fp32 and summed before the cast, as forward does
             ready[name] = params[name]
-    # the output projection: an untied head, or the tied embedding cast once
-    tied = cfg.tie_embeddings
-    ready["head"] = (
-        ops.cast(params["token_embedding.embedding.weight"], dtype)
-        if tied
-        else ready["lm_head.weight"]
-    )
     for i in range(cfg.num_layers):
         b = f"blocks.{i}.mha"
         ready[f"{b}.W_QKV.weight"] = ops.concat([ready[f"{b}.W_{n}.weight"] for n in "QKV"], 0)
@@ -470,9 +472,7 @@ def decode(
         qkv = ops.linear(h, w(f"{b}.mha.W_QKV.weight"), weights.get(f"{b}.mha.W_QKV.bias"))
         heads = ops.reshape(qkv, (R, H + 2 * Hkv, 1, D))  # (rows, Q|K|V heads, 1 token, D)
         if cfg.qk_norm:
-            qn = ops.rms_norm(heads[:, :H], w(f"{b}.mha.q_norm.weight"), cfg.norm_eps)
-            kn = ops.rms_norm(heads[:, H : H + Hkv], w(f"{b}.mha.k_norm.weight"), cfg.norm_eps)
-            heads = ops.concat([qn, kn, heads[:, H + Hkv :]], axis=1)
+            heads = ops.concat([*_qk_norm(ops, cfg, w, b, heads), heads[:, H + Hkv :]], axis=1)
         if cfg.position == "rope":  # Q and K heads; V passes through
             heads = ops.rope_at(heads, positions, cfg.rope_base, inv_freq, rotated=H + Hkv)
         slots.kv[i] = ops.write_kv(slots.kv[i], heads[:, H:], rows, positions)
