@@ -54,6 +54,43 @@ class Optimizer(abc.ABC):
         return []
 
 
+class DecodeStep:
+    """One batched decode step's per-row work, made once per step by :meth:`Ops.decode_step`
+    and used by every layer: turn each row's Q and K heads to its position, write its new key
+    and value there, attend to its own keys only.
+
+    This one composes the backend's ops (:meth:`Ops.rope_at`, :meth:`Ops.write_kv`,
+    :meth:`Ops.length_mask`, :meth:`Ops.attention`), which define what a step computes. A
+    backend may return a subclass that makes the step's tables (rotations, write indices, the
+    mask's layout) once instead of at every layer: a decoded token is ~100 tiny ops, each
+    costing more to launch than to compute.
+    """
+
+    def __init__(
+        self, ops: Ops, positions: np.ndarray, rows: int, capacity: int,
+        heads: tuple[int, int, int], rope: tuple[float, np.ndarray | None] | None,
+    ) -> None:  # fmt: skip
+        self.ops, self.positions, self.rows = ops, positions, range(rows)
+        self.heads, self.rope_args = heads, rope  # (H, Hkv, D); (base, inv_freq) or None
+        self.mask = ops.length_mask(positions + 1, 1, capacity)
+
+    def rope(self, heads: Array) -> Array:
+        """(rows, H + 2 Hkv, 1, D) Q|K|V heads with Q and K rotated; V as it came."""
+        H, Hkv, _ = self.heads
+        base, inv_freq = self.rope_args
+        return self.ops.rope_at(heads, self.positions, base, inv_freq, rotated=H + Hkv)
+
+    def write_kv(self, kv: Array, x: Array) -> Array:
+        """``x`` (rows, 2 Hkv, 1, D), keys then values, written into ``kv`` at the positions."""
+        return self.ops.write_kv(kv, x, self.rows, self.positions)
+
+    def attention(self, q: Array, kv: Array, scale: float) -> Array:
+        """Each row's (rows, H, 1, D) queries over its own keys, as (rows, H * D)."""
+        out = self.ops.attention(q, kv[0], kv[1], scale, mask=self.mask)
+        H, _, D = self.heads
+        return self.ops.reshape(out, (len(self.rows), H * D))
+
+
 class Ops(abc.ABC):
     """One backend: a framework plus the device it computes on (thinc style: a concrete base).
 
@@ -237,6 +274,14 @@ class Ops(abc.ABC):
         """A (B, 1, Tq, Tk) mask for :meth:`attention`: query i of row b sees key j iff
         ``j <= lengths[b] - tq + i`` (causal, aligned to each row's own last valid key). Its
         form is the backend's (torch: additive 0/-inf; MLX: boolean)."""
+
+    def decode_step(
+        self, positions: np.ndarray, rows: int, capacity: int, heads: tuple[int, int, int],
+        rope: tuple[float, np.ndarray | None] | None,
+    ) -> DecodeStep:  # fmt: skip
+        """The :class:`DecodeStep` of ``rows`` rows at ``positions`` in buffers of ``capacity``
+        positions; ``heads`` is (H, Hkv, D), ``rope`` (base, inv_freq) or None."""
+        return DecodeStep(self, positions, rows, capacity, heads, rope)
 
     @abc.abstractmethod
     def softmax(self, x: Array, axis: int = -1) -> Array:

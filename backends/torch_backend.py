@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.base import AdamWConfig, Array, DecodeStep, Ops, Optimizer, Params
 from mygpt.backends.cpu import compute_threads, cpu_has_native_bf16, physical_cores
 
 # Up to this many keys, multi-threaded CPU training attention uses plain batched matmuls instead
@@ -32,6 +32,23 @@ def _quiet_inductor() -> None:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
+def _rotate(x: Array, rotations: Array) -> Array:
+    """Interleaved pairs (2i, 2i+1) of ``x`` as complex numbers times ``rotations`` (in fp32)."""
+    shape = x.shape
+    pairs = x if x.dtype == torch.float32 else x.float()
+    turned = torch.view_as_real(torch.view_as_complex(pairs.view(*shape[:-1], -1, 2)) * rotations)
+    return turned.view(shape) if x.dtype == torch.float32 else turned.view(shape).to(x.dtype)
+
+
+def _grouped_attention(q: Array, k: Array, v: Array, scale: float, bias: Array) -> Array:
+    """Softmax attention of (n, tq, D) queries on (n, tk, D) keys and values, one matrix per
+    (row, K/V head), ``bias`` (n, tq, tk) the additive mask. Scores and softmax in fp32."""
+    if q.dtype != torch.float32:  # as SDPA keeps them
+        scores = (torch.bmm(q, k.transpose(1, 2)) * scale).float() + bias
+        return torch.bmm(torch.softmax(scores, dim=-1).to(v.dtype), v)
+    return torch.bmm(torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1), v)
+
+
 class TorchOps(Ops):
     name = "torch"
     FRAMEWORK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -47,7 +64,6 @@ class TorchOps(Ops):
         self._rope_cache: dict[tuple, Array] = {}
         self._causal_bias: dict[tuple[int, torch.dtype], Array] = {}
         self._constants: dict[float, Array] = {}
-        self._step_memo: dict[str, tuple] = {}  # per decode step: index tensors, rope rotation
         self._tables: dict[tuple, Array] = {}  # per shape: what the decode steps index
         # training attention: "auto" picks per call; "sdpa" or "bmm" force one (parity tests)
         self.attention_kernel = "auto"
@@ -111,7 +127,8 @@ class TorchOps(Ops):
     def write_kv(self, kv: Array, x: Array, rows: Sequence[int], starts: np.ndarray) -> Array:
         n, heads, t, _ = x.shape
         if t == 1 and kv.is_contiguous():  # a decode step: one index_put_ for every row and head
-            index = self._kv_indices(kv.shape, rows, starts)
+            pos = torch.from_numpy(np.array(starts, dtype=np.int64)).to(self._dev)
+            index = self._kv_indices(kv.shape, rows, pos)
             # index_put_ takes x as the strided view it may be (no copy)
             kv.view(-1, kv.shape[-1]).index_put_((index,), x.squeeze(2))
             return kv
@@ -190,57 +207,38 @@ class TorchOps(Ops):
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
-    # --- a decode step's tables: every layer passes the same positions array, so each table is
-    # made once per step, by indexing one made once per shape (a decoded token is ~100 tiny ops:
-    # rebuilding these in numpy at every layer cost as much as a tenth of them)
-    def _step_positions(self, positions: np.ndarray) -> Array:
-        memo = self._step_memo.get("pos")
-        if memo is None or memo[0] is not positions:
-            memo = self._step_memo["pos"] = (
-                positions,
-                torch.as_tensor(positions, device=self._dev),
-            )
-        return memo[1]
+    # --- batched decoding ---------------------------------------------------------------
+    def decode_step(
+        self, positions: np.ndarray, rows: int, capacity: int, heads: tuple[int, int, int],
+        rope: tuple[float, np.ndarray | None] | None,
+    ) -> DecodeStep:  # fmt: skip
+        return _TorchDecodeStep(self, positions, rows, capacity, heads, rope)
 
-    def _kv_indices(self, shape, rows: Sequence[int], starts: np.ndarray) -> Array:
-        """Flat indices, (rows, 2 * Hkv), of a decode step's key and value writes into a
-        (2, B, Hkv, T, D) buffer."""
+    def _kv_indices(self, shape, rows: Sequence[int], starts: Array) -> Array:
+        """Flat indices, (rows, 2 * Hkv), of one-token key and value writes into a
+        (2, B, Hkv, T, D) buffer: each row's heads at its position in ``starts``."""
         rows = rows if isinstance(rows, range) else tuple(rows)  # a key of the tables
-        memo = self._step_memo.get("kv")
-        if memo is None or memo[0] is not starts or memo[1] != (shape, rows):
-            first = self._tables.get(("kv", shape, rows))
-            if first is None:  # each write's index at position 0
-                _, B, hkv, T, _ = shape
-                half, head = np.divmod(np.arange(2 * hkv), hkv)  # keys' heads, then values'
-                r = np.asarray(rows, dtype=np.int64)[:, None]
-                first = torch.as_tensor(((half * B + r) * hkv + head) * T, device=self._dev)
-                self._tables[("kv", shape, rows)] = first
-            index = first + self._step_positions(starts)[:, None]
-            memo = self._step_memo["kv"] = (starts, (shape, rows), index)
-        return memo[2]
+        first = self._tables.get(("kv", shape, rows))
+        if first is None:  # each write's index at position 0, made once per shape
+            _, B, hkv, T, _ = shape
+            half, head = np.divmod(np.arange(2 * hkv), hkv)  # keys' heads, then values'
+            r = np.asarray(rows, dtype=np.int64)[:, None]
+            first = torch.as_tensor(((half * B + r) * hkv + head) * T, device=self._dev)
+            self._tables[("kv", shape, rows)] = first
+        return first + starts[:, None]
 
     def rope_at(
         self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None,
         rotated: int | None = None,
     ) -> Array:  # fmt: skip
-        t, d = x.shape[-2], x.shape[-1]
-        memo = self._step_memo.get("rope")
-        key = (x.shape[1], t, d, base, rotated)
-        if memo is None or memo[0] is not positions or memo[1] is not inv_freq or memo[2] != key:
-            rot = self._rotations(x.shape[1], t, d, positions, base, inv_freq, rotated)
-            memo = self._step_memo["rope"] = (positions, inv_freq, key, rot)
-        rot = memo[3]
-        if x.dtype == torch.float32:
-            xc = torch.view_as_complex(x.unflatten(-1, (d // 2, 2)))
-            return torch.view_as_real(xc * rot).flatten(-2)
-        xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
-        return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
+        pos = torch.from_numpy(np.array(positions, dtype=np.int64)).to(self._dev)
+        return _rotate(x, self._rotations(x.shape, pos, base, inv_freq, rotated))
 
-    def _rotations(self, heads, t, d, positions, base, inv_freq, rotated) -> Array:
+    def _rotations(self, shape, positions: Array, base, inv_freq, rotated) -> Array:
         """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2); heads
         from ``rotated`` on get 1 (multiplying by 1 + 0i leaves them exactly as they are)."""
-        pos = np.asarray(positions, dtype=np.int64)
-        n = int(pos.max()) + t
+        _, heads, t, d = shape
+        n = int(positions.max()) + t
         rotated = heads if rotated is None else min(rotated, heads)
         key = ("rope", heads, d, base, None if inv_freq is None else inv_freq.tobytes(), rotated)
         table = self._tables.get(key)
@@ -251,20 +249,23 @@ class TorchOps(Ops):
             table[:, :rotated] = one_head[:, None]
             self._tables[key] = table
         if t == 1:
-            return table[self._step_positions(positions)][:, :, None]
-        idx = torch.as_tensor(pos[:, None] + np.arange(t), device=table.device)
+            return table[positions][:, :, None]
+        idx = positions[:, None] + torch.arange(t, device=positions.device)
         return table[idx].transpose(1, 2)  # (B, heads, t, d/2)
 
     def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
-        # additive (0 or -inf), which attention adds inside its score matmul (baddbmm); row L of
-        # a table made once per tk is the mask of a query that sees L keys
+        seen = np.asarray(lengths, dtype=np.int64)[:, None] - tq + 1 + np.arange(tq)
+        return self._mask_rows(tk)[torch.from_numpy(seen).to(self._dev)][:, None]  # (B,1,tq,tk)
+
+    def _mask_rows(self, tk: int) -> Array:
+        """Additive masks (0 or -inf), which attention adds inside its score matmul (baddbmm):
+        row L is the mask of a query that sees L of ``tk`` keys. Made once per ``tk``."""
         table = self._tables.get(("mask", tk))
         if table is None:
             sees = np.arange(tk)[None, :] < np.arange(tk + 1)[:, None]
             bias = np.where(sees, np.float32(0), np.float32(-np.inf))
             table = self._tables[("mask", tk)] = torch.as_tensor(bias, device=self._dev)
-        seen = np.asarray(lengths, dtype=np.int64)[:, None] - tq + 1 + np.arange(tq)
-        return table[torch.as_tensor(seen, device=self._dev)][:, None]  # (B, 1, tq, tk)
+        return table
 
     def attention(
         self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
@@ -299,25 +300,10 @@ class TorchOps(Ops):
         B, H, tq, D = q.shape
         hkv, tk = k.shape[1], k.shape[2]
         rep = H // hkv
-        qg = q.reshape(B * hkv, rep * tq, D)
-        bias = self._grouped_bias(mask, hkv, rep)
-        kt = k.reshape(B * hkv, tk, D).transpose(1, 2)
-        if q.dtype != torch.float32:  # scores and softmax in fp32, as SDPA keeps them
-            scores = (torch.bmm(qg, kt) * scale).float() + bias
-        else:
-            scores = torch.baddbmm(bias, qg, kt, alpha=scale)
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        return torch.bmm(probs, v.reshape(B * hkv, tk, D)).view(B, H, tq, D)
-
-    def _grouped_bias(self, mask: Array, hkv: int, rep: int) -> Array:
-        """``mask`` (B, 1, tq, tk) laid out as (B * hkv, rep * tq, tk) for the grouped score
-        matmul; made once per decode step (every layer passes the same mask)."""
-        memo = self._step_memo.get("bias")
-        if memo is None or memo[0] is not mask or memo[1] != hkv or memo[2] != rep:
-            B, _, tq, tk = mask.shape
-            grouped = mask[:, :, None].expand(B, hkv, rep, tq, tk).reshape(B * hkv, rep * tq, tk)
-            self._step_memo["bias"] = memo = (mask, hkv, rep, grouped)
-        return memo[3]
+        bias = mask[:, :, None].expand(B, hkv, rep, tq, tk).reshape(B * hkv, rep * tq, tk)
+        out = _grouped_attention(q.reshape(B * hkv, rep * tq, D), k.reshape(B * hkv, tk, D),
+                                 v.reshape(B * hkv, tk, D), scale, bias)  # fmt: skip
+        return out.view(B, H, tq, D)
 
     def _use_bmm_attention(self, q: Array, length: int) -> bool:
         if self.attention_kernel != "auto":
@@ -513,3 +499,37 @@ class TorchAdamW(Optimizer):
                 "exp_avg": torch.as_tensor(tensors[f"m.{name}"]).to(leaf.device, leaf.dtype),
                 "exp_avg_sq": torch.as_tensor(tensors[f"v.{name}"]).to(leaf.device, leaf.dtype),
             }
+
+
+class _TorchDecodeStep(DecodeStep):
+    """A decode step with its tables made once: the rotations, the flat indices of the key and
+    value writes, and the mask laid out for the grouped score matmul. Each layer then costs only
+    its arithmetic (the same ops, with the same shapes, as :meth:`TorchOps.rope_at`,
+    :meth:`TorchOps.write_kv` and :meth:`TorchOps.attention` run)."""
+
+    def __init__(self, ops: TorchOps, positions, rows, capacity, heads, rope) -> None:
+        H, Hkv, D = heads
+        pos = torch.from_numpy(np.array(positions, dtype=np.int64)).to(ops._dev)
+        self.heads, self.rows, self.capacity = heads, rows, capacity
+        if rope is not None:
+            base, inv_freq = rope
+            self.rotations = ops._rotations((rows, H + 2 * Hkv, 1, D), pos, base, inv_freq, H + Hkv)
+        self.index = ops._kv_indices((2, rows, Hkv, capacity, D), range(rows), pos)
+        rep = H // Hkv
+        mask = ops._mask_rows(capacity)[pos + 1]  # (rows, capacity): row r sees pos[r] + 1 keys
+        self.bias = mask[:, None, None].expand(rows, Hkv, rep, capacity)
+        self.bias = self.bias.reshape(rows * Hkv, rep, capacity)
+
+    def rope(self, heads: Array) -> Array:
+        return _rotate(heads, self.rotations)
+
+    def write_kv(self, kv: Array, x: Array) -> Array:
+        kv.view(-1, kv.shape[-1]).index_put_((self.index,), x[:, :, 0])
+        return kv
+
+    def attention(self, q: Array, kv: Array, scale: float) -> Array:
+        H, Hkv, D = self.heads
+        n, T = self.rows * Hkv, self.capacity
+        out = _grouped_attention(q.reshape(n, H // Hkv, D), kv[0].view(n, T, D),
+                                 kv[1].view(n, T, D), scale, self.bias)  # fmt: skip
+        return out.view(self.rows, H * D)

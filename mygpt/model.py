@@ -279,16 +279,17 @@ def _qkv(
     heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
     qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
     if cfg.qk_norm:
-        qk = ops.concat(_qk_norm(ops, cfg, p, b, qk), axis=1)
+        qk = ops.concat(_qk_norm(ops, cfg, qk, p(f"{b}.mha.q_norm.weight"),
+                                 p(f"{b}.mha.k_norm.weight")), axis=1)  # fmt: skip
     return qk, v
 
 
-def _qk_norm(ops, cfg: ModelConfig, p: Callable[[str], Array], b: str, qk: Array):
+def _qk_norm(ops, cfg: ModelConfig, qk: Array, q_weight: Array, k_weight: Array):
     """Qwen3's RMSNorm over each head's D features, before the rotation: (Q heads, K heads)
     normed, from ``qk`` (B, H + Hkv, T, D) (or more heads after them, which it ignores)."""
     H, Hkv = cfg.num_heads, cfg.num_kv_heads
-    qn = ops.rms_norm(qk[:, :H], p(f"{b}.mha.q_norm.weight"), cfg.norm_eps)
-    kn = ops.rms_norm(qk[:, H : H + Hkv], p(f"{b}.mha.k_norm.weight"), cfg.norm_eps)
+    qn = ops.rms_norm(qk[:, :H], q_weight, cfg.norm_eps)
+    kn = ops.rms_norm(qk[:, H : H + Hkv], k_weight, cfg.norm_eps)
     return qn, kn
 
 
@@ -353,6 +354,11 @@ def _mlp(
         y = ops.linear(a, p(f"{b}.mlp.{n}.weight"), bias)
         return _plus(ops, lora, f"{b}.mlp.{n}", a, y, ops.dtype_of(a), train)
 
+    return _mlp_of(ops, cfg, lin, h)
+
+
+def _mlp_of(ops, cfg: ModelConfig, lin: Callable[[str, Array], Array], h: Array) -> Array:
+    """The MLP given its linears by name: SwiGLU (gate, up, down) or GELU (fc1, fc2)."""
     if cfg.mlp == "swiglu":
         return lin("down", ops.silu(lin("gate", h)) * lin("up", h))
     return lin("fc2", ops.gelu(lin("fc1", h)))
@@ -412,34 +418,63 @@ def forward(
     return ops.linear(x, ops.cast(emb, dtype))  # tied head: logits = x @ E^T
 
 
-def decode_weights(ops, cfg: ModelConfig, params: Params, dtype: str = "float32") -> Params:
-    """``params`` made ready for :func:`decode`, once: each block's W_Q, W_K, W_V (and biases)
-    concatenated (``blocks.i.mha.W_QKV.weight``) and every tensor cast to ``dtype``.
+@dataclass
+class DecodeWeights:
+    """Weights made ready for :func:`decode`, once: cast to the decode dtype, each block's W_Q,
+    W_K and W_V (and biases) concatenated, and looked up per layer by short names.
 
-    The embedding tables stay as they are (a token's row is summed with its position's in
-    fp32, then cast, as :func:`forward` does); ``head`` is the output projection, the tied
-    embedding cast or ``lm_head``. A decoded token is about a hundred tiny ops: concatenating and
-    casting at every step would add dozens more (a cast gives the same values whenever made)."""
-    ready = {name: ops.cast(w, dtype) for name, w in params.items()}
-    # the output projection: the tied embedding (cast) or an untied head
-    ready["head"] = ready[
-        "token_embedding.embedding.weight" if cfg.tie_embeddings else "lm_head.weight"
-    ]
-    for name in ("token_embedding.embedding.weight", "position_embedding.weight"):
-        if name in params:  # looked up in fp32 and summed before the cast, as forward does
-            ready[name] = params[name]
+    A decoded token is about a hundred tiny ops that each cost more to launch than to compute;
+    casting, concatenating or formatting parameter names at every step would add dozens more (a
+    cast gives the same values whenever it is made). The embedding tables stay fp32: a token's
+    row is summed with its position's before the cast, as :func:`forward` does.
+    """
+
+    embedding: Array
+    position: Array | None  # learned positions' table (fp32), None with rope
+    layers: list[dict[str, Array | None]]  # ln1, qkv, q_norm, k_norm, o, ln2, mlp.*, biases
+    final_norm: tuple[Array, Array | None]
+    head: Array  # the output projection: the tied embedding (cast) or lm_head
+
+
+def decode_weights(ops, cfg: ModelConfig, params: Params, dtype: str = "float32") -> DecodeWeights:
+    """``params`` made ready for :func:`decode` (see :class:`DecodeWeights`)."""
+
+    def get(name: str) -> Array | None:
+        return ops.cast(params[name], dtype) if name in params else None
+
+    def norm(prefix: str) -> tuple[Array, Array | None]:
+        return get(f"{prefix}.weight"), get(f"{prefix}.bias")
+
+    mlp = ("gate", "up", "down") if cfg.mlp == "swiglu" else ("fc1", "fc2")
+    layers = []
     for i in range(cfg.num_layers):
-        b = f"blocks.{i}.mha"
-        ready[f"{b}.W_QKV.weight"] = ops.concat([ready[f"{b}.W_{n}.weight"] for n in "QKV"], 0)
-        if cfg.attn_bias:
-            ready[f"{b}.W_QKV.bias"] = ops.concat([ready[f"{b}.W_{n}.bias"] for n in "QKV"], 0)
-    return ready
+        b = f"blocks.{i}"
+        qkv = [get(f"{b}.mha.W_{n}.weight") for n in "QKV"]
+        biases = [get(f"{b}.mha.W_{n}.bias") for n in "QKV"]
+        layer = {
+            "ln1": norm(f"{b}.ln1"), "ln2": norm(f"{b}.ln2"),
+            "qkv": ops.concat(qkv, 0),
+            "qkv.bias": ops.concat(biases, 0) if cfg.attn_bias else None,
+            "q_norm": get(f"{b}.mha.q_norm.weight"), "k_norm": get(f"{b}.mha.k_norm.weight"),
+            "o": get(f"{b}.mha.W_O.weight"), "o.bias": get(f"{b}.mha.W_O.bias"),
+        }  # fmt: skip
+        for n in mlp:
+            layer[n], layer[f"{n}.bias"] = get(f"{b}.mlp.{n}.weight"), get(f"{b}.mlp.{n}.bias")
+        layers.append(layer)
+    emb = params["token_embedding.embedding.weight"]
+    return DecodeWeights(
+        embedding=emb,
+        position=params.get("position_embedding.weight"),
+        layers=layers,
+        final_norm=norm("ln_f"),
+        head=ops.cast(emb, dtype) if cfg.tie_embeddings else get("lm_head.weight"),
+    )
 
 
 def decode(
     ops,
     cfg: ModelConfig,
-    weights: Params,
+    weights: DecodeWeights,
     tokens: np.ndarray,
     positions: np.ndarray,
     slots: SlotCache,
@@ -451,37 +486,38 @@ def decode(
     written at that index and it attends to keys ``0..positions[r]``. Always the full (rows, 1)
     x capacity shape: rows with nothing to do still compute, so no row's result depends on the
     others. Activations are (rows, features): with one token per row there is no time axis.
+    The same layers as :func:`forward`, written for this shape.
     """
-    # a fresh array per step: the backend keys its per-step tables (rope rotation, write
-    # indices, the attention mask's layout) on this object
     positions = np.array(positions, dtype=np.int64)
     R, H, Hkv, D = slots.rows, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    rows = range(R)
-    w = weights.__getitem__
-    x = ops.embedding(w("token_embedding.embedding.weight"), ops.asarray(np.asarray(tokens)))
-    if cfg.position == "learned":
-        x = x + ops.embedding(w("position_embedding.weight"), ops.asarray(positions))
-    dtype = ops.dtype_of(w("head"))
-    x = ops.cast(x, dtype)
-    mask = ops.length_mask(positions + 1, 1, slots.capacity)
-    scale = 1.0 / math.sqrt(D)
-    inv_freq = rope_inv_freq(cfg)
-    for i in range(cfg.num_layers):
-        b = f"blocks.{i}"
-        h = _norm(ops, cfg, weights, f"{b}.ln1", x, dtype)
-        qkv = ops.linear(h, w(f"{b}.mha.W_QKV.weight"), weights.get(f"{b}.mha.W_QKV.bias"))
+    eps, scale = cfg.norm_eps, 1.0 / math.sqrt(D)
+
+    def norm(x: Array, weight_bias: tuple[Array, Array | None]) -> Array:
+        w, b = weight_bias
+        return ops.rms_norm(x, w, eps) if b is None else ops.layer_norm(x, w, b, eps)
+
+    x = ops.embedding(weights.embedding, ops.asarray(np.asarray(tokens)))
+    if weights.position is not None:
+        x = x + ops.embedding(weights.position, ops.asarray(positions))
+    x = ops.cast(x, ops.dtype_of(weights.head))
+    rope = (cfg.rope_base, rope_inv_freq(cfg)) if cfg.position == "rope" else None
+    step = ops.decode_step(positions, R, slots.capacity, (H, Hkv, D), rope)
+    for i, layer in enumerate(weights.layers):
+
+        def lin(n: str, a: Array, layer: dict = layer) -> Array:
+            return ops.linear(a, layer[n], layer[f"{n}.bias"])
+
+        qkv = lin("qkv", norm(x, layer["ln1"]))
         heads = ops.reshape(qkv, (R, H + 2 * Hkv, 1, D))  # (rows, Q|K|V heads, 1 token, D)
         if cfg.qk_norm:
-            heads = ops.concat([*_qk_norm(ops, cfg, w, b, heads), heads[:, H + Hkv :]], axis=1)
-        if cfg.position == "rope":  # Q and K heads; V passes through
-            heads = ops.rope_at(heads, positions, cfg.rope_base, inv_freq, rotated=H + Hkv)
-        slots.kv[i] = ops.write_kv(slots.kv[i], heads[:, H:], rows, positions)
-        out = ops.attention(heads[:, :H], slots.kv[i][0], slots.kv[i][1], scale, mask=mask)
-        out = ops.reshape(out, (R, H * D))  # (rows, H, 1, D): heads in order, contiguous
-        x = x + ops.linear(out, w(f"{b}.mha.W_O.weight"), weights.get(f"{b}.mha.W_O.bias"))
-        h = _norm(ops, cfg, weights, f"{b}.ln2", x, dtype)
-        x = x + _mlp(ops, cfg, w, b, h)
-    return ops.linear(_norm(ops, cfg, weights, "ln_f", x, dtype), w("head"))
+            qk = _qk_norm(ops, cfg, heads, layer["q_norm"], layer["k_norm"])
+            heads = ops.concat([*qk, heads[:, H + Hkv :]], axis=1)
+        if rope is not None:
+            heads = step.rope(heads)
+        kv = slots.kv[i] = step.write_kv(slots.kv[i], heads[:, H:])
+        x = x + lin("o", step.attention(heads[:, :H], kv, scale))
+        x = x + _mlp_of(ops, cfg, lin, norm(x, layer["ln2"]))
+    return ops.linear(norm(x, weights.final_norm), weights.head)
 
 
 def loss_fn(

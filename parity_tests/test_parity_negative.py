@@ -166,20 +166,23 @@ def test_cache_check_in_bf16_still_catches_a_misaligned_mask(pair):
     assert _failures(bad), "a misaligned causal mask passed in bf16"
 
 
-def _rows_leak(ops, q, k, v, scale, dropout=0.0, mask=None):
+def _rows_leak(ops, positions, rows, capacity, heads, rope):
     """Batched decoding whose attention mixes rows: each row also sees row 0's keys."""
-    if mask is None:
-        return ops.attention(q, k, v, scale, dropout)
-    return ops.attention(q, k + k[:1] * 1e-3, v, scale, dropout, mask=mask)
+    step = ops.decode_step(positions, rows, capacity, heads, rope)
+    attend = step.attention
+    step.attention = lambda q, kv, scale: attend(q, kv + kv[:, :1] * 1e-3, scale)
+    return step
 
 
-def _row_zero_positions(ops, kv, x, rows, starts):
+def _row_zero_positions(ops, positions, rows, capacity, heads, rope):
     """A decode step that writes every row's key and value at index 0 (ignores the positions)."""
-    return ops.write_kv(kv, x, rows, np.zeros_like(starts))
+    step = ops.decode_step(positions, rows, capacity, heads, rope)
+    step.write_kv = lambda kv, x: ops.write_kv(kv, x, range(rows), np.zeros_like(positions))
+    return step
 
 
-@pytest.mark.parametrize("broken", [dict(attention=_rows_leak),
-                                    dict(write_kv=_row_zero_positions)], ids=["leak", "write"])  # fmt: skip
+@pytest.mark.parametrize("broken", [dict(decode_step=_rows_leak),
+                                    dict(decode_step=_row_zero_positions)], ids=["leak", "write"])  # fmt: skip
 def test_batched_decode_check_catches_rows_that_depend_on_each_other(pair, broken):
     _, cand = pair
     rows = run_check(_check("batched decode rope/gqa"), None, Broken(cand, **broken), "float32")
