@@ -217,6 +217,12 @@ class Ops(abc.ABC):
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
         """``x @ weight.T + bias`` (torch's weight layout: (out, in))."""
 
+    def residual_linear(
+        self, residual: Array, x: Array, weight: Array, bias: Array | None = None
+    ) -> Array:
+        """``residual + linear(x, weight, bias)``, which a backend may do in one matmul call."""
+        return residual + self.linear(x, weight, bias)
+
     @abc.abstractmethod
     def embedding(self, weight: Array, ids: Array) -> Array: ...
 

@@ -64,6 +64,7 @@ class TorchOps(Ops):
         self._rope_cache: dict[tuple, Array] = {}
         self._causal_bias: dict[tuple[int, torch.dtype], Array] = {}
         self._constants: dict[float, Array] = {}
+        self._norm_constants: dict[tuple[float, int], tuple[Array, Array]] = {}
         self._tables: dict[tuple, Array] = {}  # per shape: what the decode steps index
         # training attention: "auto" picks per call; "sdpa" or "bmm" force one (parity tests)
         self.attention_kernel = "auto"
@@ -101,6 +102,10 @@ class TorchOps(Ops):
     # --- data ------------------------------------------------------------------------------
     def _from_numpy(self, x: np.ndarray) -> Array:
         # a copy, never a view: the in-place optimizer must not write into the caller's numpy arrays
+        if self.device == "cpu" and x.flags.writeable and x.dtype.isnative and x.dtype.kind != "O":
+            # half the cost of torch.tensor, which a decode step pays for its tokens
+            # (0-d arrays are contiguous: ascontiguousarray would make them 1-d)
+            return torch.from_numpy(x if x.flags.c_contiguous else np.ascontiguousarray(x)).clone()
         return torch.tensor(x, device=self._dev)
 
     def _astype(self, x: Array, target) -> Array:
@@ -142,8 +147,15 @@ class TorchOps(Ops):
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
         return F.linear(x, weight, bias)
 
+    def residual_linear(
+        self, residual: Array, x: Array, weight: Array, bias: Array | None = None
+    ) -> Array:
+        if bias is None and x.dim() == 2:  # the matmul adds into the residual (decode rows)
+            return torch.addmm(residual, x, weight.t())
+        return residual + F.linear(x, weight, bias)
+
     def embedding(self, weight: Array, ids: Array) -> Array:
-        return F.embedding(ids, weight)
+        return torch.embedding(weight, ids)  # F.embedding's kernel without its Python wrapper
 
     def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:
         if x.dtype == torch.float32:
@@ -158,11 +170,12 @@ class TorchOps(Ops):
                 # fused kernel. Written out, with eps and 1/C as cached 0-dim tensors: a Python
                 # float operand (and mean's own divide) costs ~4 us to wrap on every call, which
                 # made a decoded token's 9 norms 40 instead of 26 us each
-                mean_square = torch.addcmul(
-                    self._constant(eps),
-                    x.square().sum(-1, keepdim=True),
-                    self._constant(1 / x.shape[-1]),
-                )
+                constants = self._norm_constants.get((eps, x.shape[-1]))
+                if constants is None:
+                    constants = (self._constant(eps), self._constant(1 / x.shape[-1]))
+                    self._norm_constants[(eps, x.shape[-1])] = constants
+                mean_square = torch.addcmul(constants[0], x.square().sum(-1, keepdim=True),
+                                            constants[1])  # fmt: skip
                 return x * torch.rsqrt(mean_square) * weight
             return F.rms_norm(x, (x.shape[-1],), weight, eps)
         # bf16: statistics in fp32, then round to bf16 *before* the weight multiply, the order of

@@ -515,7 +515,8 @@ def decode(
         if rope is not None:
             heads = step.rope(heads)
         kv = slots.kv[i] = step.write_kv(slots.kv[i], heads[:, H:])
-        x = x + lin("o", step.attention(heads[:, :H], kv, scale))
+        x = ops.residual_linear(x, step.attention(heads[:, :H], kv, scale), layer["o"],
+                                layer["o.bias"])  # fmt: skip
         x = x + _mlp_of(ops, cfg, lin, norm(x, layer["ln2"]))
     return ops.linear(norm(x, weights.final_norm), weights.head)
 
