@@ -530,8 +530,8 @@ class _TorchDecodeStep(DecodeStep):
         self.index = ops._kv_indices((2, rows, Hkv, capacity, D), range(rows), pos)
         rep = H // Hkv
         mask = ops._mask_rows(capacity)[pos + 1]  # (rows, capacity): row r sees pos[r] + 1 keys
-        self.bias = mask[:, None, None].expand(rows, Hkv, rep, capacity)
-        self.bias = self.bias.reshape(rows * Hkv, rep, capacity)
+        grouped = mask[:, None, None].expand(rows, Hkv, rep, capacity)  # one per (row, K/V head)
+        self.bias = grouped.reshape(rows * Hkv, rep, capacity)
 
     def rope(self, heads: Array) -> Array:
         return _rotate(heads, self.rotations)
