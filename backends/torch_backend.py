@@ -132,8 +132,7 @@ class TorchOps(Ops):
     def write_kv(self, kv: Array, x: Array, rows: Sequence[int], starts: np.ndarray) -> Array:
         n, heads, t, _ = x.shape
         if t == 1 and kv.is_contiguous():  # a decode step: one index_put_ for every row and head
-            pos = torch.from_numpy(np.array(starts, dtype=np.int64)).to(self._dev)
-            index = self._kv_indices(kv.shape, rows, pos)
+            index = self._kv_indices(kv.shape, rows, self._positions(starts))
             # index_put_ takes x as the strided view it may be (no copy)
             kv.view(-1, kv.shape[-1]).index_put_((index,), x.squeeze(2))
             return kv
@@ -227,6 +226,10 @@ class TorchOps(Ops):
     ) -> DecodeStep:  # fmt: skip
         return _TorchDecodeStep(self, positions, rows, capacity, heads, rope)
 
+    def _positions(self, positions: np.ndarray) -> Array:
+        """Per-row positions as an int64 tensor on the device (a copy: callers reuse arrays)."""
+        return torch.from_numpy(np.array(positions, dtype=np.int64)).to(self._dev)
+
     def _kv_indices(self, shape, rows: Sequence[int], starts: Array) -> Array:
         """Flat indices, (rows, 2 * Hkv), of one-token key and value writes into a
         (2, B, Hkv, T, D) buffer: each row's heads at its position in ``starts``."""
@@ -244,8 +247,8 @@ class TorchOps(Ops):
         self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None,
         rotated: int | None = None,
     ) -> Array:  # fmt: skip
-        pos = torch.from_numpy(np.array(positions, dtype=np.int64)).to(self._dev)
-        return _rotate(x, self._rotations(x.shape, pos, base, inv_freq, rotated))
+        rotations = self._rotations(x.shape, self._positions(positions), base, inv_freq, rotated)
+        return _rotate(x, rotations)
 
     def _rotations(self, shape, positions: Array, base, inv_freq, rotated) -> Array:
         """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2); heads
@@ -522,7 +525,7 @@ class _TorchDecodeStep(DecodeStep):
 
     def __init__(self, ops: TorchOps, positions, rows, capacity, heads, rope) -> None:
         H, Hkv, D = heads
-        pos = torch.from_numpy(np.array(positions, dtype=np.int64)).to(ops._dev)
+        pos = ops._positions(positions)
         self.heads, self.rows, self.capacity = heads, rows, capacity
         if rope is not None:
             base, inv_freq = rope

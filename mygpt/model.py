@@ -249,10 +249,15 @@ def _plus(ops, lora: LoraWeights | None, name: str, x: Array, y: Array, dtype: s
 
 
 def _norm(ops, cfg: ModelConfig, params: Params, prefix: str, x: Array, dtype: str) -> Array:
-    w = ops.cast(params[f"{prefix}.weight"], dtype)
+    bias = ops.cast(params[f"{prefix}.bias"], dtype) if cfg.norm == "layer" else None
+    return _norm_of(ops, cfg, x, ops.cast(params[f"{prefix}.weight"], dtype), bias)
+
+
+def _norm_of(ops, cfg: ModelConfig, x: Array, weight: Array, bias: Array | None) -> Array:
+    """The block's norm with its weights given: RMSNorm, or LayerNorm (with ``bias``)."""
     if cfg.norm == "rms":
-        return ops.rms_norm(x, w, cfg.norm_eps)
-    return ops.layer_norm(x, w, ops.cast(params[f"{prefix}.bias"], dtype), cfg.norm_eps)
+        return ops.rms_norm(x, weight, cfg.norm_eps)
+    return ops.layer_norm(x, weight, bias, cfg.norm_eps)
 
 
 def _qkv(
@@ -490,11 +495,10 @@ def decode(
     """
     positions = np.array(positions, dtype=np.int64)
     R, H, Hkv, D = slots.rows, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    eps, scale = cfg.norm_eps, 1.0 / math.sqrt(D)
+    scale = 1.0 / math.sqrt(D)
 
     def norm(x: Array, weight_bias: tuple[Array, Array | None]) -> Array:
-        w, b = weight_bias
-        return ops.rms_norm(x, w, eps) if b is None else ops.layer_norm(x, w, b, eps)
+        return _norm_of(ops, cfg, x, *weight_bias)
 
     x = ops.embedding(weights.embedding, ops.asarray(np.asarray(tokens)))
     if weights.position is not None:
