@@ -156,8 +156,14 @@ def shell_lines(text: str) -> list[tuple[int, str]]:
     return out
 
 
+#: ``<name>`` as a placeholder (not a redirection): read as the word
+PLACEHOLDER = re.compile(r"(?<![\w\"'])<([A-Za-z][\w.-]*)>")
+#: a bare shell variable, which may expand to any number of arguments
+VARIABLE = re.compile(r"^\$(\w+|\{\w+\}|@|\*)$")
+
+
 def _tokens(line: str) -> list[str]:
-    lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lex = shlex.shlex(PLACEHOLDER.sub(r"\1", line), posix=True, punctuation_chars=True)
     lex.whitespace_split = True
     lex.commenters = "#"
     try:
@@ -185,14 +191,21 @@ def mygpt_commands(text: str) -> list[tuple[int, list[str]]]:
 def _after_mygpt(tokens: list[str]) -> list[str] | None:
     for i, tok in enumerate(tokens):
         if tok == "mygpt" or tok.endswith("/bin/mygpt"):
-            return [t for t in tokens[i + 1 :] if t not in ELLIPSES]
+            args = [t for t in tokens[i + 1 :] if t not in ELLIPSES]
+            # a variable after a flag is that flag's value; anywhere else it could be anything
+            return [
+                t
+                for j, t in enumerate(args)
+                if not VARIABLE.match(t) or (j > 0 and args[j - 1].startswith("-"))
+            ]
     return None
 
 
 def command_error(args: list[str], group: click.Group | None = None) -> str | None:
     """Why click would refuse ``mygpt ARGS`` (an unknown command or flag, a flag without its
     value, a stray argument), or None. Only click's parser runs: no value is converted and no
-    callback fires, so placeholders like ``FILE`` or ``$r`` are fine and nothing executes."""
+    callback fires, so placeholders like ``FILE`` or ``$r`` are fine and nothing executes.
+    (``make_context(resilient_parsing=True)`` would not do: it swallows unknown options too.)"""
     if group is None:
         from mygpt.cli import cli as group
     cmd: click.Command = group
@@ -367,6 +380,12 @@ def test_bad_command_lines_are_reported(tmp_path):
     assert [args[0] for _, args in mygpt_commands(SYNTHETIC)] == [
         "train", "trian", "generate", "tokenizer", "train", "eval"
     ]  # fmt: skip
+
+
+def test_placeholders_and_variables_are_read_sensibly():
+    text = "```sh\n$ mygpt generate --checkpoint <ckpt> --top-k $K $EXTRA_FLAGS  # x\n```\n"
+    assert mygpt_commands(text) == [(2, ["generate", "--checkpoint", "ckpt", "--top-k", "$K"])]
+    assert not bad_commands(Path("p.md"), text)
 
 
 def test_good_command_lines_pass():
