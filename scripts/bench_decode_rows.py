@@ -3,7 +3,7 @@
 Usage: uv run python scripts/bench_decode_rows.py [--checkpoint PATH] [--backend torch]
 
 What a decoded token costs alone against in a group: ``mygpt generate`` always runs the
-8-row shape (see the README's serve section), so the 8-row figure is solo generation's step.
+8-row shape (see docs/serving.md, continuous batching), so the 8-row figure is solo generation's step.
 """
 
 from __future__ import annotations
