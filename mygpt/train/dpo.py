@@ -246,10 +246,9 @@ def make_dpo_step(ops: Any, cfg: ModelConfig, opt: Any, spec: DpoSpec, reference
 
 def read_stats(ops: Any, spec: DpoSpec, pending: tuple[list, list]) -> list[float]:
     """A step's metrics (``STATS``) from its micro-batches' log-probabilities (a host sync)."""
-    pols, refs = pending
-    pol = np.concatenate([ops.to_numpy(p) for p in pols])
-    ref = np.concatenate([ops.to_numpy(r) for r in refs])
-    return stats_of(spec, pol, ref).tolist()
+    pols, refs = pending  # per micro-batch (each its chosen rows, then its rejected): equal sizes
+    each = [stats_of(spec, ops.to_numpy(p), ops.to_numpy(r)) for p, r in zip(pols, refs)]
+    return np.mean(each, axis=0).tolist()
 
 
 def evaluate_dpo(run: Any, tc: Any, rd: Any, state: Any, params: dict, reference: Reference):
