@@ -285,4 +285,10 @@ def test_two_processes_train_the_same_policy_as_one(root, tmp_path):
             if k in ra:
                 assert abs(ra[k] - rb[k]) <= 1e-5 * max(1.0, abs(ra[k])), (k, ra[k], rb[k])
     a, b = _weights(one), _weights(two)
-    assert max(float(np.abs(a[k] - b[k]).max()) for k in a if not k.startswith("optim")) <= 1e-5
+    # per tensor, max |diff| / max |value|, the parity table's 1e-4 for trained parameters (Adam's
+    # first steps are ~lr * sign(g): an element whose g is near 0 moves by +-lr). Not W_K's bias: its true gradient is 0 (a key bias
+    # shifts every score of a query alike, and softmax ignores shifts), so it is pure rounding
+    # noise, which Adam (g / sqrt(v)) turns into steps of +-lr either way
+    rel = {k: float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max())
+           for k in a if "optim" not in k and "W_K.bias" not in k}  # fmt: skip
+    assert max(rel.values()) <= 1e-4, max(rel.items(), key=lambda kv: kv[1])
