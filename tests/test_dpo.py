@@ -78,9 +78,12 @@ TRL_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "reward
 
 @pytest.mark.parametrize(
     "backend,precision,extra",
-    [("torch", "fp32", ()), ("mlx", "fp32", ("--lora-rank", "4")),
-     ("torch", "bf16", ("--dpo-precompute-ref", "--grad-accum", "2")),
-     ("mlx", "bf16", ())],  # fmt: skip
+    [
+        ("torch", "fp32", ()),
+        ("mlx", "fp32", ("--lora-rank", "4")),
+        ("torch", "bf16", ("--dpo-precompute-ref", "--grad-accum", "2")),
+        ("mlx", "bf16", ()),
+    ],  # fmt: skip
     ids=["torch-fp32-frozen", "mlx-fp32-lora", "torch-bf16-precomputed-accum", "mlx-bf16-frozen"],
 )
 def test_step_one_is_ln2_with_zero_margins(root, tmp_path, backend, precision, extra):
@@ -230,11 +233,16 @@ def test_truncated_pairs_are_counted_in_one_line(root, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "line,match",
-    [("not json", "line 2 is not JSON"), ('{"prompt": "a", "chosen": "b"}', 'no "chosen" and "rejected"'),
-     ('{"prompt": "a", "chosen": ["b"], "rejected": "c"}', "all strings or all message lists"),
-     ('{"prompt": "a", "chosen": "", "rejected": "c"}', "empty response"),
-     ('{"chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "user", "content": "b"}]}',
-      "share no leading messages")],  # fmt: skip
+    [
+        ("not json", "line 2 is not JSON"),
+        ('{"prompt": "a", "chosen": "b"}', 'no "chosen" and "rejected"'),
+        ('{"prompt": "a", "chosen": ["b"], "rejected": "c"}', "all strings or all message lists"),
+        ('{"prompt": "a", "chosen": "", "rejected": "c"}', "empty response"),
+        (
+            '{"chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "user", "content": "b"}]}',
+            "share no leading messages",
+        ),
+    ],  # fmt: skip
 )
 def test_a_malformed_row_is_refused_with_its_line_number(root, tmp_path, capsys, line, match):
     bad = tmp_path / "bad.jsonl"
