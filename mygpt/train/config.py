@@ -125,8 +125,8 @@ class TrainConfig:
     )
     dpo_precompute_ref: bool = setting(
         False,
-        "Full DPO: compute the reference's log-probs once at the start instead of keeping a "
-        "frozen copy of the model (one pass over the pairs for the memory of a model).",
+        "DPO: compute the reference's log-probs once at the start (one pass over the pairs) "
+        "instead of at every step; full DPO then keeps no frozen copy of the model.",
     )
     dpo_max_prompt: int = setting(
         0, "DPO truncation: a too-long pair keeps this many prompt tokens; 0 = half of --seq-len."

@@ -172,6 +172,7 @@ def _make_step(run: Run, tc: TrainConfig, state: TrainState, ref: Any, log: RunL
     from mygpt.train.dpo import STATS, make_dpo_step, read_stats
 
     log.stat_names = STATS
+    log.tokens_per_step *= 2  # a pair is two rows of --seq-len tokens (chosen, rejected)
     log.read_stats = lambda pending: read_stats(ops, ref.spec, pending)
     return make_dpo_step(ops, state.cfg, state.opt, ref.spec, ref, **kwargs)
 
