@@ -101,6 +101,12 @@ def test_step_one_is_ln2_with_zero_margins(root, tmp_path, backend, precision, e
     assert second["step"] == 2 and second["loss"] < first["loss"]  # it learned something
 
 
+def test_ipo_at_step_one_is_its_target_squared(root, tmp_path):
+    out = tmp_path / "o.safetensors"
+    assert main(_args(root, out, 1, "mlx", "--dpo-loss", "ipo", "--dpo-beta", "0.25")) == 0
+    assert _log(out)[0]["loss"] == (1 / (2 * 0.25)) ** 2  # z = 0: (0 - 1/(2 beta))^2, exactly
+
+
 def _hf_logps(hfdir: Path, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Sum over the masked targets of log p(y | x), transformers in float64."""
     import torch
