@@ -131,14 +131,14 @@ class TorchOps(Ops):
         return buf
 
     def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
-        n, hkv, t, _ = k.shape
-        if t == 1 and kv.is_contiguous():  # a decode step: one index_put_ for every row and head
-            index = at.tables.get("kv")  # every layer's buffer has the same shape
-            if index is None:  # the step's flat indices, made by its first layer
-                index = self._kv_indices(kv.shape, rows, self._positions(at))
-                index = at.tables["kv"] = index[:, :, None]  # (rows, 2 Hkv, 1): as k|v come
+        index = at.tables.get("kv")  # a decode step's flat indices, made by its first layer
+        if index is None and k.shape[2] == 1 and kv.is_contiguous():  # (every layer's buffer
+            index = self._kv_indices(kv.shape, rows, self._positions(at))  # has one shape)
+            index = at.tables["kv"] = index[:, :, None]  # (rows, 2 Hkv, 1): as k|v come
+        if index is not None:  # one index_put_ for every row and head
             kv.view(-1, kv.shape[-1]).index_put_((index,), torch.cat([k, v], 1))
             return kv
+        t = k.shape[2]
         for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
             kv[0, r, :, s : s + t] = k[i]
             kv[1, r, :, s : s + t] = v[i]
@@ -218,12 +218,14 @@ class TorchOps(Ops):
     ) -> Array:
         # Interleaved pairs (2i, 2i+1) are the real and imaginary parts of one complex number, so
         # the rotation is a single complex multiply (faster than slicing and stacking halves).
-        if type(positions) is Positions and positions.per_row:  # a batched decoding step
+        if type(positions) is Positions:
             rotations = positions.tables.get(base)  # (a model's layers may differ in base)
-            if rotations is None:  # the step's rotations, made by its first layer
+            if rotations is not None:  # a batched decoding step's, made by its first layer
+                return _rotate(x, rotations)
+            if positions.per_row:
                 rotations = positions.tables[base] = self._rotations(x.shape, positions, base,
                                                                      inv_freq)  # fmt: skip
-            return _rotate(x, rotations)
+                return _rotate(x, rotations)
         offset = positions.start if isinstance(positions, Positions) else positions
         t, d = x.shape[-2], x.shape[-1]
         rot = self._rope_table(offset + t, d, base, inv_freq)[offset : offset + t]
@@ -254,7 +256,7 @@ class TorchOps(Ops):
     def _rotations(self, shape, at: Positions, base, inv_freq) -> Array:
         """Row b's rotations ``e^(i (at.start[b] + t) inv_freq)``, (B, 1, t, d/2)."""
         t, d = shape[-2], shape[-1]
-        table = self._rope_table(int(np.max(at.start)) + t, d, base, inv_freq)
+        table = self._rope_table(int(at.start.max()) + t, d, base, inv_freq)
         positions = self._positions(at)
         if t == 1:
             return table[positions][:, None, None]
