@@ -131,7 +131,7 @@ def test_greedy_generation_matches_transformers_generate(models):
         ("llama", dict(model_type="mixtral"), "mixture-of-experts"),
         ("llama", dict(model_type="gemma"), "(1 + w) norm weights"),
         ("llama", dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
-        ("llama", dict(hidden_act="gelu_pytorch_tanh"), "tanh"),
+        ("llama", dict(hidden_act="relu"), "'relu'"),
     ],
     ids=["mistral-window", "qwen2-window", "yarn", "moe", "gemma", "partial-rope", "act"],
 )
