@@ -388,6 +388,9 @@ class TorchOps(Ops):
     def gelu(self, x: Array) -> Array:
         return F.gelu(x)
 
+    def gelu_tanh(self, x: Array) -> Array:
+        return F.gelu(x, approximate="tanh")
+
     def silu(self, x: Array) -> Array:
         return F.silu(x)
 

@@ -397,6 +397,10 @@ class ModelConfig:
         w, pattern = self.sliding_window, self.window_pattern
         if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
             raise MygptError(f"--sliding-window must be a positive integer, got {w!r}")
+        if w is not None and self.dropout > 0:
+            raise MygptError(
+                "--dropout with --sliding-window: the windowed attention has no dropout — drop one"
+            )
         if pattern is not None:
             if w is None:
                 raise MygptError("--window-pattern needs --sliding-window N — add it or drop both")

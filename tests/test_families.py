@@ -61,7 +61,12 @@ def _logits(ops, cfg, params, ids) -> np.ndarray:
 def test_each_familys_features_are_read_from_its_config(models):
     cfg = {f: import_hf(models[f]).config for f in FAMILIES}
     g = cfg["gemma3_text"]
-    assert (g.mlp, g.activation, g.norm_offset, g.scale_embeddings) == ("geglu", "gelu_tanh", 1, True)
+    assert (g.mlp, g.activation, g.norm_offset, g.scale_embeddings) == (
+        "geglu",
+        "gelu_tanh",
+        1,
+        True,
+    )
     assert g.sandwich_norm and g.pre_norm and g.qk_norm and g.qk_norm_per_head
     assert g.layer_types == ("sliding", "sliding", "full", "sliding") and g.sliding_window == WINDOW
     assert (g.rope_base, g.rope_local_base, g.rope_scaling["rope_type"]) == (1e6, 1e4, "linear")
@@ -80,20 +85,21 @@ def test_each_familys_features_are_read_from_its_config(models):
 def test_logits_match_transformers_on_both_backends(family, models, backends):
     ckpt = import_hf(models[family])
     ref = _hf_logits(models[family], IDS)
-    eager = _hf_logits(models[family], IDS, "eager")
-    # transformers' SDPA and eager attention agree to rounding here; mygpt matches SDPA (its default)
-    assert np.abs(ref - eager).max() < 1e-5
     assert np.abs(ref).max() > 1.0  # the random weights give logits of real magnitude
-    for name, ops in backends.items():
-        err = np.abs(_logits(ops, ckpt.config, ckpt.params, IDS) - ref).max()
-        assert err < 1e-4, f"{family} on {name}: max |logit diff| {err}"
+    # transformers' SDPA (its default) and eager attention differ by rounding only (up to 2e-5
+    # here): mygpt is held to both
+    for attn in ("sdpa", "eager"):
+        ref = _hf_logits(models[family], IDS, attn)
+        for name, ops in backends.items():
+            err = np.abs(_logits(ops, ckpt.config, ckpt.params, IDS) - ref).max()
+            assert err < 1e-4, f"{family} on {name} vs {attn}: max |logit diff| {err}"
 
 
 @pytest.mark.parametrize("family", SLIDING)
 def test_the_window_changes_the_logits(family, models, backends):
     """The window really matters on these inputs (so the exactness tests can fail)."""
     ckpt = import_hf(models[family])
-    cfg = ckpt.config.replace(sliding_window=None, layer_types=None, window_pattern=None)
+    cfg = ckpt.config.replace(sliding_window=1000)  # the same layers, a window past the context
     ops = backends["torch"]
     diff = np.abs(_logits(ops, cfg, ckpt.params, IDS) - _logits(ops, ckpt.config, ckpt.params, IDS))
     assert diff[: WINDOW - 1].max() < 1e-5 and diff[16:].max() > 1e-3
@@ -245,8 +251,12 @@ def test_old_configs_load_with_the_models_they_meant():
 
     old = {"vocab_size": 50, "norm_type": "rms", "position_type": "rope", "mlp_type": "swiglu"}
     cfg = ModelConfig.from_dict(old)
-    assert (cfg.activation, cfg.sandwich_norm, cfg.pre_norm, cfg.norm_offset) == ("gelu", False,
-                                                                                  True, 0.0)
+    assert (cfg.activation, cfg.sandwich_norm, cfg.pre_norm, cfg.norm_offset) == (
+        "gelu",
+        False,
+        True,
+        0.0,
+    )
     assert cfg.sliding_window is None and cfg.layer_types is None and cfg.window(0) is None
     assert cfg.attn_scale == 1 / np.sqrt(cfg.head_dim)
 
