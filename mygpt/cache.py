@@ -128,44 +128,77 @@ class RowCache:
     values), allocated up front; row r holds one stream, its entry for absolute position p at
     index p. A step (:meth:`at`) always attends over the whole capacity with a per-row length
     mask, so a row's arithmetic is the same whatever the other rows hold.
+
+    A sliding-window layer keeps only its window: a ring of ``window`` entries (``rings``, None
+    for a full layer), position p at index p % window. Attention is order-free over keys, and a
+    ring holds exactly the keys the window sees, so its mask is only "the entries written so far".
     """
 
     rows: int
     capacity: int
     kv: list[Array]
+    rings: list[int | None] = field(default_factory=list)  # per layer: its ring's length
+    #: per row, the position its stream writes next (the rows a step leaves idle write at
+    #: theirs, in a ring: the entry the window has just left, never a live one)
+    next: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @staticmethod
+    def _rings(cfg: ModelConfig) -> list[int | None]:
+        return [min(w, cfg.max_seq_len) if (w := cfg.window(i)) is not None else None
+                for i in range(cfg.num_layers)]  # fmt: skip
 
     @classmethod
     def allocate(cls, ops, cfg: ModelConfig, rows: int, dtype: str = "float32") -> RowCache:
-        shape = (2, rows, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim)
-        return cls(rows, cfg.max_seq_len, [ops.zeros(shape, dtype) for _ in range(cfg.num_layers)])
+        rings = cls._rings(cfg)
+        kv = [ops.zeros((2, rows, cfg.num_kv_heads, n or cfg.max_seq_len, cfg.head_dim), dtype)
+              for n in rings]  # fmt: skip
+        return cls(rows, cfg.max_seq_len, kv, rings, np.full(rows, cfg.max_seq_len - 1))
 
     @staticmethod
     def nbytes(cfg: ModelConfig, rows: int, dtype: str = "float32") -> int:
-        per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.max_seq_len * cfg.head_dim
+        positions = sum(n or cfg.max_seq_len for n in RowCache._rings(cfg))
+        per_row = 2 * positions * cfg.num_kv_heads * cfg.head_dim
         return rows * per_row * (2 if dtype == "bfloat16" else 4)
 
     def at(self, positions: np.ndarray) -> RowStep:
         """One token per row, row r's at ``positions[r]`` (its cached length): the cache of one
         decode step."""
-        return RowStep(self, np.array(positions, dtype=np.int64))
+        positions = np.array(positions, dtype=np.int64)
+        writes = positions
+        if any(n is not None for n in self.rings):
+            live = positions == self.next
+            writes = np.where(live, positions, np.minimum(self.next, self.capacity - 1))
+            self.next = np.where(live, positions + 1, self.next)
+        return RowStep(self, positions, writes)
 
     def load(self, ops, row: int, cache: GrowingCache) -> None:
-        """Copy a prefilled :class:`GrowingCache` (one row, not past its window) into ``row``."""
-        start = Positions(np.zeros(1, dtype=np.int64), 0)
-        for i in range(len(self.kv)):
-            end = cache.ends[i]
-            k, v = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
-            self.kv[i] = ops.write_kv(self.kv[i], k, v, [row], start)
+        """Copy a prefilled :class:`GrowingCache` (one row, not past its window) into ``row``
+        (a ring: its last ``window`` entries, each at its position modulo the window)."""
+        for i, ring in enumerate(self.rings or [None] * len(self.kv)):
+            end = self.next[row] = cache.ends[i]
+            first = 0 if ring is None else max(0, end - ring)
+            while first < end:  # a ring's entries wrap around its end once at most
+                at = first if ring is None else first % ring
+                stop = end if ring is None else min(end, first + ring - at)
+                k, v = cache.keys[i][:, :, first:stop], cache.values[i][:, :, first:stop]
+                start = Positions(np.array([at], dtype=np.int64), 0)
+                self.kv[i] = ops.write_kv(self.kv[i], k, v, [row], start)
+                first = stop
 
 
 class RowStep:
     """:class:`RowCache` during one decode step: every row writes its token's key and value at
     its own position and sees keys ``0..position``."""
 
-    def __init__(self, cache: RowCache, positions: np.ndarray) -> None:
+    def __init__(self, cache: RowCache, positions: np.ndarray, writes: np.ndarray) -> None:
         self.cache, self.positions = cache, positions
         self.rows: Sequence[int] = range(cache.rows)
         self.mask = Mask(lengths=positions + 1)
+        ring = next((n for n in cache.rings if n is not None), None)
+        #: the sliding layers' mask and write positions: the entries written so far of the ring
+        self.window_mask = None if ring is None else Mask(
+            lengths=np.minimum(positions + 1, ring), window=ring)  # fmt: skip
+        self.ring_at = None if ring is None else Positions(writes % ring, 1)
 
     def begin(self, T: int) -> tuple[Positions, Mask | None]:
         if T != 1:
@@ -174,7 +207,9 @@ class RowStep:
         return self.at, self.mask
 
     def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
-        kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], k, v, self.rows, self.at)
+        rings = self.cache.rings
+        at = self.ring_at if rings and rings[layer] is not None else self.at
+        kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], k, v, self.rows, at)
         return kv[0], kv[1]
 
     def end(self, T: int) -> None:

@@ -307,15 +307,16 @@ class _Pass:
     train: bool
 
 
-def _layer_kinds(cfg: ModelConfig, mask: Mask | None) -> tuple[dict, dict]:
-    """Each layer type's mask and rope. A sliding layer adds its window to the cache's mask (a
-    cache that keeps only the window has already made it one: ``Mask.window`` set)."""
+def _layer_kinds(cfg: ModelConfig, mask: Mask | None, cache: Cache | None) -> tuple[dict, dict]:
+    """Each layer type's mask and rope. A sliding layer adds its window to the cache's mask, or
+    takes the cache's own (``window_mask``: a cache that keeps only the window)."""
     masks, ropes = {}, {}
     for kind in dict.fromkeys(cfg.layer_types or ("full",)):
         masks[kind] = mask
-        if kind == "sliding" and (mask is None or mask.window is None):
-            masks[kind] = Mask(lengths=None if mask is None else mask.lengths,
-                               window=cfg.sliding_window)  # fmt: skip
+        if kind == "sliding":
+            own = getattr(cache, "window_mask", None)
+            masks[kind] = own or Mask(lengths=None if mask is None else mask.lengths,
+                                      window=cfg.sliding_window)  # fmt: skip
         if cfg.position == "rope":
             ropes[kind] = (rope_base_of(cfg, kind), rope_inv_freq(cfg, kind))
         else:
@@ -357,7 +358,7 @@ def forward(
     T = ids.shape[1]
     positions, mask = cache.begin(T) if cache is not None else (Positions(0, T), None)
     _check_length(cfg, positions, cache)
-    masks, ropes = _layer_kinds(cfg, mask)
+    masks, ropes = _layer_kinds(cfg, mask, cache)
     # The book's only dropout is on the attention probabilities, after the softmax.
     ps = _Pass(positions, masks, cache, ropes, cfg.dropout if train else 0.0, train)
     x = ops.embedding(w.embedding, ids)

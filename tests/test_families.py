@@ -124,10 +124,14 @@ def test_greedy_generation_matches_transformers_generate(family, backend, models
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 @pytest.mark.parametrize("family", ["gemma3_text", "mistral_window"])
 def test_batched_decoding_is_bit_exact_to_solo_on_a_sliding_window_model(family, backend, models):
+    from mygpt.cache import RowCache
     from mygpt.generate import batch_invariance_check
 
     ckpt = import_hf(models[family])
     ops = get_backend(backend, "cpu")
+    cfg = ckpt.config  # a sliding layer's rows keep only its window
+    kept = [kv.shape[3] for kv in RowCache.allocate(ops, cfg, 2).kv]
+    assert kept == [WINDOW if cfg.window(i) else cfg.max_seq_len for i in range(cfg.num_layers)]
     params = {k: ops.asarray(v) for k, v in ckpt.params.items()}
     assert batch_invariance_check(ops, ckpt.config, params, steps=2 * WINDOW + 2) == 0.0
 
