@@ -36,7 +36,9 @@ from mygpt.errors import MygptError
 class Cache(Protocol):
     def begin(self, T: int) -> tuple[Positions, Mask | None]: ...
 
-    def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]: ...
+    def update(
+        self, ops, layer: int, k: Array, v: Array, window: int | None = None
+    ) -> tuple[Array, Array]: ...
 
     def end(self, T: int) -> None: ...
 
@@ -55,12 +57,16 @@ class GrowingCache:
     keys: list[Array | None] = field(default_factory=list)
     values: list[Array | None] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)  # per layer: buffer index after the newest entry
+    #: per layer: the position of its buffer's first entry (a sliding layer drops the keys its
+    #: window has left: index i holds position firsts[layer] + i)
+    firsts: list[int] = field(default_factory=list)
     rotates: ClassVar[bool] = False  # past max_len: drop the oldest entries, or refuse
 
     def __post_init__(self) -> None:
         self.keys = [None] * self.num_layers
         self.values = [None] * self.num_layers
         self.ends = [0] * self.num_layers
+        self.firsts = [0] * self.num_layers
 
     def begin(self, T: int) -> tuple[Positions, Mask | None]:
         return Positions(self.offset, T), None  # causal, aligned to the newest key
@@ -74,8 +80,16 @@ class GrowingCache:
             "generator refills its cache from the cropped window; use a SlidingCache to rotate"
         )
 
-    def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
-        """Append (B, Hkv, T, D) keys and values; return those attention sees (<= max_len)."""
+    def update(
+        self, ops, layer: int, k: Array, v: Array, window: int | None = None
+    ) -> tuple[Array, Array]:
+        """Append (B, Hkv, T, D) keys and values; return those attention sees (<= max_len).
+
+        A sliding layer's (``window``) returns the new keys and the ``window - 1`` before them,
+        and its buffer keeps no more than that plus room to grow: what its window has left is
+        dropped (moved out once per buffer's worth of tokens)."""
+        if window is not None and 1 < window <= self.max_len and not self.rotates:
+            return self._update_window(ops, layer, k, v, window - 1)
         t, n = k.shape[2], self.max_len
         if t > n:  # only the newest max_len can ever be seen again
             k, v, t = k[:, :, -n:], v[:, :, -n:], n
@@ -85,9 +99,17 @@ class GrowingCache:
             self.keys[layer] = ops.zeros((*k.shape[:2], min(2 * n, max(256, 2 * t)), k.shape[3]),
                                          ops.dtype_of(k))  # fmt: skip
             self.values[layer] = ops.zeros(self.keys[layer].shape, ops.dtype_of(v))
+        if self.ends[layer] + t > n and not self.rotates:
+            self._overflow(self.ends[layer], t)
+        return self._append(ops, layer, k, v, n, keep=n - t)
+
+    def _append(
+        self, ops, layer: int, k: Array, v: Array, n: int, keep: int
+    ) -> tuple[Array, Array]:
+        """Write ``k``, ``v`` after the layer's entries in a buffer of up to ``2 n``; when full,
+        the newest ``keep`` entries move to the front first. Returns the newest ``n``."""
+        t = k.shape[2]
         keys, values, end = self.keys[layer], self.values[layer], self.ends[layer]
-        if end + t > n and not self.rotates:
-            self._overflow(end, t)
         cap = keys.shape[2]
         if end + t > cap and cap < 2 * n:  # grow (copying the entries so far)
             grown = min(2 * n, max(2 * cap, end + t))
@@ -95,10 +117,11 @@ class GrowingCache:
                              keys[:, :, :end], axis=2, start=0)  # fmt: skip
             values = ops.write(ops.zeros(keys.shape, ops.dtype_of(v)),
                                values[:, :, :end], axis=2, start=0)  # fmt: skip
-        if end + t > 2 * n:  # full: keep the newest n - t entries, at the front
-            keep = n - t  # (their source starts at end - keep >= n + t > keep: no overlap)
+        if end + t > 2 * n:  # full: keep the newest ``keep`` (<= n - t) entries, at the front
+            # (their source starts at end - keep >= n + t > keep: no overlap)
             keys = ops.write(keys, keys[:, :, end - keep : end], axis=2, start=0)
             values = ops.write(values, values[:, :, end - keep : end], axis=2, start=0)
+            self.firsts[layer] += end - keep
             end = keep
         keys = ops.write(keys, k, axis=2, start=end)
         values = ops.write(values, v, axis=2, start=end)
@@ -106,6 +129,18 @@ class GrowingCache:
         self.keys[layer], self.values[layer], self.ends[layer] = keys, values, end
         begin = max(0, end - n)
         return keys[:, :, begin:end], values[:, :, begin:end]
+
+    def _update_window(self, ops, layer: int, k: Array, v: Array, keep: int):
+        """A sliding layer: its buffer holds up to 2 (keep + t) entries, the newest ``keep`` of
+        them (what the window still needs) moved to the front when it is full."""
+        t = k.shape[2]
+        if self.keys[layer] is None:
+            self.keys[layer] = ops.zeros((*k.shape[:2], 2 * (keep + t), k.shape[3]),
+                                         ops.dtype_of(k))  # fmt: skip
+            self.values[layer] = ops.zeros(self.keys[layer].shape, ops.dtype_of(v))
+        if self.firsts[layer] + self.ends[layer] + t > self.max_len:
+            self._overflow(self.firsts[layer] + self.ends[layer], t)
+        return self._append(ops, layer, k, v, keep + t, keep)
 
 
 class SlidingCache(GrowingCache):
@@ -175,12 +210,14 @@ class RowCache:
         """Copy a prefilled :class:`GrowingCache` (one row, not past its window) into ``row``
         (a ring: its last ``window`` entries, each at its position modulo the window)."""
         for i, ring in enumerate(self.rings or [None] * len(self.kv)):
-            end = self.next[row] = cache.ends[i]
-            first = 0 if ring is None else max(0, end - ring)
+            base = cache.firsts[i]  # the position of the prefill buffer's first entry
+            end = self.next[row] = base + cache.ends[i]
+            first = base if ring is None else max(base, end - ring)
             while first < end:  # a ring's entries wrap around its end once at most
                 at = first if ring is None else first % ring
                 stop = end if ring is None else min(end, first + ring - at)
-                k, v = cache.keys[i][:, :, first:stop], cache.values[i][:, :, first:stop]
+                k = cache.keys[i][:, :, first - base : stop - base]
+                v = cache.values[i][:, :, first - base : stop - base]
                 start = Positions(np.array([at], dtype=np.int64), 0)
                 self.kv[i] = ops.write_kv(self.kv[i], k, v, [row], start)
                 first = stop
@@ -206,8 +243,10 @@ class RowStep:
         self.at = Positions(self.positions, T)
         return self.at, self.mask
 
-    def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
-        rings = self.cache.rings
+    def update(
+        self, ops, layer: int, k: Array, v: Array, window: int | None = None
+    ) -> tuple[Array, Array]:
+        rings = self.cache.rings  # (a sliding layer's ring is its window: made at allocation)
         at = self.ring_at if rings and rings[layer] is not None else self.at
         kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], k, v, self.rows, at)
         return kv[0], kv[1]

@@ -432,7 +432,7 @@ def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pas
         qk = ops.rope(qk, ps.positions, *ps.ropes[kind])
     q, k = qk[:, :H], qk[:, H:]
     if ps.cache is not None:
-        k, v = ps.cache.update(ops, layer, k, v)
+        k, v = ps.cache.update(ops, layer, k, v, cfg.window(layer))
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
     out = ops.attention(q, k, v, cfg.attn_scale, dropout=ps.dropout, mask=ps.masks[kind])

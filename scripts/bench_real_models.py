@@ -90,7 +90,7 @@ def build(name: str, root: Path) -> Path:
         scale = 0.02 if len(shape) > 1 else 0.1
         params[k] = (torch.randn(shape, generator=gen) * scale).numpy()
     tensors = ARCHITECTURES[arch.model_type].to_hf(cfg, params)
-    save_file({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()},
+    save_file({k: torch.from_numpy(v).contiguous().to(torch.bfloat16) for k, v in tensors.items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
     (out / "config.json").write_text(json.dumps(hf))
     from tests.real_models import build_tokenizer

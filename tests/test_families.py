@@ -302,3 +302,30 @@ def test_window_pattern_and_sandwich_norm_are_flags(tmp_path, small_corpus):
     cfg = load_checkpoint(out).config
     assert cfg.layer_types == ("sliding", "full", "sliding", "full") and cfg.sandwich_norm
     assert "blocks.0.ln1_post.weight" in load_checkpoint(out).params
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_one_stream_cache_keeps_only_the_window(backend, models):
+    """Token by token through a GrowingCache (a sliding layer drops what its window has left),
+    then copied into a RowCache row (its ring) and decoded: a full forward's logits."""
+    from mygpt.cache import GrowingCache, RowCache
+
+    ckpt = import_hf(models["gemma3_text"])
+    cfg, ops = ckpt.config, get_backend(backend, "cpu")
+    P = {k: ops.asarray(v) for k, v in ckpt.params.items()}
+    ids = np.array([IDS[:31]])
+    full = ops.to_numpy(forward(ops, cfg, P, ops.asarray(ids)))[0]
+    cache = GrowingCache(cfg.num_layers, cfg.max_seq_len)
+    got = [ops.to_numpy(forward(ops, cfg, P, ops.asarray(ids[:, :5]), cache=cache))[0]]
+    for t in range(5, 30):
+        got.append(ops.to_numpy(forward(ops, cfg, P, ops.asarray(ids[:, t : t + 1]),
+                                        cache=cache))[0])  # fmt: skip
+    assert np.abs(np.concatenate(got) - full[:30]).max() < 1e-4  # fp32 rounding: 3e-5
+    for i in range(cfg.num_layers):  # a sliding layer's buffer: 2 (window - 1 + 5) at most
+        assert cache.keys[i].shape[2] <= (2 * (WINDOW + 4) if cfg.window(i) else 256)
+        assert (cache.firsts[i] > 0) == (cfg.window(i) is not None)
+    rows = RowCache.allocate(ops, cfg, 2)
+    rows.load(ops, 1, cache)
+    step = forward(ops, cfg, P, ops.asarray(np.array([[0], [IDS[30]]])),
+                   cache=rows.at(np.array([cfg.max_seq_len - 1, 30])))  # fmt: skip
+    assert np.abs(ops.to_numpy(step)[1, 0] - full[30]).max() < 1e-4
