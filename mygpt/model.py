@@ -3,7 +3,10 @@
 Pre-norm decoder blocks, ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``, a final norm and an
 output head tied to the token embedding, exactly the book's architecture. Part II's choices are
 config fields: RMSNorm instead of LayerNorm, rotary instead of learned positions, fewer K/V heads
-than query heads (GQA/MQA).
+than query heads (GQA/MQA). So are the real families' variants: the tanh GELU and GeGLU (GPT-2,
+Gemma), Gemma's (1 + w) norms, sandwich norms, scaled embeddings and attention scale, OLMo 2's
+norms after each sublayer and q/k norms over all heads, sliding-window layers with a rope base
+of their own (Mistral, Gemma 3).
 
 Parameters are a flat ``dict[str, array]`` named like the book's ``state_dict``, so a book
 checkpoint loads by name and a native checkpoint is just that dict. There is no ``nn.Module``: the

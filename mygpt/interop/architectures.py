@@ -10,8 +10,12 @@ Each mygpt combination maps to one architecture that ``transformers`` loads with
 | rms norm + rope, gelu                 | ``arcee``      | Llama with a non-gated MLP, MLP biases |
 | rms norm + rope, swiglu               | ``llama``      | exactly a Llama                        |
 
-Real models add ``mistral``, ``qwen2`` (q/k/v biases) and ``qwen3`` (q/k norms); with
-``head_dim``, biases, an untied head and llama3 rope scaling they share the Llama weight map.
+Real models add ``mistral`` (a sliding window), ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms),
+``gemma3_text`` (sandwich and (1 + w) norms, GeGLU, scaled embeddings, sliding and full layers)
+and ``olmo2`` (norms after each sublayer, q/k norms over all heads): with ``head_dim``, biases,
+an untied head and rope scaling they share the Llama weight map, its norms named by
+:func:`block_norm_names`; ``phi3`` fuses its Q|K|V and gate|up; ``gpt2`` also holds GPT-2's own
+biases and tanh GELU. Which one holds a model is :data:`FEATURES` arithmetic (``_fits``).
 Export writes back the architecture a model was imported from (``hf_model_type``) when it holds
 the model's features (``Architecture.fits``), else the first standard one that does.
 

@@ -1,12 +1,13 @@
 """``mygpt import HFDIR OUT.safetensors``: a Hugging Face model directory as a mygpt checkpoint.
 
 The reverse of ``mygpt export`` (gpt2, starcoder2, arcee, llama as it writes them), and real
-open-weight models: Llama (llama3 rope scaling, untied heads, a free head_dim, attention and MLP
-biases), Mistral (no sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms), with their own
-tokenizer.json, chat template and EOS ids. A model is imported only if mygpt computes exactly the
-same function: every feature mygpt lacks (an approximate GELU, another rope scaling, a sliding
-window, mixture-of-experts, ...) is a one-line refusal naming it. Export then import gives back
-the same bits.
+open-weight models: Llama (llama3 or linear rope scaling, untied heads, a free head_dim, attention
+and MLP biases), Mistral (its sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms), GPT-2
+(its biases and tanh GELU), Gemma 3 (docs/families.md), Phi-3 (fused projections) and OLMo 2
+(norms after each sublayer), with their own tokenizer.json, chat template and EOS ids. A model is
+imported only if mygpt computes exactly the same function: every feature mygpt lacks (another
+rope scaling, logit soft-capping, mixture-of-experts, ...) is a one-line refusal naming it.
+Export then import gives back the same bits.
 """
 
 from __future__ import annotations
