@@ -463,6 +463,7 @@ def loss_fn(
     x: Array,
     y: Array,
     dtype: str = "float32",
+    *,
     train: bool = True,
     lora: LoraWeights | None = None,
     mask: Array | None = None,
