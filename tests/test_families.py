@@ -329,3 +329,18 @@ def test_one_stream_cache_keeps_only_the_window(backend, models):
     step = forward(ops, cfg, P, ops.asarray(np.array([[0], [IDS[30]]])),
                    cache=rows.at(np.array([cfg.max_seq_len - 1, 30])))  # fmt: skip
     assert np.abs(ops.to_numpy(step)[1, 0] - full[30]).max() < 1e-4
+
+
+def test_the_books_format_refuses_what_it_cannot_say(tmp_path):
+    """GPT-2's tanh GELU or a window leave the weights' names the book's: refused, not dropped."""
+    from mygpt.checkpoint import save_book_checkpoint
+    from mygpt.config import ModelConfig
+    from mygpt.errors import MygptError
+    from mygpt.model import init_params
+
+    tok = {"kind": "char", "chars": [chr(97 + i) for i in range(20)]}
+    for change in (dict(activation="gelu_tanh"), dict(sliding_window=4)):
+        cfg = ModelConfig(vocab_size=20, **change)
+        with pytest.raises(MygptError, match=f"has no {next(iter(change))}"):
+            save_book_checkpoint(tmp_path / "m.ckpt", config=cfg, params=init_params(cfg),
+                                 tokenizer=tok)  # fmt: skip
