@@ -6,8 +6,8 @@ questions for each forward pass (the ``Cache`` protocol):
 - ``begin(T)``: at which positions are these T new tokens, and which mask do they attend under?
   (``Positions`` and ``Mask`` from ``mygpt.backends.base``; the backend keeps the step's tables,
   rotations, write indices and masks, inside them, made once per step and used by every layer.)
-- ``update(ops, layer, kv)``: store this layer's new keys and values (one array, the K heads then
-  the V heads), and return the keys and values to attend to.
+- ``update(ops, layer, k, v)``: store this layer's new keys and values, and return the keys and
+  values to attend to.
 - ``end(T)``: the pass is over (advance the offset).
 
 The kinds:
@@ -37,7 +37,7 @@ class Cache(Protocol):
     def begin(self, T: int) -> tuple[Positions, Mask | None]: ...
 
     def update(
-        self, ops, layer: int, kv: Array, window: int | None = None
+        self, ops, layer: int, k: Array, v: Array, window: int | None = None
     ) -> tuple[Array, Array]: ...
 
     def end(self, T: int) -> None: ...
@@ -80,12 +80,7 @@ class GrowingCache:
             "generator refills its cache from the cropped window; use a SlidingCache to rotate"
         )
 
-    def update(self, ops, layer: int, kv: Array, window: int | None = None) -> tuple[Array, Array]:
-        """Append (B, 2 Hkv, T, D) keys then values; return those attention sees (<= max_len)."""
-        hkv = kv.shape[1] // 2
-        return self.append(ops, layer, kv[:, :hkv], kv[:, hkv:], window)
-
-    def append(
+    def update(
         self, ops, layer: int, k: Array, v: Array, window: int | None = None
     ) -> tuple[Array, Array]:
         """Append (B, Hkv, T, D) keys and values; return those attention sees (<= max_len).
@@ -221,15 +216,10 @@ class RowCache:
             while first < end:  # a ring's entries wrap around its end once at most
                 at = first if ring is None else first % ring
                 stop = end if ring is None else min(end, first + ring - at)
-                heads = ops.concat(
-                    [
-                        cache.keys[i][:, :, first - base : stop - base],
-                        cache.values[i][:, :, first - base : stop - base],
-                    ],
-                    axis=1,
-                )
+                k = cache.keys[i][:, :, first - base : stop - base]
+                v = cache.values[i][:, :, first - base : stop - base]
                 start = Positions(np.array([at], dtype=np.int64), 0)
-                self.kv[i] = ops.write_kv(self.kv[i], heads, [row], start)
+                self.kv[i] = ops.write_kv(self.kv[i], k, v, [row], start)
                 first = stop
 
 
@@ -253,10 +243,12 @@ class RowStep:
         self.at = Positions(self.positions, T)
         return self.at, self.mask
 
-    def update(self, ops, layer: int, kv: Array, window: int | None = None) -> tuple[Array, Array]:
+    def update(
+        self, ops, layer: int, k: Array, v: Array, window: int | None = None
+    ) -> tuple[Array, Array]:
         rings = self.cache.rings  # (a sliding layer's ring is its window: made at allocation)
         at = self.ring_at if rings and rings[layer] is not None else self.at
-        kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], kv, self.rows, at)
+        kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], k, v, self.rows, at)
         return kv[0], kv[1]
 
     def end(self, T: int) -> None:

@@ -434,17 +434,15 @@ def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pas
         heads = ops.reshape(qkv, (B, H + 2 * Hkv, 1, D))
     else:
         heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
+    qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
     if cfg.qk_norm and cfg.qk_norm_per_head:  # Qwen3: RMSNorm over each head, before rope
-        heads = ops.concat([ops.rms_norm(heads[:, :H], blk.q_norm, cfg.norm_eps),
-                            ops.rms_norm(heads[:, H : H + Hkv], blk.k_norm, cfg.norm_eps),
-                            heads[:, H + Hkv :]], axis=1)  # fmt: skip
-    if ps.ropes[kind] is not None:  # one rotary call turns Q and K; V passes: K|V one array
-        heads = ops.rope(heads, ps.positions, *ps.ropes[kind], rotated=H + Hkv)
-    q, kv = heads[:, :H], heads[:, H:]
+        qk = ops.concat([ops.rms_norm(qk[:, :H], blk.q_norm, cfg.norm_eps),
+                         ops.rms_norm(qk[:, H:], blk.k_norm, cfg.norm_eps)], axis=1)  # fmt: skip
+    if ps.ropes[kind] is not None:  # one rotary call for Q and K together
+        qk = ops.rope(qk, ps.positions, *ps.ropes[kind])
+    q, k = qk[:, :H], qk[:, H:]
     if ps.cache is not None:
-        k, v = ps.cache.update(ops, layer, kv, cfg.window(layer))
-    else:
-        k, v = kv[:, :Hkv], kv[:, Hkv:]
+        k, v = ps.cache.update(ops, layer, k, v, cfg.window(layer))
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
     out = ops.attention(q, k, v, cfg.attn_scale, dropout=ps.dropout, mask=ps.masks[kind])

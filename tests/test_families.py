@@ -364,3 +364,27 @@ def test_what_mlx_lm_computes_of_the_exports(models, tmp_path):
         assert (err > 1.0) if windowed else (err < 1e-4), (family, err)
         card = (out / "README.md").read_text()
         assert ("ignores the sliding window" in card) == windowed, family
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_layers_with_one_base_and_two_rotations_decode_as_the_full_forward(backend):
+    """Sliding and full layers with the same rope base, the full ones scaled: a decode step's
+    rotations are kept per (base, frequencies), not per base."""
+    from mygpt.generate import DECODE_ROWS, Decoder, Stream
+    from mygpt.model import init_params
+    from mygpt.parity import tiny_config
+
+    cfg = tiny_config("rms", "rope", "gqa", mlp="swiglu", sliding_window=3, window_pattern=2,
+                      rope_local_base=10000.0, rope_scaling={"rope_type": "linear", "factor": 4.0})  # fmt: skip
+    ops = get_backend(backend, "cpu")
+    P = {k: ops.asarray(v) for k, v in init_params(cfg, seed=3).items()}
+    x = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 12))
+    full = ops.to_numpy(forward(ops, cfg, P, ops.asarray(x)))[0]
+    dec = Decoder(ops, cfg, P, DECODE_ROWS, "float32")
+    stream = Stream(list(x[0, :4]), temperature=0)
+    row = dec.add(stream)
+    got = [dec.logits([row])[row]]
+    for t in range(4, 12):
+        stream.ids.append(int(x[0, t]))
+        got.append(dec.logits([row])[row])
+    assert np.abs(np.stack(got) - full[3:]).max() < 1e-4
