@@ -277,6 +277,11 @@ class Ops(abc.ABC):
         """Exact (erf) GELU, as the book uses."""
 
     @abc.abstractmethod
+    def gelu_tanh(self, x: Array) -> Array:
+        """The tanh-approximated GELU (GPT-2's ``gelu_new``, Gemma's ``gelu_pytorch_tanh``),
+        computed in fp32 for bf16 inputs as torch computes it."""
+
+    @abc.abstractmethod
     def silu(self, x: Array) -> Array: ...
 
     @abc.abstractmethod

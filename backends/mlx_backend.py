@@ -181,6 +181,12 @@ class MLXOps(Ops):
     def gelu(self, x: Array) -> Array:
         return x * (1 + mx.erf(x * (1 / math.sqrt(2)))) * 0.5
 
+    def gelu_tanh(self, x: Array) -> Array:
+        # in fp32 whatever the input (torch computes bf16's in fp32 too), then back
+        y = x.astype(mx.float32)
+        inner = math.sqrt(2 / math.pi) * (y + 0.044715 * y * y * y)
+        return (0.5 * y * (1 + mx.tanh(inner))).astype(x.dtype)
+
     def silu(self, x: Array) -> Array:
         return x * mx.sigmoid(x)
 

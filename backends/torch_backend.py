@@ -219,12 +219,15 @@ class TorchOps(Ops):
         # Interleaved pairs (2i, 2i+1) are the real and imaginary parts of one complex number, so
         # the rotation is a single complex multiply (faster than slicing and stacking halves).
         if type(positions) is Positions:
-            rotations = positions.tables.get(base)  # (a model's layers may differ in base)
+            # (a model's layers may differ in base and scaling: Gemma 3's sliding and full ones;
+            # a layer type's inv_freq is one cached array, so its id names it)
+            key = (base, id(inv_freq))
+            rotations = positions.tables.get(key)
             if rotations is not None:  # a batched decoding step's, made by its first layer
                 return _rotate(x, rotations)
             if positions.per_row:
-                rotations = positions.tables[base] = self._rotations(x.shape, positions, base,
-                                                                     inv_freq)  # fmt: skip
+                rotations = positions.tables[key] = self._rotations(x.shape, positions, base,
+                                                                    inv_freq)  # fmt: skip
                 return _rotate(x, rotations)
         offset = positions.start if isinstance(positions, Positions) else positions
         t, d = x.shape[-2], x.shape[-1]
@@ -383,6 +386,9 @@ class TorchOps(Ops):
 
     def gelu(self, x: Array) -> Array:
         return F.gelu(x)
+
+    def gelu_tanh(self, x: Array) -> Array:
+        return F.gelu(x, approximate="tanh")
 
     def silu(self, x: Array) -> Array:
         return F.silu(x)

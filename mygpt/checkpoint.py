@@ -506,7 +506,11 @@ def save_book_checkpoint(
     if config is None or params is None or tokenizer is None:
         raise TypeError("save_book_checkpoint needs a Checkpoint or config, params and tokenizer")
     defaults = ModelConfig(vocab_size=1)
-    for name in ("norm_eps", "rope_base"):
+    # (and none of what GPT-2, Gemma, Mistral's window and OLMo 2 add, whose weights may look
+    # like the book's while computing something else)
+    for name in ("norm_eps", "rope_base", "activation", "sliding_window", "sandwich_norm",
+                 "pre_norm", "norm_offset", "scale_embeddings", "query_pre_attn_scalar",
+                 "rope_local_base"):  # fmt: skip
         if getattr(config, name) != getattr(defaults, name):
             raise MygptError(
                 f"{where}: the book's format has no {name} and fixes it at "

@@ -103,7 +103,7 @@ def adapter_shapes(cfg: ModelConfig, lora: LoraConfig) -> dict[str, tuple[int, .
 
 
 def available_targets(cfg: ModelConfig) -> list[str]:
-    mlp = ("gate", "up", "down") if cfg.mlp == "swiglu" else ("fc1", "fc2")
+    mlp = ("gate", "up", "down") if cfg.gated else ("fc1", "fc2")
     return ["q", "k", "v", "o", *mlp]
 
 

@@ -15,6 +15,7 @@ from mygpt.parity.reference import (
     np_attention,
     np_cross_entropy,
     np_gelu,
+    np_gelu_tanh,
     np_layer_norm,
     np_masked_cross_entropy,
     np_rms_norm,
@@ -149,6 +150,12 @@ def _pointwise_checks(C: int = 48) -> list[ParityCheck]:
             lambda r: {"x": r.uniform(-6.0, 6.0, (4, 257))},
             lambda ops, a: ops.gelu(a["x"]),
             lambda i: np_gelu(i["x"]),
+        ),
+        op_check(
+            "gelu_tanh",  # GPT-2's gelu_new, Gemma's gelu_pytorch_tanh (--activation gelu_tanh)
+            lambda r: {"x": r.uniform(-6.0, 6.0, (4, 257))},
+            lambda ops, a: ops.gelu_tanh(a["x"]),
+            lambda i: np_gelu_tanh(i["x"]),
         ),
         op_check(
             "silu",  # SwiGLU's gate (--mlp swiglu)

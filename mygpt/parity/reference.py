@@ -85,6 +85,12 @@ def np_gelu(x) -> np.ndarray:
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
+def np_gelu_tanh(x) -> np.ndarray:
+    """The tanh-approximated GELU (GPT-2's ``gelu_new``), in float64."""
+    x = f64(x)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
 def np_cross_entropy(logits, targets) -> float:
     z = f64(logits).reshape(-1, np.shape(logits)[-1])
     t = np.asarray(targets).reshape(-1)
