@@ -96,6 +96,21 @@ class QuantizedTensor:
         return QuantizedTensor(self.kind, (len(rows), self.shape[1]), self.blocks[start:stop])
 
 
+def from_codes(kind: str, codes: np.ndarray, scales: np.ndarray) -> QuantizedTensor:
+    """The record whose :meth:`QuantizedTensor.codes` and ``scales`` are these (the inverse of
+    those two: a backend's weight back to its blocks, exactly; the scales are fp16 values)."""
+    rows, cols = codes.shape
+    nb = cols // BLOCK
+    q = np.asarray(codes, dtype=np.int8).reshape(rows, nb, BLOCK)
+    d = np.asarray(scales, dtype=np.float32).astype("<f2").reshape(rows, nb, 1).view(np.uint8)
+    if kind == "Q8_0":
+        body = q.view(np.uint8)
+    else:
+        c = (q + 8).astype(np.uint8)
+        body = c[..., :16] | (c[..., 16:] << np.uint8(4))
+    return QuantizedTensor(kind, (rows, cols), np.concatenate([d, body], axis=-1).reshape(rows, -1))
+
+
 def can_quantize(shape: Iterable[int]) -> bool:
     """Whether a weight of ``shape`` fits whole blocks: 2-D, its rows a multiple of 32 long."""
     shape = tuple(shape)
@@ -239,9 +254,9 @@ def from_metadata(value: str | None, tensors: Mapping[str, np.ndarray], where: s
 
 
 def refuse_quantized(params: Mapping[str, Any], where: str, what: str) -> None:
-    """One-line refusal where float weights are required (``what``: the action)."""
+    """One-line refusal where float weights are required (``what``: what needs them)."""
     if is_quantized(params):
         raise MygptError(
-            f"{where} is quantized: {what} needs float weights — use the float checkpoint it "
-            "was quantized from"
+            f"{where}: the model is quantized (ggml blocks) and {what} needs float weights — "
+            "use the float checkpoint it was quantized from"
         )

@@ -1,0 +1,87 @@
+"""Quantized weights on PyTorch: int8 codes (Q8_0) or packed 4-bit codes (Q4_0), fp32 scales.
+
+A matmul dequantizes its weight in the compute dtype and calls ``F.linear``: d·q in fp32 is
+exact, and a bf16 model rounds those exact values once. (See docs/quantization.md for the
+kernels measured against this one.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mygpt.backends.quant import QuantizedWeight
+from mygpt.backends.types import Array
+from mygpt.quant import BLOCK, QuantizedTensor, from_codes
+
+
+class TorchQuantized(QuantizedWeight):
+    """``codes``: int8 (rows, cols) for Q8_0; uint8 (rows, cols/32, 16) for Q4_0, ggml's nibble
+    order (element i low, 16+i high). ``scales``: fp32 (rows, cols/32)."""
+
+    def __init__(self, kind: str, shape, codes: Array, scales: Array, dtype: Any) -> None:
+        self.kind, self.shape = kind, (int(shape[0]), int(shape[1]))
+        self.codes, self.scales, self.dtype = codes, scales, dtype
+
+    @classmethod
+    def from_record(cls, qt: QuantizedTensor, device: torch.device) -> TorchQuantized:
+        rows, cols = qt.shape
+        by_block = qt.blocks.reshape(rows, cols // BLOCK, -1)
+        if qt.kind == "Q8_0":
+            codes = torch.from_numpy(by_block[..., 2:].copy().view("i1").reshape(rows, cols))
+        else:
+            codes = torch.from_numpy(by_block[..., 2:].copy())
+        scales = torch.from_numpy(qt.scales())
+        return cls(qt.kind, qt.shape, codes.to(device), scales.to(device), torch.float32)
+
+    def cast(self, dtype: Any) -> TorchQuantized:
+        if dtype == self.dtype:
+            return self
+        return TorchQuantized(self.kind, self.shape, self.codes, self.scales, dtype)
+
+    @classmethod
+    def concat_rows(cls, weights: Sequence[TorchQuantized]) -> TorchQuantized:
+        first = weights[0]
+        rows = sum(w.shape[0] for w in weights)
+        codes = torch.cat([w.codes for w in weights], dim=0)
+        scales = torch.cat([w.scales for w in weights], dim=0)
+        return cls(first.kind, (rows, first.shape[1]), codes, scales, first.dtype)
+
+    def _values(self, codes: Array, scales: Array) -> Array:
+        """Rows of codes and their scales as weights (..., cols) in ``self.dtype``."""
+        if self.kind == "Q8_0":
+            q = codes.unflatten(-1, (-1, BLOCK)).float()
+        else:  # low nibbles are a block's elements 0-15, high nibbles 16-31
+            q = torch.cat([codes & 15, codes >> 4], dim=-1).float() - 8
+        w = (q * scales.unsqueeze(-1)).flatten(-2)  # d·q: exact in fp32
+        return w if self.dtype == torch.float32 else w.to(self.dtype)
+
+    def dequantize(self) -> Array:
+        return self._values(self.codes, self.scales)
+
+    def linear(self, x: Array, bias: Array | None = None) -> Array:
+        return F.linear(x, self.dequantize(), bias)
+
+    def embedding(self, ids: Array) -> Array:
+        return self._values(self.codes[ids], self.scales[ids])
+
+    def to_record(self) -> QuantizedTensor:
+        rows, cols = self.shape
+        if self.kind == "Q8_0":
+            codes = self.codes.cpu().numpy()
+        else:
+            b = self.codes.cpu().numpy()
+            codes = (np.concatenate([b & 15, b >> 4], axis=-1).astype(np.int8) - 8).reshape(
+                rows, cols
+            )
+        return from_codes(self.kind, codes, self.scales.cpu().numpy())
+
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes
+
+    def to_numpy(self):
+        return self.cast(torch.float32).dequantize().detach().cpu().numpy().copy()
