@@ -641,6 +641,8 @@ def convert(
         dst = src.with_suffix(".safetensors" if target == "native" else ".ckpt")
     dst = Path(dst)
     target = _target_format(dst, to)
+    if target == "book":
+        refuse_quantized(ckpt.params, str(src), "the book's .ckpt format")
     check_output_path(dst, "output")
     if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
         raise MygptError(

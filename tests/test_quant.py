@@ -4,13 +4,23 @@ command and its refusals."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from safetensors import safe_open
 
-from mygpt import model, quant
+import mygpt
+from mygpt import quant
 from mygpt.backends import get_backend
+from mygpt.checkpoint import load_checkpoint, save_checkpoint
+from mygpt.cli import main
 from mygpt.config import ModelConfig
-from mygpt.errors import MygptError
+from mygpt.interop.import_ import import_hf
+from mygpt.model import init_params
+from tests.conftest import TINY_SHAKESPEARE
+from tests.real_models import build_model
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as GT  # noqa: E402
@@ -25,7 +35,9 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Bit for bit, except that a zero's sign is free: MLX's affine form computes a Q4_0 zero
     as d*8 - 8d = +0 where ggml's d*(q - 8) gives -0 for a negative d."""
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return np.array_equal(a, b) and np.array_equal(a[a != 0].view(np.uint32), b[b != 0].view(np.uint32))
+    return np.array_equal(a, b) and np.array_equal(
+        a[a != 0].view(np.uint32), b[b != 0].view(np.uint32)
+    )
 
 
 def _awkward(rows: int = 48, cols: int = 96, seed: int = 0) -> np.ndarray:
@@ -50,7 +62,9 @@ def test_blocks_are_ggml_bytes_and_dequantize_exactly(kind):
     ref = gguf_quantize(x, KINDS[kind])
     assert qt.blocks.shape == (48, 96 // 32 * quant.BLOCK_BYTES[kind])
     assert np.array_equal(qt.blocks, ref)
-    assert np.array_equal(qt.dequantize().view(np.uint32), gguf_dequantize(ref, KINDS[kind]).view(np.uint32))
+    assert np.array_equal(
+        qt.dequantize().view(np.uint32), gguf_dequantize(ref, KINDS[kind]).view(np.uint32)
+    )
     again = quant.from_codes(kind, qt.codes(), qt.scales())
     assert np.array_equal(again.blocks, qt.blocks)
 
@@ -93,3 +107,136 @@ def test_quantized_linear_matches_float64(backend, kind):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     yb = ops.to_numpy(ops.linear(ops.asarray(x, "bfloat16"), ops.cast(w, "bfloat16")))
     np.testing.assert_allclose(yb, ref - bias, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+
+
+# --- the command and the file ----------------------------------------------------------------
+
+IDS = [5, 17, 42, 99, 3, 250, 7, 64]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A SmolLM2-like tiny Llama (tied head) and its Q8_0 and Q4_0 checkpoints."""
+    root = tmp_path_factory.mktemp("quant")
+    build_model(root / "llama", "llama_tied")
+    (root / "text.txt").write_text(TINY_SHAKESPEARE.read_text(encoding="utf-8")[:4000])
+    for bits in ("8", "4"):
+        assert main(["quantize", str(root / "llama"), str(root / f"q{bits}.safetensors"),
+                     "--bits", bits]) == 0  # fmt: skip
+    return root
+
+
+@pytest.mark.parametrize("bits", ["8", "4"])
+def test_quantize_writes_ggml_blocks_under_the_usual_names(root, bits):
+    kind = quant.TYPE_OF_BITS[int(bits)]
+    float_params = import_hf(root / "llama").params
+    with safe_open(root / f"q{bits}.safetensors", "numpy") as f:
+        meta = json.loads(f.metadata()["quantization"])
+        stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert meta["format"] == "ggml" and meta["version"] == 1
+    quantized = {k for k, v in float_params.items() if v.ndim == 2}
+    assert set(meta["tensors"]) == quantized and "lm_head.weight" not in stored  # tied stays tied
+    for name, w in float_params.items():
+        if name in quantized:
+            assert meta["tensors"][name] == {"type": kind, "shape": list(w.shape)}
+            assert stored[name].dtype == np.uint8
+            assert np.array_equal(stored[name], gguf_quantize(w, KINDS[kind]))
+        else:  # norms stay float, bit for bit
+            assert np.array_equal(stored[name], w)
+    ckpt = load_checkpoint(root / f"q{bits}.safetensors")
+    assert isinstance(ckpt.params["token_embedding.embedding.weight"], quant.QuantizedTensor)
+
+
+def test_weights_that_do_not_fit_blocks_stay_float_and_are_listed(tmp_path, capsys):
+    cfg = ModelConfig(vocab_size=65, embed_dim=48, num_heads=4, num_layers=1, max_seq_len=16,
+                      position="learned")  # fmt: skip
+    tok = {"kind": "char", "version": 1, "chars": [chr(32 + i) for i in range(65)]}
+    save_checkpoint(tmp_path / "f.safetensors", cfg, init_params(cfg), tok)
+    assert main(["quantize", str(tmp_path / "f.safetensors"), str(tmp_path / "q.safetensors"),
+                 "--bits", "8"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    # fc2 reads 4C = 192 features (fits); everything else reads C = 48 (doesn't)
+    assert "kept in float (rows not a multiple of 32): token_embedding.embedding.weight," in err
+    params = load_checkpoint(tmp_path / "q.safetensors").params
+    assert isinstance(params["blocks.0.mlp.fc2.weight"], quant.QuantizedTensor)
+    assert not isinstance(params["position_embedding.weight"], quant.QuantizedTensor)
+    m = mygpt.load(tmp_path / "q.safetensors", backend="torch", device="cpu")
+    f = mygpt.load(tmp_path / "f.safetensors", backend="torch", device="cpu")
+    assert np.abs(m.logits([1, 2, 3]) - f.logits([1, 2, 3])).max() < 0.05
+
+
+def _error(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and err[0].startswith("error: ")  # one line, no traceback
+    return err[0]
+
+
+def test_a_quantized_file_is_refused_where_float_weights_are_required(root, tmp_path, capsys):
+    q = str(root / "q8.safetensors")
+    cases = [
+        (["quantize", q, str(tmp_path / "again.safetensors"), "--bits", "4"], "already quantized"),
+        (["convert", q, str(tmp_path / "x.ckpt")], "the book's .ckpt format"),
+        (["export", q, str(tmp_path / "hf")], "the Hugging Face format"),
+        (["train", "--resume", q], "train --resume"),
+        (["train", str(root / "text.txt"), "--init-from", q, "--steps", "1"], "--lora-rank"),
+    ]
+    for args, words in cases:
+        assert main(args) != 0
+        assert words in _error(capsys), args
+    assert not (tmp_path / "again.safetensors").exists() and not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("bits", ["8", "4"])
+def test_generate_eval_and_save_on_both_backends(root, tmp_path, bits, capsys):
+    q = root / f"q{bits}.safetensors"
+    logits = {}
+    for backend in BACKENDS:
+        m = mygpt.load(q, backend=backend, device="cpu")
+        logits[backend] = m.logits(IDS)
+        assert all(isinstance(v, quant_weight_class()) for k, v in m.params.items()
+                   if k != "ln_f.weight" and ".ln" not in k)  # fmt: skip
+        m.save(tmp_path / f"{backend}.safetensors")  # the blocks, as loaded
+        with (
+            safe_open(tmp_path / f"{backend}.safetensors", "numpy") as a,
+            safe_open(q, "numpy") as b,
+        ):
+            assert all(np.array_equal(a.get_tensor(k), b.get_tensor(k)) for k in b.keys())  # noqa: SIM118
+        assert main(["generate", "--checkpoint", str(q), "--prompt", "ROMEO:", "--max-new-tokens",
+                     "5", "--backend", backend, "--device", "cpu", "--temperature", "0"]) == 0  # fmt: skip
+        assert capsys.readouterr().out.startswith("ROMEO:")
+        assert main(["eval", str(root / "text.txt"), "--checkpoint", str(q), "--max-tokens", "200",
+                     "--json", "--backend", backend, "--device", "cpu"]) == 0  # fmt: skip
+        logits[f"{backend} ppl"] = json.loads(capsys.readouterr().out)["perplexity"]
+    # the float64 reference: the dequantized weights in a float model
+    ref = _float64_logits(root, q)
+    for backend in BACKENDS:
+        np.testing.assert_allclose(logits[backend], ref, atol=2e-4, rtol=1e-4)
+    assert abs(logits["torch ppl"] / logits["mlx ppl"] - 1) < 1e-4
+
+
+def quant_weight_class():
+    from mygpt.backends.quant import QuantizedWeight
+
+    return QuantizedWeight
+
+
+def _float64_logits(root: Path, q: Path) -> np.ndarray:
+    """transformers' float64 logits of the dequantized weights (exported as a float model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ckpt = load_checkpoint(q)
+    out = root / f"{q.stem}-dequantized"
+    if not out.exists():
+        save_checkpoint(root / f"{q.stem}-f.safetensors", ckpt.config,
+                        quant.dequantize_params(ckpt.params), ckpt.tokenizer)  # fmt: skip
+        assert main(["export", str(root / f"{q.stem}-f.safetensors"), str(out)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float64).eval()
+    with torch.no_grad():
+        return model(torch.tensor([IDS])).logits[0].numpy()

@@ -30,6 +30,7 @@ from mygpt.fileio import atomic_directory, check_output_dir
 from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import architecture_for, hf_config
 from mygpt.interop.model_card import model_card
+from mygpt.quant import refuse_quantized
 
 FILES = (  # and chat_template.jinja where the model has a chat template
     "config.json",
@@ -151,6 +152,9 @@ def export_hf(
     outdir, dropped = _check_outdir(outdir, force)  # before loading anything
     # a checkpoint, a Hugging Face directory, a Hub id, or an adapter (merged into its base)
     ckpt = load_source(ckpt_path, base=base)
+    refuse_quantized(
+        ckpt.params, str(ckpt_path), "the Hugging Face format (--mlx writes an mlx-lm directory)"
+    )
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
     tok_files = tokenizer_files(ckpt.tokenizer)
