@@ -1,7 +1,8 @@
-"""Quantized weights on PyTorch: int8 codes (Q8_0) or packed 4-bit codes (Q4_0), fp32 scales.
+"""Quantized weights on PyTorch: int8 codes (Q8_0) or packed 4-bit codes (Q4_0), fp16 scales.
 
-A matmul dequantizes its weight in the compute dtype and calls ``F.linear``: d·q in fp32 is
-exact, and a bf16 model rounds those exact values once. (See docs/quantization.md for the
+A matmul dequantizes its weight and calls ``F.linear``: d·q in fp32 is exact; bf16 activations
+are multiplied in fp32 with those exact weights and the product rounded to bf16 (as MLX's
+``quantized_matmul`` does). An embedding lookup dequantizes the rows it gathers. (See docs/quantization.md for the
 kernels measured against this one.)
 """
 
@@ -21,7 +22,7 @@ from mygpt.quant import BLOCK, QuantizedTensor, from_codes
 
 class TorchQuantized(QuantizedWeight):
     """``codes``: int8 (rows, cols) for Q8_0; uint8 (rows, cols/32, 16) for Q4_0, ggml's nibble
-    order (element i low, 16+i high). ``scales``: fp32 (rows, cols/32)."""
+    order (element i low, 16+i high). ``scales``: d as fp16 (rows, cols/32), as the blocks hold it (34 or 18 bytes a block in memory)."""
 
     def __init__(self, kind: str, shape, codes: Array, scales: Array, dtype: Any) -> None:
         self.kind, self.shape = kind, (int(shape[0]), int(shape[1]))
@@ -35,7 +36,7 @@ class TorchQuantized(QuantizedWeight):
             codes = torch.from_numpy(by_block[..., 2:].copy().view("i1").reshape(rows, cols))
         else:
             codes = torch.from_numpy(by_block[..., 2:].copy())
-        scales = torch.from_numpy(qt.scales())
+        scales = torch.from_numpy(qt.scales().astype(np.float16))  # exact: d is an fp16
         return cls(qt.kind, qt.shape, codes.to(device), scales.to(device), torch.float32)
 
     def cast(self, dtype: Any) -> TorchQuantized:
@@ -57,14 +58,20 @@ class TorchQuantized(QuantizedWeight):
             q = codes.unflatten(-1, (-1, BLOCK)).float()
         else:  # low nibbles are a block's elements 0-15, high nibbles 16-31
             q = torch.cat([codes & 15, codes >> 4], dim=-1).float() - 8
-        w = (q * scales.unsqueeze(-1)).flatten(-2)  # d·q: exact in fp32
+        w = (q * scales.float().unsqueeze(-1)).flatten(-2)  # d·q: exact in fp32
         return w if self.dtype == torch.float32 else w.to(self.dtype)
 
     def dequantize(self) -> Array:
         return self._values(self.codes, self.scales)
 
     def linear(self, x: Array, bias: Array | None = None) -> Array:
-        return F.linear(x, self.dequantize(), bias)
+        if x.dtype == torch.float32:
+            return F.linear(x, self.dequantize(), bias)
+        # bf16 activations meet the exact fp32 weights and the product is rounded once, as
+        # MLX's quantized_matmul computes it (rounding d·q to bf16 first would round every
+        # weight: the two backends would then differ by more than bf16's own rounding)
+        y = F.linear(x.float(), self.cast(torch.float32).dequantize()).to(x.dtype)
+        return y if bias is None else y + bias
 
     def embedding(self, ids: Array) -> Array:
         return self._values(self.codes[ids], self.scales[ids])
@@ -78,7 +85,7 @@ class TorchQuantized(QuantizedWeight):
             codes = (np.concatenate([b & 15, b >> 4], axis=-1).astype(np.int8) - 8).reshape(
                 rows, cols
             )
-        return from_codes(self.kind, codes, self.scales.cpu().numpy())
+        return from_codes(self.kind, codes, self.scales.float().cpu().numpy())
 
     def nbytes(self) -> int:
         return self.codes.nbytes + self.scales.nbytes
