@@ -240,3 +240,33 @@ def _float64_logits(root: Path, q: Path) -> np.ndarray:
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float64).eval()
     with torch.no_grad():
         return model(torch.tensor([IDS])).logits[0].numpy()
+
+
+# --- mlx-lm ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,bits", [("llama_tied", "8"), ("llama", "4")])
+def test_export_mlx_loads_in_mlx_lm_with_mygpts_logits(root, tmp_path, family, bits):
+    """mlx-lm reads the blocks as its own affine groups: the same logits as mygpt's MLX backend
+    (``llama``: llama3 rope, GQA, head_dim 24, biases, an untied quantized head)."""
+    mx = pytest.importorskip("mlx.core")
+    mlx_lm = pytest.importorskip("mlx_lm")
+    src = root / "llama" if family == "llama_tied" else tmp_path / family
+    if family != "llama_tied":
+        build_model(src, family)
+    q = tmp_path / "q.safetensors"
+    assert main(["quantize", str(src), str(q), "--bits", bits]) == 0
+    assert main(["export", str(q), str(tmp_path / "mlx"), "--mlx"]) == 0
+    config = json.loads((tmp_path / "mlx" / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 32, "bits": int(bits)}
+    assert (tmp_path / "mlx" / "tokenizer.json").is_file()
+    model, _ = mlx_lm.load(str(tmp_path / "mlx"))
+    theirs = np.array(model(mx.array([IDS]))[0].astype(mx.float32))
+    ours = mygpt.load(q, backend="mlx", device="cpu").logits(IDS)
+    np.testing.assert_allclose(theirs, ours, atol=2e-5, rtol=1e-5)
+
+
+def test_export_mlx_refuses_a_float_model(root, tmp_path, capsys):
+    assert main(["export", str(root / "llama"), str(tmp_path / "mlx"), "--mlx"]) != 0
+    assert "is not quantized" in _error(capsys)
+    assert not (tmp_path / "mlx").exists()

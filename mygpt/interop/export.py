@@ -201,9 +201,14 @@ def export_hf(
 @click.option(
     "--base", default=None, metavar="MODEL", help="An adapter's base, if not where it was trained."
 )
+@click.option(
+    "--mlx", "mlx", is_flag=True,
+    help="A quantized checkpoint: write an mlx-lm directory (its Q8_0/Q4_0 blocks as MLX's "
+    "affine groups of 32, exactly).",
+)  # fmt: skip
 def export(
     ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, dtype: str,
-    peft: bool, base: str | None,
+    peft: bool, base: str | None, mlx: bool = False,
 ) -> None:  # fmt: skip
     """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...); a
     LoRA adapter checkpoint exports merged into its base, or alone with --peft."""
@@ -213,8 +218,15 @@ def export(
         check_repo_id(repo)  # a bad name fails before the export, not after it
     if peft and dtype != "float32":
         raise MygptError("--peft writes the adapter in float32 (it is small) — drop --dtype")
+    if mlx and (peft or dtype != "float32" or base):
+        raise MygptError("--mlx writes a quantized model as it is — drop --peft, --dtype, --base")
     if peft:
         out = _export_peft(ckpt, outdir, force, base)
+    elif mlx:
+        from mygpt.interop.export_mlx import export_mlx
+
+        out = export_mlx(ckpt, outdir, force=force)
+        click.echo(f"exported {ckpt} as an mlx-lm quantized model to {out}", err=True)
     else:
         out = export_hf(ckpt, outdir, force=force, dtype=dtype, base=base)
         arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]

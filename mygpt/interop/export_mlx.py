@@ -1,0 +1,115 @@
+"""``mygpt export Q.safetensors OUTDIR --mlx``: a quantized model as an mlx-lm directory.
+
+mlx-lm loads a model whose config.json has ``"quantization": {"group_size": 32, "bits": B}``
+by turning every layer with a ``.scales`` tensor into a quantized one: ``.weight`` then holds
+uint32 codes in MLX's packing, ``.scales`` and ``.biases`` the affine groups. ggml's blocks are
+exactly that (see ``backends/quant_mlx.py``): scale d, bias −128·d (Q8_0) or −8·d (Q4_0). The
+scales are written in fp32 so mlx-lm's embedding lookup dequantizes to d·q exactly, as mygpt
+does. The tensor names and row orders are the Hugging Face export's (``architectures``): the
+Llama family only permutes rows, and rows of blocks permute cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mygpt.checkpoint import Checkpoint
+from mygpt.errors import MygptError
+from mygpt.quant import BITS, QuantizedTensor, is_quantized
+
+_MARK = -12345.0  # the third column of a proxy: tells it from any real weight
+
+
+def _proxies(params: dict) -> tuple[dict, list[str]]:
+    """Each quantized weight replaced by a (rows, 3) float array [its index, row, mark], so the
+    Hugging Face layout code moves rows of it as it would move the weight's rows."""
+    names = [k for k, v in params.items() if isinstance(v, QuantizedTensor)]
+    out = dict(params)
+    for i, name in enumerate(names):
+        rows = params[name].shape[0]
+        out[name] = np.stack([np.full(rows, i), np.arange(rows), np.full(rows, _MARK)], axis=1)
+    return out, names
+
+
+def _is_proxy(x: np.ndarray) -> bool:
+    return x.ndim == 2 and x.shape[1] == 3 and bool(np.all(x[:, 2] == _MARK))
+
+
+def mlx_tensors(ckpt: Checkpoint, arch) -> tuple[dict[str, np.ndarray], int]:
+    """The mlx-lm tensors (HF names; quantized layers as .weight/.scales/.biases) and the bits."""
+    from mygpt.backends.quant_mlx import mlx_codes
+
+    kinds = {v.kind for v in ckpt.params.values() if isinstance(v, QuantizedTensor)}
+    if len(kinds) != 1:
+        raise MygptError("an mlx-lm directory has one bit width: this model mixes Q8_0 and Q4_0")
+    proxied, names = _proxies(ckpt.params)
+    out: dict[str, np.ndarray] = {}
+    for hf_name, value in arch.to_hf(ckpt.config, proxied).items():
+        value = np.asarray(value)
+        if not _is_proxy(value):
+            if value.ndim == 2 and value.shape[0] == 3 and np.all(value[2] == _MARK):
+                raise MygptError(
+                    f"{arch.model_type} stores {hf_name} transposed, which breaks ggml's blocks "
+                    "— --mlx exports the Llama family (llama, mistral, qwen2, qwen3)"
+                )
+            out[hf_name] = np.ascontiguousarray(value, dtype=np.float32)
+            continue
+        ids = value[:, 0].astype(np.int64)
+        if len(set(ids)) != 1:
+            raise MygptError(
+                f"{hf_name} mixes several quantized weights — can't export it to mlx-lm"
+            )
+        qt = ckpt.params[names[ids[0]]].row_slice(0, None)
+        qt = QuantizedTensor(
+            qt.kind, (len(value), qt.shape[1]), qt.blocks[value[:, 1].astype(np.int64)]
+        )
+        stem = hf_name.removesuffix(".weight")
+        d = qt.scales()
+        out[f"{stem}.weight"] = mlx_codes(qt)
+        out[f"{stem}.scales"] = d
+        out[f"{stem}.biases"] = d * -(128 if qt.kind == "Q8_0" else 8)
+    return out, BITS[kinds.pop()]
+
+
+def export_mlx(
+    ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bool = False
+) -> Path:
+    """Write the mlx-lm directory as a whole (as the Hugging Face export does); returns it."""
+    from safetensors.numpy import save
+
+    from mygpt.fileio import atomic_directory
+    from mygpt.interop.architectures import architecture_for, hf_config
+    from mygpt.interop.export import (
+        _check_outdir,
+        _json,
+        generation_config,
+        special_token_ids,
+        tokenizer_files,
+    )
+    from mygpt.interop.sources import load_source
+
+    outdir, _ = _check_outdir(Path(outdir), force)
+    ckpt = load_source(ckpt_path)
+    if not is_quantized(ckpt.params):
+        raise MygptError(
+            f"{ckpt_path} is not quantized — `mygpt quantize` it first, or export it without "
+            "--mlx (mlx-lm loads the Hugging Face directory too)"
+        )
+    arch = architecture_for(ckpt.config)
+    if not arch.mlx_lm_exact:
+        raise MygptError(f"mlx-lm does not compute this model exactly ({arch.mlx_lm_note}) — "
+                         "keep it in mygpt")  # fmt: skip
+    tensors, bits = mlx_tensors(ckpt, arch)
+    special = {**special_token_ids(ckpt.tokenizer), "pad_token_id": None}
+    config = {**hf_config(ckpt.config, arch, special),
+              "quantization": {"group_size": 32, "bits": bits}}  # fmt: skip
+    with atomic_directory(outdir, "OUTDIR") as d:
+        d.write_text("config.json", _json(config))
+        d.write_text("generation_config.json", _json(generation_config(ckpt.tokenizer)))
+        d.write_bytes("model.safetensors", save(tensors, metadata={"format": "mlx"}))
+        for name, text in tokenizer_files(ckpt.tokenizer).items():
+            d.write_text(name, text)
+    return outdir
