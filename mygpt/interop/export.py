@@ -175,6 +175,30 @@ def export_hf(
     return outdir
 
 
+def export_mlx(
+    ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bool = False
+) -> Path:
+    """A quantized checkpoint as an mlx-lm directory (see ``export_mlx``), written as a whole
+    as the Hugging Face export is; returns its path."""
+    from mygpt.interop.export_mlx import mlx_tensors
+    from mygpt.interop.sources import load_source
+
+    outdir, _ = _check_outdir(Path(outdir), force)
+    ckpt = load_source(ckpt_path)
+    arch = architecture_for(ckpt.config)
+    tensors, bits = mlx_tensors(ckpt, arch)
+    special = {**special_token_ids(ckpt.tokenizer), "pad_token_id": None}
+    config = {**hf_config(ckpt.config, arch, special),
+              "quantization": {"group_size": 32, "bits": bits}}  # fmt: skip
+    with atomic_directory(outdir, "OUTDIR") as d:
+        d.write_text("config.json", _json(config))
+        d.write_text("generation_config.json", _json(generation_config(ckpt.tokenizer)))
+        d.write_bytes("model.safetensors", safetensors_bytes(tensors, "float32", {"format": "mlx"}))
+        for name, text in tokenizer_files(ckpt.tokenizer).items():
+            d.write_text(name, text)
+    return outdir
+
+
 @click.command("export")
 @click.argument("ckpt", type=click.Path(path_type=str))
 @click.argument("outdir", type=click.Path(path_type=str))
@@ -223,8 +247,6 @@ def export(
     if peft:
         out = _export_peft(ckpt, outdir, force, base)
     elif mlx:
-        from mygpt.interop.export_mlx import export_mlx
-
         out = export_mlx(ckpt, outdir, force=force)
         click.echo(f"exported {ckpt} as an mlx-lm quantized model to {out}", err=True)
     else:

@@ -11,9 +11,6 @@ Llama family only permutes rows, and rows of blocks permute cleanly.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from mygpt.checkpoint import Checkpoint
@@ -39,8 +36,19 @@ def _is_proxy(x: np.ndarray) -> bool:
 
 
 def mlx_tensors(ckpt: Checkpoint, arch) -> tuple[dict[str, np.ndarray], int]:
-    """The mlx-lm tensors (HF names; quantized layers as .weight/.scales/.biases) and the bits."""
+    """The mlx-lm tensors (HF names; quantized layers as .weight/.scales/.biases) and the bits;
+    refuses a float model, an architecture mlx-lm computes differently or one whose layout
+    moves weights other than by rows."""
     from mygpt.backends.quant_mlx import mlx_codes
+
+    if not is_quantized(ckpt.params):
+        raise MygptError(
+            f"{ckpt.path} is not quantized — `mygpt quantize` it first, or export it without "
+            "--mlx (mlx-lm loads the Hugging Face directory too)"
+        )
+    if not arch.mlx_lm_exact:
+        raise MygptError(f"mlx-lm does not compute this model exactly ({arch.mlx_lm_note}) — "
+                         "keep it in mygpt")  # fmt: skip
 
     kinds = {v.kind for v in ckpt.params.values() if isinstance(v, QuantizedTensor)}
     if len(kinds) != 1:
@@ -72,44 +80,3 @@ def mlx_tensors(ckpt: Checkpoint, arch) -> tuple[dict[str, np.ndarray], int]:
         out[f"{stem}.scales"] = d
         out[f"{stem}.biases"] = d * -(128 if qt.kind == "Q8_0" else 8)
     return out, BITS[kinds.pop()]
-
-
-def export_mlx(
-    ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bool = False
-) -> Path:
-    """Write the mlx-lm directory as a whole (as the Hugging Face export does); returns it."""
-    from safetensors.numpy import save
-
-    from mygpt.fileio import atomic_directory
-    from mygpt.interop.architectures import architecture_for, hf_config
-    from mygpt.interop.export import (
-        _check_outdir,
-        _json,
-        generation_config,
-        special_token_ids,
-        tokenizer_files,
-    )
-    from mygpt.interop.sources import load_source
-
-    outdir, _ = _check_outdir(Path(outdir), force)
-    ckpt = load_source(ckpt_path)
-    if not is_quantized(ckpt.params):
-        raise MygptError(
-            f"{ckpt_path} is not quantized — `mygpt quantize` it first, or export it without "
-            "--mlx (mlx-lm loads the Hugging Face directory too)"
-        )
-    arch = architecture_for(ckpt.config)
-    if not arch.mlx_lm_exact:
-        raise MygptError(f"mlx-lm does not compute this model exactly ({arch.mlx_lm_note}) — "
-                         "keep it in mygpt")  # fmt: skip
-    tensors, bits = mlx_tensors(ckpt, arch)
-    special = {**special_token_ids(ckpt.tokenizer), "pad_token_id": None}
-    config = {**hf_config(ckpt.config, arch, special),
-              "quantization": {"group_size": 32, "bits": bits}}  # fmt: skip
-    with atomic_directory(outdir, "OUTDIR") as d:
-        d.write_text("config.json", _json(config))
-        d.write_text("generation_config.json", _json(generation_config(ckpt.tokenizer)))
-        d.write_bytes("model.safetensors", save(tensors, metadata={"format": "mlx"}))
-        for name, text in tokenizer_files(ckpt.tokenizer).items():
-            d.write_text(name, text)
-    return outdir
