@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mygpt.backends.base import Ops
-from mygpt.generate import DECODE_ROWS, Decoder, Stream
+from mygpt.generate import DECODE_ROWS, Decoder, Stream, batch_invariance_check
 from mygpt.lora import LoraConfig, adapter_shapes
 from mygpt.model import LoraWeights, forward, init_params, loss_fn
 from mygpt.parity.compare import compare_logits, compare_loss, compare_rel_max
@@ -79,7 +79,8 @@ def quant_model_check(bits: int) -> ParityCheck:
 
 
 def quant_decode_check(bits: int) -> ParityCheck:
-    """Batched decoding on quantized weights == the full forward on them (one backend)."""
+    """Batched decoding on quantized weights == the full forward on them, and a stream decoded
+    with others == decoded alone, bit for bit (``mygpt serve`` on a quantized model)."""
     kind = "Q8_0" if bits == 8 else "Q4_0"
     name = f"quantized {kind} batched decode"
 
@@ -96,7 +97,12 @@ def quant_decode_check(bits: int) -> ParityCheck:
             stream.ids.append(int(x[0, t]))
             stepped.append(dec.logits([row])[row])
         got = np.stack(stepped)
-        return [compare_logits(name, dtype, cand, "full forward", got, full[5:])]
+        drift = batch_invariance_check(cand, cfg, P, dtype, steps=3)
+        solo = Row(
+            f"{name}: batched == solo", dtype, label(cand), drift, drift, "bit-exact",
+            drift == 0.0, "itself, decoded alone",
+        )  # fmt: skip
+        return [compare_logits(name, dtype, cand, "full forward", got, full[5:]), solo]
 
     return ParityCheck(name, check, quick=bits == 4, kind="quant")
 

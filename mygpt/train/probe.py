@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from mygpt.backends.muon import make_optimizer
 from mygpt.config import ModelConfig
 from mygpt.model import init_params
+from mygpt.optim.muon import make_optimizer
 from mygpt.train.step import make_train_step
 
 
