@@ -270,3 +270,60 @@ def test_export_mlx_refuses_a_float_model(root, tmp_path, capsys):
     assert main(["export", str(root / "llama"), str(tmp_path / "mlx"), "--mlx"]) != 0
     assert "is not quantized" in _error(capsys)
     assert not (tmp_path / "mlx").exists()
+
+
+# --- QLoRA -------------------------------------------------------------------------------------
+
+
+def _qlora(root: Path, out: Path, backend: str, steps: int = 2) -> None:
+    args = ["train", str(root / "text.txt"), "--init-from", str(root / "q4.safetensors"),
+            "--lora-rank", "4", "--lora-alpha", "16", "--lora-targets", "q,k,v,o,gate,up,down",
+            "--steps", str(steps), "--batch-size", "2", "--seq-len", "16", "--lr", "1e-2",
+            "--backend", backend, "--device", "cpu", "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qlora_trains_adapters_on_the_quantized_base(root, tmp_path, backend, monkeypatch):
+    import mygpt.train.state as state
+    from mygpt.backends.quant import QuantizedWeight
+    from mygpt.lora import base_digest, load_adapter
+
+    held = []
+    real = state.to_backend
+    monkeypatch.setattr(state, "to_backend", lambda ops, v: held.append(real(ops, v)) or held[-1])
+    _qlora(root, tmp_path / "a.safetensors", backend)
+    # the base went to the backend in its blocks (every 2-D weight), never as floats
+    assert sum(isinstance(w, QuantizedWeight) for w in held) == sum(
+        isinstance(v, quant.QuantizedTensor)
+        for v in load_checkpoint(root / "q4.safetensors").params.values()
+    )
+    ad = load_adapter(tmp_path / "a.safetensors")
+    assert ad.base == str((root / "q4.safetensors").resolve())
+    assert ad.base_digest == base_digest(load_checkpoint(root / "q4.safetensors").params)
+    assert main(["train", "--resume", str(tmp_path / "a.safetensors"), "--steps", "3"]) == 0
+    assert load_adapter(tmp_path / "a.safetensors").train_state["step"] == 3
+
+
+def test_a_qlora_adapter_exports_merged_in_float_and_requantizes_only_when_asked(
+    root, tmp_path, capsys
+):
+    ad = tmp_path / "a.safetensors"
+    _qlora(root, ad, "torch")
+    # merged: every weight dequantized, the adapters' deltas added, in float
+    merged = mygpt.load(ad, backend="torch", device="cpu")
+    assert not any(isinstance(v, quant_weight_class()) for v in merged.params.values())
+    assert main(["export", str(ad), str(tmp_path / "hf")]) == 0
+    with safe_open(tmp_path / "hf" / "model.safetensors", "numpy") as f:
+        assert all(f.get_tensor(k).dtype == np.float32 for k in f.keys())  # noqa: SIM118
+    assert main(["export", str(ad), str(tmp_path / "peft"), "--peft"]) == 0
+    assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["quantize", str(ad), str(tmp_path / "q.safetensors"), "--bits", "4"]) == 0
+    assert "weights moved by at most" in capsys.readouterr().err
+    from mygpt.interop.sources import load_source
+
+    floats = load_source(ad).params  # the merged model the new blocks quantize
+    for name, qt in load_checkpoint(tmp_path / "q.safetensors").params.items():
+        if isinstance(qt, quant.QuantizedTensor):
+            assert np.array_equal(qt.blocks, gguf_quantize(floats[name], GT.Q4_0))
