@@ -8,6 +8,7 @@ kernels measured against this one.)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,58 @@ import torch.nn.functional as F
 
 from mygpt.backends.quant import QuantizedWeight
 from mygpt.backends.types import Array
+from mygpt.errors import MygptError
 from mygpt.quant import BLOCK, QuantizedTensor, from_codes
+
+#: ``MYGPT_QUANT_KERNEL=compiled``: decode-sized matmuls (at most ``_FUSED_ROWS`` rows) through
+#: one ``torch.compile``d loop that reads the codes once (no float copy of the weight); it
+#: compiles for ~40 s on a small CPU the first time (inductor caches it on disk after that)
+_FUSED_ROWS = 8
+_fused_kernels: dict[str, Any] = {}
+
+
+def kernel_choice() -> str:
+    choice = os.environ.get("MYGPT_QUANT_KERNEL", "eager")
+    if choice not in ("eager", "compiled"):
+        raise MygptError(f"MYGPT_QUANT_KERNEL={choice!r}: use eager or compiled")
+    return choice
+
+
+def _fused_product(x: Array, codes: Array, scales: Array, kind: str) -> Array:
+    """``x @ W.T`` for (M, K) fp32 ``x`` with W dequantized inside the reduction: d·q is the
+    exact weight; inductor fuses the conversion, multiply and sums into one pass over codes."""
+    n, nb = scales.shape
+    if kind == "Q8_0":
+        q = codes.view(n, nb, BLOCK).float()
+    else:
+        q = torch.cat([codes & 15, codes >> 4], dim=-1).float() - 8
+    w = q * scales.float().unsqueeze(-1)  # (N, nb, 32), never materialised when fused
+    return (w.unsqueeze(0) * x.view(x.shape[0], 1, nb, BLOCK)).sum(-1).sum(-1)
+
+
+def _fused(kind: str):
+    if kind not in _fused_kernels:
+        from mygpt.backends.torch_backend import _quiet_inductor
+
+        _quiet_inductor()
+        _fused_kernels[kind] = torch.compile(_fused_product, dynamic=True)
+    return _fused_kernels[kind]
+
+
+class _QuantizedMatmul(torch.autograd.Function):
+    """``x @ W.T`` whose backward dequantizes W again instead of saving it: autograd would
+    otherwise keep every layer's float weight alive until the backward pass (a frozen base's
+    whole float copy during a LoRA step), which is the memory QLoRA is for."""
+
+    @staticmethod
+    def forward(ctx, x: Array, weight: TorchQuantized) -> Array:
+        ctx.weight = weight
+        return weight._product(x)
+
+    @staticmethod
+    def backward(ctx, grad: Array):
+        w = ctx.weight.cast(torch.float32).dequantize()
+        return (grad.float() @ w).to(grad.dtype), None
 
 
 class TorchQuantized(QuantizedWeight):
@@ -27,6 +79,7 @@ class TorchQuantized(QuantizedWeight):
     def __init__(self, kind: str, shape, codes: Array, scales: Array, dtype: Any) -> None:
         self.kind, self.shape = kind, (int(shape[0]), int(shape[1]))
         self.codes, self.scales, self.dtype = codes, scales, dtype
+        self.kernel = kernel_choice()
 
     @classmethod
     def from_record(cls, qt: QuantizedTensor, device: torch.device) -> TorchQuantized:
@@ -65,13 +118,26 @@ class TorchQuantized(QuantizedWeight):
         return self._values(self.codes, self.scales)
 
     def linear(self, x: Array, bias: Array | None = None) -> Array:
-        if x.dtype == torch.float32:
+        rows = x.numel() // self.shape[1]
+        if self.kernel == "compiled" and rows <= _FUSED_ROWS and not torch.is_grad_enabled():
+            flat = x.reshape(rows, self.shape[1])
+            y = _fused(self.kind)(flat.float(), self.codes, self.scales, self.kind)
+            y = y.view(*x.shape[:-1], self.shape[0]).to(x.dtype)
+            return y if bias is None else y + bias
+        if x.requires_grad:  # QLoRA: keep the float weight out of the saved graph
+            y = _QuantizedMatmul.apply(x, self)
+        elif x.dtype == torch.float32:
             return F.linear(x, self.dequantize(), bias)
-        # bf16 activations meet the exact fp32 weights and the product is rounded once, as
-        # MLX's quantized_matmul computes it (rounding d·q to bf16 first would round every
-        # weight: the two backends would then differ by more than bf16's own rounding)
-        y = F.linear(x.float(), self.cast(torch.float32).dequantize()).to(x.dtype)
+        else:
+            y = self._product(x)
         return y if bias is None else y + bias
+
+    def _product(self, x: Array) -> Array:
+        """``x @ W.T``: bf16 activations meet the exact fp32 weights and the product is rounded
+        once, as MLX's quantized_matmul computes it (rounding d·q to bf16 first would round
+        every weight: the backends would then differ by more than bf16's own rounding)."""
+        w = self.cast(torch.float32).dequantize()
+        return F.linear(x, w) if x.dtype == torch.float32 else F.linear(x.float(), w).to(x.dtype)
 
     def embedding(self, ids: Array) -> Array:
         return self._values(self.codes[ids], self.scales[ids])

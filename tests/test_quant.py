@@ -327,3 +327,18 @@ def test_a_qlora_adapter_exports_merged_in_float_and_requantizes_only_when_asked
     for name, qt in load_checkpoint(tmp_path / "q.safetensors").params.items():
         if isinstance(qt, quant.QuantizedTensor):
             assert np.array_equal(qt.blocks, gguf_quantize(floats[name], GT.Q4_0))
+
+
+@pytest.mark.slow
+def test_the_compiled_torch_kernel_matches_float64(monkeypatch):
+    """MYGPT_QUANT_KERNEL=compiled: decode-sized matmuls in one compiled pass over the codes
+    (compiles for ~30 s here: one shape, one kind)."""
+    monkeypatch.setenv("MYGPT_QUANT_KERNEL", "compiled")
+    ops = get_backend("torch", "cpu")
+    rng = np.random.default_rng(4)
+    qt = quant.quantize(_awkward(seed=5), "Q4_0")
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    ref = x.astype(np.float64) @ qt.dequantize().astype(np.float64).T
+    with ops.inference():
+        y = ops.to_numpy(ops.linear(ops.asarray(x), ops.quantized(qt)))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
