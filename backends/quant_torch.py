@@ -8,6 +8,7 @@ kernels measured against this one.)
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -49,9 +50,8 @@ def _fused_product(x: Array, codes: Array, scales: Array, kind: str) -> Array:
 
 def _fused(kind: str):
     if kind not in _fused_kernels:
-        from mygpt.backends.torch_backend import _quiet_inductor
-
-        _quiet_inductor()
+        if not torch.cuda.is_available():  # inductor's "No CUDA runtime is found": nothing wrong
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         _fused_kernels[kind] = torch.compile(_fused_product, dynamic=True)
     return _fused_kernels[kind]
 
