@@ -90,10 +90,10 @@ class QuantizedTensor:
         q = self.codes().reshape(rows, cols // BLOCK, BLOCK).astype(np.float32)
         return (q * self.scales()[..., None]).reshape(rows, cols)
 
-    def row_slice(self, start: int, stop: int) -> QuantizedTensor:
-        """Rows ``start:stop`` (blocks run along rows, so rows split cleanly)."""
-        rows = range(self.shape[0])[start:stop]
-        return QuantizedTensor(self.kind, (len(rows), self.shape[1]), self.blocks[start:stop])
+    def rows(self, index: np.ndarray) -> QuantizedTensor:
+        """The rows ``index`` picks, in its order (blocks run along rows: rows move whole)."""
+        blocks = np.ascontiguousarray(self.blocks[np.asarray(index)])
+        return QuantizedTensor(self.kind, (len(blocks), self.shape[1]), blocks)
 
 
 def from_codes(kind: str, codes: np.ndarray, scales: np.ndarray) -> QuantizedTensor:

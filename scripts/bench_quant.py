@@ -175,11 +175,15 @@ def _weight_bytes(path: Path) -> int:
 
 
 def child(a: argparse.Namespace) -> None:
+    from mygpt.backends import get_backend
+
+    get_backend(a.backend, "cpu")  # the framework alone (torch's CPU+CUDA build: ~570 MB)
+    framework = rss_mb()
     if a.phase == "infer":
         out = infer(Path(a.path), a.backend, a.precision, a.tokens)
     else:
         out = lora_step(Path(a.path), a.backend, 1, a.seq)
-    print(json.dumps({**out, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({**out, "peak_rss_mb": peak_rss_mb(), "framework_rss_mb": framework}))
 
 
 def _runs(variants: list[str], backends: list[str]) -> list[tuple[str, str, str]]:

@@ -70,10 +70,7 @@ def mlx_tensors(ckpt: Checkpoint, arch) -> tuple[dict[str, np.ndarray], int]:
             raise MygptError(
                 f"{hf_name} mixes several quantized weights — can't export it to mlx-lm"
             )
-        qt = ckpt.params[names[ids[0]]].row_slice(0, None)
-        qt = QuantizedTensor(
-            qt.kind, (len(value), qt.shape[1]), qt.blocks[value[:, 1].astype(np.int64)]
-        )
+        qt = ckpt.params[names[ids[0]]].rows(value[:, 1].astype(np.int64))
         stem = hf_name.removesuffix(".weight")
         d = qt.scales()
         out[f"{stem}.weight"] = mlx_codes(qt)
