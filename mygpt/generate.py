@@ -79,8 +79,12 @@ DECODE_ROWS = 8
 FIXED_SHAPE_MAX_BYTES = 512 * 2**20
 
 
-def fixed_shape_fits(cfg: ModelConfig, dtype: str = "float32") -> bool:
-    """Whether a :data:`DECODE_ROWS` x context KV buffer stays under FIXED_SHAPE_MAX_BYTES."""
+def pads_to_batch(cfg: ModelConfig, dtype: str = "float32") -> bool:
+    """The exactness policy for a lone stream, "pad to the batch": whether ``generate`` decodes it
+    in the fixed :data:`DECODE_ROWS`-row shape ``mygpt serve``'s batches run, so that its tokens
+    are the ones it gets in company. True wherever that KV buffer stays under
+    FIXED_SHAPE_MAX_BYTES; a longer context decodes alone with a growing cache, as serve's
+    round-robin scheduler does, which is exact to it by construction."""
     return RowCache.nbytes(cfg, DECODE_ROWS, dtype) <= FIXED_SHAPE_MAX_BYTES
 
 
@@ -209,7 +213,7 @@ def generate_steps(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(token, the logits it was sampled from)`` for each new token: the exact cached path."""
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
-    if not fixed_shape_fits(cfg, dtype):  # a long context: the growing cache, one row
+    if not pads_to_batch(cfg, dtype):  # a long context: the growing cache, one row
         yield from _generate_uncached_or_sliding(
             ops, cfg, params, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, seed=seed, use_cache=True, sliding=False, dtype=dtype,

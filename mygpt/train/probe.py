@@ -25,6 +25,7 @@ def synthetic_step(
     batch_size: int,
     seq_len: int,
     dtype: str = "float32",
+    *,
     compile: bool = False,
     max_grad_norm: float = 0.0,
     seed: int = 0,
