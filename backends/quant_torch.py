@@ -37,15 +37,21 @@ def kernel_choice() -> str:
 
 
 def _fused_product(x: Array, codes: Array, scales: Array, kind: str) -> Array:
-    """``x @ W.T`` for (M, K) fp32 ``x`` with W dequantized inside the reduction: d·q is the
-    exact weight; inductor fuses the conversion, multiply and sums into one pass over codes."""
+    """``x @ W.T`` for (M, K) fp32 ``x`` with W = d·q never materialised: each block's dot
+    product of codes and activations, times its d, summed; inductor fuses the conversion,
+    products and sums into one pass over the codes. (Q4_0's low and high nibbles meet the
+    block's first and second 16 activations separately: unpacking them into one array first
+    ran 2.7x slower at 8 rows.)"""
     n, nb = scales.shape
     if kind == "Q8_0":
-        q = codes.view(n, nb, BLOCK).float()
+        xb = x.view(x.shape[0], 1, nb, BLOCK)
+        per_block = (codes.view(n, nb, BLOCK).float().unsqueeze(0) * xb).sum(-1)
     else:
-        q = torch.cat([codes & 15, codes >> 4], dim=-1).float() - 8
-    w = q * scales.float().unsqueeze(-1)  # (N, nb, 32), never materialised when fused
-    return (w.unsqueeze(0) * x.view(x.shape[0], 1, nb, BLOCK)).sum(-1).sum(-1)
+        xb = x.view(x.shape[0], 1, nb, 2, BLOCK // 2)
+        low = ((codes & 15).float() - 8).unsqueeze(0) * xb[..., 0, :]
+        high = ((codes >> 4).float() - 8).unsqueeze(0) * xb[..., 1, :]
+        per_block = (low + high).sum(-1)
+    return (per_block * scales.float()).sum(-1)
 
 
 def _fused(kind: str):
