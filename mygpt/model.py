@@ -370,17 +370,15 @@ def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pas
         heads = ops.reshape(qkv, (B, H + 2 * Hkv, 1, D))
     else:
         heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
+    qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D features, before the rotation
-        heads = ops.concat([ops.rms_norm(heads[:, :H], blk.q_norm, cfg.norm_eps),
-                            ops.rms_norm(heads[:, H : H + Hkv], blk.k_norm, cfg.norm_eps),
-                            heads[:, H + Hkv :]], axis=1)  # fmt: skip
-    if ps.rope is not None:  # one rotary call turns Q and K; V passes, so K|V stay one array
-        heads = ops.rope(heads, ps.positions, *ps.rope, rotated=H + Hkv)
-    q, kv = heads[:, :H], heads[:, H:]
+        qk = ops.concat([ops.rms_norm(qk[:, :H], blk.q_norm, cfg.norm_eps),
+                         ops.rms_norm(qk[:, H:], blk.k_norm, cfg.norm_eps)], axis=1)  # fmt: skip
+    if ps.rope is not None:  # one rotary call for Q and K together
+        qk = ops.rope(qk, ps.positions, *ps.rope)
+    q, k = qk[:, :H], qk[:, H:]
     if ps.cache is not None:
-        k, v = ps.cache.update(ops, layer, kv)
-    else:
-        k, v = kv[:, :Hkv], kv[:, Hkv:]
+        k, v = ps.cache.update(ops, layer, k, v)
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
     out = ops.attention(q, k, v, 1.0 / math.sqrt(D), dropout=ps.dropout, mask=ps.mask)
