@@ -105,6 +105,8 @@ class Ops(abc.ABC):
     device_reason: str = ""  # why this device ("requested", "CUDA is available", ...)
     threads: int | None = None  # CPU compute threads, where the backend sets them
     threads_reason: str = ""
+    #: whether ``write``/``write_kv`` change the buffer itself (torch), so views of it stay current
+    writes_in_place: bool = False
 
     #: the framework's dtype object for each dtype name (``DTYPES``)
     FRAMEWORK_DTYPES: ClassVar[dict[str, Any]] = {}

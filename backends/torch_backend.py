@@ -53,6 +53,7 @@ def _grouped_attention(q: Array, k: Array, v: Array, scale: float, bias: Array) 
 
 class TorchOps(Ops):
     name = "torch"
+    writes_in_place = True
     FRAMEWORK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
     def __init__(self, device: str = "auto", threads: int | None = None) -> None:
@@ -148,8 +149,9 @@ class TorchOps(Ops):
         if t == 1 and kv.is_contiguous():  # a decode step: one index_put_ for every row and head
             index = at.tables.get("kv")  # every layer's buffer has the same shape
             if index is None:  # the step's flat indices, made by its first layer
-                index = at.tables["kv"] = self._kv_indices(kv.shape, rows, self._positions(at))
-            kv.view(-1, kv.shape[-1]).index_put_((index,), torch.cat([k, v], 1)[:, :, 0])
+                index = self._kv_indices(kv.shape, rows, self._positions(at))
+                index = at.tables["kv"] = index[:, :, None]  # (rows, 2 Hkv, 1): as k|v come
+            kv.view(-1, kv.shape[-1]).index_put_((index,), torch.cat([k, v], 1))
             return kv
         for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
             kv[0, r, :, s : s + t] = k[i]

@@ -133,6 +133,7 @@ class RowCache:
     rows: int
     capacity: int
     kv: list[Array]
+    _views: dict = field(default_factory=dict)  # layer -> (buffer, its keys, its values)
 
     @classmethod
     def allocate(cls, ops, cfg: ModelConfig, rows: int, dtype: str = "float32") -> RowCache:
@@ -143,6 +144,16 @@ class RowCache:
     def nbytes(cfg: ModelConfig, rows: int, dtype: str = "float32") -> int:
         per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.max_seq_len * cfg.head_dim
         return rows * per_row * (2 if dtype == "bfloat16" else 4)
+
+    def keys_values(self, ops, layer: int, kv: Array) -> tuple[Array, Array]:
+        """Layer ``layer``'s buffer ``kv`` as (keys, values): on a backend that writes in place
+        (torch) views made once per buffer, two ops fewer per layer and step."""
+        if not ops.writes_in_place:  # (an MLX write makes a new array behind the same object)
+            return kv[0], kv[1]
+        views = self._views.get(layer)
+        if views is None or views[0] is not kv:
+            views = self._views[layer] = (kv, kv[0], kv[1])
+        return views[1], views[2]
 
     def at(self, positions: np.ndarray) -> RowStep:
         """One token per row, row r's at ``positions[r]`` (its cached length): the cache of one
@@ -175,7 +186,7 @@ class RowStep:
 
     def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
         kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], k, v, self.rows, self.at)
-        return kv[0], kv[1]
+        return self.cache.keys_values(ops, layer, kv)
 
     def end(self, T: int) -> None:
         return None
