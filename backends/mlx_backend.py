@@ -11,6 +11,8 @@ import numpy as np
 
 from mygpt.backends.base import Array, Mask, Ops, Params, Positions
 from mygpt.backends.cpu import cpu_has_native_bf16
+from mygpt.backends.quant import QuantizedWeight
+from mygpt.backends.quant import concat as quantized_concat
 
 
 def _gpu_available() -> bool:
@@ -58,15 +60,27 @@ class MLXOps(Ops):
         return mx.array(x)
 
     def _astype(self, x: Array, target) -> Array:
+        if isinstance(x, QuantizedWeight):
+            return x.cast(target)
         return x.astype(target)
 
+    def quantized(self, qt) -> QuantizedWeight:
+        """A :class:`mygpt.quant.QuantizedTensor` on this device, kept in its blocks."""
+        from mygpt.backends.quant_mlx import MLXQuantized
+
+        return MLXQuantized.from_record(qt)
+
     def _host_numpy(self, x: Array) -> np.ndarray:
+        if isinstance(x, QuantizedWeight):
+            return x.to_numpy()
         return np.array(x)
 
     def transpose(self, x: Array, axes: Sequence[int]) -> Array:
         return x.transpose(axes)
 
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
+        if isinstance(xs[0], QuantizedWeight):
+            return quantized_concat(xs, axis)
         return mx.concatenate(list(xs), axis=axis)
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Array:
@@ -96,11 +110,15 @@ class MLXOps(Ops):
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return weight.linear(x, bias)
         if bias is None:
             return x @ weight.T
         return mx.addmm(bias, x, weight.T)
 
     def embedding(self, weight: Array, ids: Array) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return weight.embedding(ids)
         return weight[ids]
 
     def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:

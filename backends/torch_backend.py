@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from mygpt.backends.base import AdamWConfig, Array, Mask, Ops, Optimizer, Params, Positions
 from mygpt.backends.cpu import compute_threads, cpu_has_native_bf16, physical_cores
+from mygpt.backends.quant import QuantizedWeight
+from mygpt.backends.quant import concat as quantized_concat
 
 # Up to this many keys, multi-threaded CPU training attention uses plain batched matmuls instead
 # of SDPA's flash kernel (faster at short lengths; at 256 they tie, beyond it flash wins and saves
@@ -110,9 +112,19 @@ class TorchOps(Ops):
         return torch.tensor(x, device=self._dev)
 
     def _astype(self, x: Array, target) -> Array:
+        if isinstance(x, QuantizedWeight):
+            return x.cast(target)
         return x.to(target)
 
+    def quantized(self, qt) -> QuantizedWeight:
+        """A :class:`mygpt.quant.QuantizedTensor` on this device, kept in its blocks."""
+        from mygpt.backends.quant_torch import TorchQuantized
+
+        return TorchQuantized.from_record(qt, self._dev)
+
     def _host_numpy(self, x: Array) -> np.ndarray:
+        if isinstance(x, QuantizedWeight):
+            return x.to_numpy()
         return (
             x.detach().cpu().numpy().copy()
         )  # a snapshot, not a view of a tensor that will change
@@ -121,6 +133,8 @@ class TorchOps(Ops):
         return x.permute(*axes)
 
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
+        if isinstance(xs[0], QuantizedWeight):
+            return quantized_concat(xs, axis)
         return torch.cat(list(xs), dim=axis)
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Array:
@@ -146,16 +160,22 @@ class TorchOps(Ops):
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return weight.linear(x, bias)
         return F.linear(x, weight, bias)
 
     def residual_linear(
         self, residual: Array, x: Array, weight: Array, bias: Array | None = None
     ) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return residual + weight.linear(x, bias)
         if bias is None and x.dim() == 2:  # the matmul adds into the residual (decode rows)
             return torch.addmm(residual, x, weight.t())
         return residual + F.linear(x, weight, bias)
 
     def embedding(self, weight: Array, ids: Array) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return weight.embedding(ids)
         return torch.embedding(weight, ids)  # F.embedding's kernel without its Python wrapper
 
     def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:

@@ -215,6 +215,7 @@ from mygpt.data.cli import data  # noqa: E402
 from mygpt.eval_cli import eval_cmd  # noqa: E402
 from mygpt.interop.export import export  # noqa: E402
 from mygpt.interop.import_cli import import_cmd  # noqa: E402
+from mygpt.interop.quantize import quantize_cmd  # noqa: E402
 from mygpt.parity.cli import parity  # noqa: E402
 from mygpt.recipes import recipes  # noqa: E402
 from mygpt.serve.cli import serve  # noqa: E402
@@ -229,6 +230,7 @@ cli.add_command(bench)
 cli.add_command(recipes)
 cli.add_command(export)
 cli.add_command(import_cmd, "import")
+cli.add_command(quantize_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from mygpt.parity.model_checks import (
 )
 from mygpt.parity.muon_checks import muon_check
 from mygpt.parity.op_checks import op_checks
+from mygpt.parity.quant_checks import quant_checks
 from mygpt.parity.train_checks import step_checks, train_check
 
 
@@ -61,6 +62,7 @@ def _all_checks() -> list[ParityCheck]:
         *step_checks(),
         *lora_checks(),
         *dpo_checks(),
+        *quant_checks(),
     ]
 
 
