@@ -394,7 +394,9 @@ def _check_length(cfg: ModelConfig, positions: Positions, cache: Cache | None) -
             f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len} — "
             "use a shorter --seq-len or train with a larger --max-seq-len"
         )
-    if cfg.position == "learned" and (end := int(np.max(positions.start)) + T) > cfg.max_seq_len:
+    start = positions.start  # (no numpy on an int: a compiled training step would break there)
+    end = (start if isinstance(start, int) else int(start.max())) + T
+    if cfg.position == "learned" and end > cfg.max_seq_len:
         raise MygptError(
             f"sequence of {end} tokens is longer than max_seq_len {cfg.max_seq_len} — "
             "crop the context (generation does this) or train with a larger --max-seq-len"
