@@ -1,0 +1,293 @@
+"""``mygpt export CKPT OUT.gguf``: a model as one GGUF file that llama.cpp (and what is built on it:
+Ollama, LM Studio, llama-cpp-python) computes exactly as mygpt does.
+
+The target is the llama.cpp graph that computes the model's function (llama.cpp as bundled in
+llama-cpp-python 0.3.36, read from its source):
+
+| mygpt                                   | GGUF architecture | how                                   |
+|-----------------------------------------|-------------------|---------------------------------------|
+| RMSNorm + RoPE + SwiGLU (Llama, Mistral, ``--recipe llama``) | ``llama`` | q/k/v/o and MLP biases, llama3 scaling as ``rope_freqs``, a free head_dim, tied or untied |
+| ... with q/k/v biases, from Qwen2        | ``qwen2``         | when head_dim = C/H (else ``llama``)  |
+| ... with q/k norms (Qwen3)               | ``qwen3``         | no output/MLP biases, no rope scaling |
+
+Everything else is refused in one line naming what llama.cpp computes differently (the book's erf
+GELU: llama.cpp's GELU graphs use the tanh approximation; LayerNorm; learned positions).
+
+Rotary layout: llama.cpp's ``llama`` graph rotates adjacent pairs, as mygpt does, and its
+converter permutes Hugging Face's half-split Q/K rows back to that order, so Q/K go out as they are
+in mygpt (the converter's permute of the Hugging Face layout gives those very rows). ``qwen2`` and
+``qwen3`` rotate half-split pairs (NEOX), so Q/K (and their biases and q/k-norm weights) go out in
+the Hugging Face layout, as the converter leaves them.
+
+``--dtype``: ``float32`` (exact), ``float16``/``bfloat16`` (2-D weights; norms and biases stay F32,
+as the converter does), ``q8_0``/``q4_0`` (2-D weights whose rows are whole 32-weight blocks,
+quantized by ``gguf.quants.quantize``, the reference; the rest stays F32). The file is written
+through :func:`mygpt.fileio.atomic_write`: the old file or the whole new one, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mygpt.checkpoint import Checkpoint
+from mygpt.config import ModelConfig
+from mygpt.errors import MygptError
+from mygpt.fileio import atomic_write, check_output_path
+from mygpt.interop.architectures import ARCHITECTURES
+from mygpt.interop.gguf_tokenizer import MYGPT_TOKENIZER_KEY, GGUFVocab, gguf_vocab
+
+GGUF_DTYPES = ("float32", "float16", "bfloat16", "q8_0", "q4_0")
+MYGPT_CONFIG_KEY = "mygpt.config"
+QK = 32  # weights per Q8_0/Q4_0 block
+
+
+def _refusal(cfg: ModelConfig) -> str | None:
+    """What llama.cpp computes differently from ``cfg`` (None: nothing)."""
+    diffs = []
+    if cfg.mlp == "gelu":
+        diffs.append(
+            "the book's erf-GELU MLP (llama.cpp's plain-GELU graphs, gpt2 and starcoder2, use "
+            "the tanh approximation)"
+        )
+    if cfg.norm == "layer":
+        diffs.append("LayerNorm (llama.cpp's llama/qwen graphs use RMSNorm)")
+    if cfg.position == "learned":
+        diffs.append("learned positions (llama.cpp's llama/qwen graphs use RoPE)")
+    if cfg.qk_norm:
+        if cfg.attn_out_bias or cfg.mlp_bias:
+            diffs.append("q/k norms with an output or MLP bias (llama.cpp's qwen3 has neither)")
+        if cfg.rope_scaling:
+            diffs.append("q/k norms with rope scaling (llama.cpp's qwen3 reads no rope_freqs)")
+    return "; ".join(diffs) or None
+
+
+def gguf_arch(cfg: ModelConfig) -> tuple[str, list[str]]:
+    """The llama.cpp architecture computing ``cfg`` exactly and notes for stderr, or a refusal."""
+    why = _refusal(cfg)
+    if why is not None:
+        raise MygptError(
+            f"llama.cpp computes this model differently: {why} — it can't be exported to GGUF "
+            "(export it as a Hugging Face directory instead)"
+        )
+    if cfg.qk_norm:
+        return "qwen3", []
+    if cfg.hf_model_type == "qwen2" and ARCHITECTURES["qwen2"].fits(cfg) is None:
+        if cfg.head_dim * cfg.num_heads == cfg.embed_dim:
+            return "qwen2", []
+        return "llama", [
+            "note: written as llama (the same function): llama.cpp's qwen2 graph assumes "
+            "head_dim = embed_dim / num_heads"
+        ]
+    return "llama", []
+
+
+# --- tensors ------------------------------------------------------------------------------------
+
+_LAYER_NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}  # fmt: skip
+_TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+
+
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp's name for a Hugging Face Llama-family tensor name."""
+    stem, kind = hf_name.rsplit(".", 1)
+    if stem in _TOP_NAMES:
+        return f"{_TOP_NAMES[stem]}.{kind}"
+    _, _, i, rest = stem.split(".", 3)  # model.layers.<i>.<rest>
+    return f"blk.{i}.{_LAYER_NAMES[rest]}.{kind}"
+
+
+def hf_name(gguf_tensor: str) -> str:
+    """The inverse of :func:`gguf_name`."""
+    stem, kind = gguf_tensor.rsplit(".", 1)
+    top = {v: k for k, v in _TOP_NAMES.items()}
+    if stem in top:
+        return f"{top[stem]}.{kind}"
+    _, i, short = stem.split(".", 2)
+    layer = {v: k for k, v in _LAYER_NAMES.items()}
+    return f"model.layers.{i}.{layer[short]}.{kind}"
+
+
+def llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter's ``LlamaModel.permute``: half-split rows -> adjacent pairs."""
+    return np.ascontiguousarray(
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def llama_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of :func:`llama_permute`."""
+    return np.ascontiguousarray(
+        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def _rope_heads(name: str, cfg: ModelConfig) -> int | None:
+    """The head count the converter permutes a tensor by (None: not permuted)."""
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return cfg.num_heads
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return cfg.num_kv_heads
+    return None
+
+
+def float_tensors(cfg: ModelConfig, params: dict[str, np.ndarray], arch: str) -> dict:
+    """The model's float32 weights under llama.cpp's names and layout (plus ``rope_freqs``)."""
+    hf = ARCHITECTURES["llama"].to_hf(cfg, params)  # every Llama-family map is the same one
+    out = {}
+    if cfg.rope_scaling is not None:
+        out["rope_freqs.weight"] = rope_freq_factors(cfg)
+    for name, w in hf.items():
+        heads = _rope_heads(name, cfg)
+        if arch == "llama" and heads is not None:
+            w = llama_permute(w, heads)
+        out[gguf_name(name)] = np.ascontiguousarray(w, dtype=np.float32)
+    return out
+
+
+def rope_freq_factors(cfg: ModelConfig) -> np.ndarray:
+    """Llama 3 scaling as llama.cpp takes it: a divisor per frequency (the converter's formula)."""
+    s, d = cfg.rope_scaling, cfg.head_dim
+    freqs = 1.0 / (cfg.rope_base ** (np.arange(0, d, 2, dtype=np.float32) / d))
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old = s["original_max_position_embeddings"]
+    out = []
+    for f in freqs:
+        wavelen = 2 * np.pi / f
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
+def _encode_tensor(name: str, w: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
+    """(data, ggml type) of one tensor under ``--dtype``: 1-D tensors stay F32 (the converter's
+    rule); a 2-D tensor whose rows aren't whole blocks stays F32 under q8_0/q4_0."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    qtype = {"float32": T.F32, "float16": T.F16, "bfloat16": T.BF16, "q8_0": T.Q8_0,
+             "q4_0": T.Q4_0}[dtype]  # fmt: skip
+    if w.ndim == 1 or qtype == T.F32 or (dtype in ("q8_0", "q4_0") and w.shape[-1] % QK):
+        return w, T.F32
+    return quantize(w, qtype), qtype
+
+
+def _file_type(dtype: str) -> int:
+    from gguf import LlamaFileType as F
+
+    return {"float32": F.ALL_F32, "float16": F.MOSTLY_F16, "bfloat16": F.MOSTLY_BF16,
+            "q8_0": F.MOSTLY_Q8_0, "q4_0": F.MOSTLY_Q4_0}[dtype]  # fmt: skip
+
+
+def checkpoint_blocks(ckpt: Checkpoint) -> dict[str, tuple[np.ndarray, str]]:
+    """A ``mygpt quantize``d checkpoint's own Q8_0/Q4_0 blocks, by mygpt parameter name, to be
+    written byte for byte (never re-quantized).
+
+    The agreed storage (the quantization issue): each quantized weight is a uint8 tensor of
+    ggml's block bytes, (rows, cols/32*34) for Q8_0 and (rows, cols/32*18) for Q4_0, its format
+    in the safetensors metadata. That branch has not landed on main yet, so a checkpoint has no
+    blocks here and this returns none; once it lands, read them here and :func:`gguf_tensors`
+    writes them as they are (row permutation only, which moves whole rows of blocks)."""
+    return {}
+
+
+def gguf_tensors(ckpt: Checkpoint, arch: str, dtype: str) -> dict[str, tuple[np.ndarray, Any]]:
+    """Every tensor of the file as (data, ggml type), in the converter's order."""
+    if checkpoint_blocks(ckpt):  # pragma: no cover - see checkpoint_blocks
+        raise MygptError("quantized checkpoints export once the quantization branch lands")
+    tensors = float_tensors(ckpt.config, ckpt.params, arch)
+    return {name: _encode_tensor(name, w, dtype) for name, w in tensors.items()}
+
+
+# --- metadata and the file ----------------------------------------------------------------------
+
+
+def _hparams(w: Any, cfg: ModelConfig, dtype: str) -> None:
+    w.add_context_length(cfg.max_seq_len)
+    w.add_embedding_length(cfg.embed_dim)
+    w.add_block_count(cfg.num_layers)
+    w.add_feed_forward_length(cfg.mlp_hidden)
+    w.add_head_count(cfg.num_heads)
+    w.add_head_count_kv(cfg.num_kv_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(float(cfg.rope_base))
+    w.add_layer_norm_rms_eps(float(cfg.norm_eps))
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(_file_type(dtype))
+
+
+def _writer(cfg: ModelConfig, arch: str, dtype: str, vocab: GGUFVocab, ckpt: Checkpoint) -> Any:
+    import gguf
+
+    w = gguf.GGUFWriter(None, arch)
+    name = ckpt.path.stem if ckpt.path is not None else "mygpt"
+    w.add_name(name)
+    _hparams(w, cfg, dtype)
+    vocab.write(w)
+    # what GGUF can't say (the origin architecture, llama3 scaling's parameters, the tokenizer
+    # as mygpt holds it), so import gives back the same checkpoint
+    w.add_string(MYGPT_CONFIG_KEY, json.dumps(cfg.to_dict()))
+    w.add_string(MYGPT_TOKENIZER_KEY, json.dumps(ckpt.tokenizer))
+    return w
+
+
+def write_gguf(path: Path, w: Any, tensors: dict[str, tuple[np.ndarray, Any]]) -> Path:
+    """Write header, metadata, tensor infos and data through :func:`atomic_write` (every byte by
+    ``os.write``, so the fault tests reach it)."""
+    from gguf.gguf_writer import WriterState
+
+    for name, (data, qtype) in tensors.items():
+        w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
+
+    def write(f: Any) -> None:
+        w.fout, w.state = [f], WriterState.EMPTY
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        w.write_padding(f, f.tell())
+        for ti in w.tensors[0].values():
+            f.write(memoryview(np.ascontiguousarray(ti.tensor)).cast("B"))
+            w.write_padding(f, ti.nbytes)
+        w.fout = None
+
+    return atomic_write(path, write, "OUT.gguf")
+
+
+def export_gguf(
+    source: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32",
+    base: str | None = None,
+) -> tuple[Path, str, list[str]]:  # fmt: skip
+    """Write ``out``; returns (its path, the GGUF architecture, notes for stderr)."""
+    if dtype not in GGUF_DTYPES:
+        raise MygptError(f"unknown GGUF dtype {dtype!r} — use one of {', '.join(GGUF_DTYPES)}")
+    from mygpt.interop.sources import load_source
+
+    out = check_output_path(out, "OUT.gguf")  # before loading anything
+    ckpt = load_source(source, base=base)
+    cfg = ckpt.config
+    arch, notes = gguf_arch(cfg)
+    vocab = gguf_vocab(ckpt.tokenizer, cfg.vocab_size)
+    tensors = gguf_tensors(ckpt, arch, dtype)
+    w = _writer(cfg, arch, dtype, vocab, ckpt)
+    return write_gguf(out, w, tensors), arch, notes + vocab.notes
