@@ -29,7 +29,7 @@ import numpy as np
 from mygpt.checkpoint import Checkpoint
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
-from mygpt.interop.gguf_export import (
+from mygpt.interop.gguf_layout import (
     MYGPT_CONFIG_KEY,
     hf_name,
     llama_unpermute,
@@ -95,7 +95,9 @@ def _tensors(reader: Any, path: Path) -> dict[str, tuple[Any, np.ndarray]]:
     out = {}
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
-            raise MygptError(f"{path} is truncated (tensor {t.name!r} ends past the end of the file)")
+            raise MygptError(
+                f"{path} is truncated (tensor {t.name!r} ends past the end of the file)"
+            )
         out[t.name] = (t.tensor_type, t.data)
     return out
 
@@ -123,18 +125,67 @@ def _as_float(name: str, qtype: Any, data: np.ndarray, dequantized: set[str]) ->
 
 
 def _llama3_scaling(factors: np.ndarray, d: int, base: float, hint: dict | None) -> dict | None:
-    """The llama3 rope scaling whose ``rope_freqs`` are ``factors`` (the stored one if it matches,
-    else Llama 3.1/3.2's published values with the largest factor), or None."""
-    candidates = [hint] if hint else []
+    """The llama3 rope scaling whose ``rope_freqs`` are ``factors``: the one mygpt stored if it
+    matches, else Llama 3.1/3.2's published values, else the one fitted to the smoothed band
+    (llama.cpp only sees the factors, so any parameters giving the same factors are the same
+    model), or None."""
     top = float(factors.max())
-    candidates += [{"rope_type": "llama3", "factor": top, "low_freq_factor": 1.0,
-                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}]  # fmt: skip
+    candidates = [hint] if hint else []
+    candidates.append(
+        {
+            "rope_type": "llama3",
+            "factor": top,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+    )
+    candidates += _fitted_llama3(factors, d, base)
     for s in candidates:
-        probe = ModelConfig(vocab_size=1, embed_dim=d, num_heads=1, head_dim=d, norm="rms",
-                            position="rope", mlp="swiglu", rope_base=base, rope_scaling=s)  # fmt: skip
-        if np.array_equal(rope_freq_factors(probe), factors):
+        probe = ModelConfig(
+            vocab_size=1,
+            embed_dim=d,
+            num_heads=1,
+            head_dim=d,
+            norm="rms",
+            position="rope",
+            mlp="swiglu",
+            rope_base=base,
+            rope_scaling=s,
+        )
+        if np.allclose(rope_freq_factors(probe), factors, rtol=1e-6, atol=0):
             return dict(s)
     return None
+
+
+def _fitted_llama3(factors: np.ndarray, d: int, base: float) -> list[dict]:
+    """Parameters fitted to the smoothed band, where 1/f = (1-s)/factor + s and s is linear in
+    1/wavelength: low_freq_factor 1 and high_freq_factor 4 (Llama 3's) with the original context
+    solved from one point, and, with two points or more, high_freq_factor fitted too."""
+    top = float(factors.max())
+    inv = 1.0 / (base ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    band = (factors > 1) & (factors < top)
+    if top <= 1 or not band.any():
+        return []
+    smooth = (1 / factors[band].astype(np.float64) - 1 / top) / (1 - 1 / top)
+    x = inv[band] / (2 * np.pi)  # 1 / wavelength
+
+    def scaling(high: float, old: float) -> dict:
+        return {
+            "rope_type": "llama3",
+            "factor": top,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": high,
+            "original_max_position_embeddings": int(round(old)),
+        }
+
+    out = [scaling(4.0, (1 + 3 * smooth[0]) / x[0])]
+    if band.sum() >= 2:
+        slope, intercept = np.polyfit(x, smooth, 1)
+        if intercept < 0 < slope:
+            high = round(1.0 - 1.0 / intercept, 6)
+            out.append(scaling(high, slope * (high - 1.0)))
+    return out
 
 
 def _check_keys(meta: dict, arch: str, path: Path) -> None:
@@ -351,4 +402,3 @@ def is_gguf(path: str | os.PathLike) -> bool:
         with open(p, "rb") as f:
             return f.read(4) == b"GGUF"
     return p.suffix == ".gguf"
-
