@@ -256,6 +256,25 @@ def test_llama_qk_rows_are_mygpts_own_and_qwen_rows_are_hf_half_split(checkpoint
             assert np.array_equal(got["blk.0.attn_q.weight"], hf_q)
 
 
+@pytest.mark.parametrize("name", ["llama_tied", "qwen2"])
+def test_transformers_reads_the_gguf_as_mygpt_computes_it(name, checkpoints, exported, torch_ops):
+    """transformers' own GGUF loader (from_pretrained(gguf_file=)) as a second oracle, on the
+    models it reads exactly: it ignores key_length (a free head_dim), rope_freqs and biases,
+    so the llama/qwen3 files here are llama.cpp's alone (and it takes a file whose
+    general.name contains "mistral" for an architecture gguf-py doesn't know)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    path, _ = exported[name, "float32"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    ckpt = load_checkpoint(checkpoints[name])
+    ids = _ids(ckpt)
+    with torch.no_grad():
+        got = hf(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - _mygpt(ckpt, torch_ops).logits(ids)).max() < F32_TOL
+
+
 # --- quantized -----------------------------------------------------------------------------------
 
 
