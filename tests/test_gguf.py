@@ -293,19 +293,35 @@ def test_quantized_blocks_are_the_reference_quantizer(dtype, checkpoints, export
     assert tensors["blk.1.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "recipe_llama"])
+#: llama.cpp's quantized logits against mygpt on the same (dequantized) weights: measured max
+#: |difference| 0.05-0.12 on these models (Q8_0 activations in every matmul, |logits| up to ~5);
+#: twice that is the bound, far below what a wrong block or scale does (whole units)
+QUANT_TOL = 0.25
+
+
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype", ["q8_0", "q4_0"])
-def test_quantized_top1_agrees_with_mygpt_on_the_dequantized_weights(
+def test_quantized_logits_are_close_to_mygpt_on_the_dequantized_weights(
     name, dtype, exported, torch_ops
 ):
     """llama.cpp quantizes activations to Q8_0 inside its quantized matmuls, so its logits are
-    close to, never equal to, the dequantized model's: its top-1 must agree almost everywhere."""
+    close to, never equal to, the dequantized model's. Its top-1 agrees wherever mygpt's top two
+    are further apart than that closeness, and everywhere it picks a token mygpt scores within
+    it of the best. (Plain top-1 agreement on these tiny random models, whose top two logits are
+    often within 0.1: 91-100%, see docs/gguf.md.)"""
     path, _ = exported[name, dtype]
     ckpt = import_gguf(path)  # dequantized to float32
-    got = _llama_logits(_llama(path), _ids(ckpt))
-    want = _mygpt(ckpt, torch_ops).logits(_ids(ckpt))
-    agree = (got.argmax(-1) == want.argmax(-1)).mean()
-    assert agree >= 0.95, agree
+    ids = _ids(ckpt)
+    got = _llama_logits(_llama(path), ids)
+    want = _mygpt(ckpt, torch_ops).logits(ids)
+    assert np.abs(got - want).max() < QUANT_TOL
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * QUANT_TOL
+    assert clear.sum() >= POSITIONS // 8  # measured 10-20 of 64
+    assert np.array_equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+    picked = want[np.arange(len(ids)), got.argmax(-1)]
+    assert np.all(picked >= want.max(-1) - 2 * QUANT_TOL)
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.85
 
 
 # --- import ------------------------------------------------------------------------------------
