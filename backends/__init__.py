@@ -11,7 +11,7 @@ import importlib.util
 import platform
 import sys
 
-from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.base import Array, Ops, Params
 from mygpt.errors import MygptError
 
 BACKENDS = ("mlx", "torch")
@@ -23,10 +23,8 @@ _INSTALL_HINT = {
 }
 
 __all__ = [
-    "AdamWConfig",
     "Array",
     "Ops",
-    "Optimizer",
     "Params",
     "BACKENDS",
     "DEVICES",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,41 +54,40 @@ class Optimizer(abc.ABC):
         return []
 
 
-class DecodeStep:
-    """One batched decode step's per-row work, made once per step by :meth:`Ops.decode_step`
-    and used by every layer: turn each row's Q and K heads to its position, write its new key
-    and value there, attend to its own keys only.
+@dataclass(eq=False)
+class Positions:
+    """Where a forward pass's new tokens sit: row b's token t is at ``start + t`` (one start for
+    every row), or at ``start[b] + t`` (a start per row: batched decoding).
 
-    This one composes the backend's ops (:meth:`Ops.rope_at`, :meth:`Ops.write_kv`,
-    :meth:`Ops.length_mask`, :meth:`Ops.attention`), which define what a step computes. A
-    backend may return a subclass that makes the step's tables (rotations, write indices, the
-    mask's layout) once instead of at every layer: a decoded token is ~100 tiny ops, each
-    costing more to launch than to compute.
+    Made once per forward pass by its cache; every layer passes the same object, so a backend
+    keeps the step's tables (rotations, write indices) in ``tables`` at first use instead of
+    making them again at each layer: a decoded token is ~100 tiny ops, each costing more to
+    launch than to compute.
     """
 
-    def __init__(
-        self, ops: Ops, positions: np.ndarray, rows: int, capacity: int,
-        heads: tuple[int, int, int], rope: tuple[float, np.ndarray | None] | None,
-    ) -> None:  # fmt: skip
-        self.ops, self.positions, self.rows = ops, positions, range(rows)
-        self.heads, self.rope_args = heads, rope  # (H, Hkv, D); (base, inv_freq) or None
-        self.mask = ops.length_mask(positions + 1, 1, capacity)
+    start: int | np.ndarray
+    length: int  # new tokens per row
+    tables: dict = field(default_factory=dict)
 
-    def rope(self, heads: Array) -> Array:
-        """(rows, H + 2 Hkv, 1, D) Q|K|V heads with Q and K rotated; V as it came."""
-        H, Hkv, _ = self.heads
-        base, inv_freq = self.rope_args
-        return self.ops.rope_at(heads, self.positions, base, inv_freq, rotated=H + Hkv)
+    @property
+    def per_row(self) -> bool:
+        return not isinstance(self.start, int)
 
-    def write_kv(self, kv: Array, x: Array) -> Array:
-        """``x`` (rows, 2 Hkv, 1, D), keys then values, written into ``kv`` at the positions."""
-        return self.ops.write_kv(kv, x, self.rows, self.positions)
 
-    def attention(self, q: Array, kv: Array, scale: float) -> Array:
-        """Each row's (rows, H, 1, D) queries over its own keys, as (rows, H * D)."""
-        out = self.ops.attention(q, kv[0], kv[1], scale, mask=self.mask)
-        H, _, D = self.heads
-        return self.ops.reshape(out, (len(self.rows), H * D))
+@dataclass(eq=False)
+class Mask:
+    """Which keys a query sees: the one :meth:`Ops.attention`'s ``mask``. ``None`` there means
+    causal, aligned to the last key (query i of Tq sees keys ``j <= Tk - Tq + i``).
+
+    ``lengths``: each row its own number of valid keys in a buffer of fixed length (batched
+    decoding): row b's query i sees keys ``j <= lengths[b] - Tq + i``. ``window``: besides, only
+    the last ``window`` keys up to that one (a sliding window). ``tables`` are the backend's,
+    made at first use and shared by every layer of the step.
+    """
+
+    lengths: np.ndarray | None = None
+    window: int | None = None
+    tables: dict = field(default_factory=dict)
 
 
 class Ops(abc.ABC):
@@ -235,59 +234,37 @@ class Ops(abc.ABC):
         """``x / sqrt(mean(x^2) + eps) * weight``; statistics in fp32."""
 
     @abc.abstractmethod
-    def rope(self, x: Array, offset: int, base: float, inv_freq: np.ndarray | None = None) -> Array:
-        """Rotary embedding on (B, H, T, D), interleaved pairs (2i, 2i+1), positions offset..offset+T.
+    def rope(
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
+        """Rotary embedding on (B, H, T, D), interleaved pairs (2i, 2i+1), at ``positions`` (an
+        int: every row's tokens at offset..offset+T).
 
         ``inv_freq`` (D/2 float32, e.g. Llama 3's scaled frequencies) replaces ``base ** (-2i/D)``.
         """
 
     @abc.abstractmethod
-    def rope_at(
-        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None,
-        rotated: int | None = None,
-    ) -> Array:  # fmt: skip
-        """:meth:`rope` with a position per row: row b's tokens are at ``positions[b] + t``.
+    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
+        """Write new keys and values into a (2, B, Hkv, T, D) buffer (keys, then values) and
+        return it (MLX's may be a new array; torch writes in place).
 
-        ``rotated``: only heads ``0..rotated-1`` turn, the rest come back as they are (a decode
-        step's Q|K|V heads in one array). Every layer of a decode step passes the same
-        ``positions`` object, so a backend may make the step's rotations once."""
-
-    @abc.abstractmethod
-    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], starts: np.ndarray) -> Array:
-        """Write new keys and values into a (2, B, Hkv, T, D) decode buffer (keys, then values)
-        and return it (MLX's may be a new array; torch writes in place).
-
-        ``x`` is (n, 2 * Hkv, t, D), the keys' heads then the values'; its row i lands in row
-        ``rows[i]`` at positions ``starts[i] .. starts[i] + t - 1``."""
+        ``k`` and ``v`` are (n, Hkv, t, D); their row i lands in buffer row ``rows[i]`` at
+        positions ``at.start[i] .. at.start[i] + t - 1``."""
 
     @abc.abstractmethod
     def attention(
         self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
-        mask: Array | None = None,
+        mask: Mask | None = None,
     ) -> Array:  # fmt: skip
-        """Causal attention on (B, H, Tq, D) x (B, Hkv, Tk, D), Hkv dividing H (GQA).
+        """Attention on (B, H, Tq, D) x (B, Hkv, Tk, D), Hkv dividing H (GQA): the model's one
+        attention op, for training, prefill and (batched) decoding alike.
 
         Query head h reads K/V head ``h // (H // Hkv)`` (the book's ``repeat_interleave`` order).
-        The causal mask is aligned to the *end* of the keys, so with Tq < Tk (cached decoding) the
-        last query sees every key, as it would in a full forward pass. ``dropout`` > 0 drops
-        attention probabilities after the softmax (the book's only dropout; training only).
-        ``mask`` (from :meth:`length_mask`) replaces the causal mask: batched decoding, where
-        each row has its own number of valid keys in a buffer of fixed length.
+        ``mask`` is one of the :class:`Mask` kinds; ``None`` is causal aligned to the *end* of the
+        keys, so with Tq < Tk (cached decoding) the last query sees every key, as it would in a
+        full forward pass. ``dropout`` > 0 drops attention probabilities after the softmax (the
+        book's only dropout; training only). Each backend picks its kernel inside.
         """
-
-    @abc.abstractmethod
-    def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
-        """A (B, 1, Tq, Tk) mask for :meth:`attention`: query i of row b sees key j iff
-        ``j <= lengths[b] - tq + i`` (causal, aligned to each row's own last valid key). Its
-        form is the backend's (torch: additive 0/-inf; MLX: boolean)."""
-
-    def decode_step(
-        self, positions: np.ndarray, rows: int, capacity: int, heads: tuple[int, int, int],
-        rope: tuple[float, np.ndarray | None] | None,
-    ) -> DecodeStep:  # fmt: skip
-        """The :class:`DecodeStep` of ``rows`` rows at ``positions`` in buffers of ``capacity``
-        positions; ``heads`` is (H, Hkv, D), ``rope`` (base, inv_freq) or None."""
-        return DecodeStep(self, positions, rows, capacity, heads, rope)
 
     @abc.abstractmethod
     def softmax(self, x: Array, axis: int = -1) -> Array:
@@ -339,8 +316,13 @@ class Ops(abc.ABC):
         The scale is ``min(1, max_norm / (norm + 1e-6))`` on both backends.
         """
 
-    @abc.abstractmethod
-    def adamw(self, params: Params, config: AdamWConfig) -> Optimizer: ...
+    def fused_adamw(self, params: Params, config: AdamWConfig) -> Optimizer | None:
+        """The framework's own AdamW where it computes ``mygpt.optim.OpsAdamW``'s formula
+        faster (torch's fused kernel); None where the one written against ``Ops`` is the one."""
+        return None
+
+    def sqrt(self, x: Array) -> Array:
+        return x**0.5
 
     # --- data parallel ---------------------------------------------------------------------
     dist: ProcessGroup = ProcessGroup()  # the one-process group until init_distributed

@@ -9,7 +9,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.base import Array, Mask, Ops, Params, Positions
 from mygpt.backends.cpu import cpu_has_native_bf16
 
 
@@ -77,18 +77,21 @@ class MLXOps(Ops):
         buf[index] = x
         return buf
 
-    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], starts: np.ndarray) -> Array:
-        n, heads, t, _ = x.shape
-        hkv = heads // 2
+    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
+        n, hkv, t, _ = k.shape
         if t == 1:  # a decode step: one scatter for every row, keys and values
-            half = mx.array(np.repeat(np.arange(2, dtype=np.int32), n))
-            r = mx.array(np.tile(np.asarray(rows, np.int32), 2))
-            s = mx.array(np.tile(np.asarray(starts, np.int32), 2))
-            kv[half, r, :, s] = mx.concatenate([x[:, :hkv, 0], x[:, hkv:, 0]], axis=0)
+            index = at.tables.get("kv")
+            if index is None:  # the step's indices, made by its first layer
+                half = mx.array(np.repeat(np.arange(2, dtype=np.int32), n))
+                r = mx.array(np.tile(np.asarray(rows, np.int32), 2))
+                s = mx.array(np.tile(np.asarray(at.start, np.int32), 2))
+                index = at.tables["kv"] = (half, r, s)
+            half, r, s = index
+            kv[half, r, :, s] = mx.concatenate([k[:, :, 0], v[:, :, 0]], axis=0)
             return kv
-        for i, (r, s) in enumerate(zip(rows, starts)):
-            kv[0, r, :, s : s + t] = x[i, :hkv]
-            kv[1, r, :, s : s + t] = x[i, hkv:]
+        for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
+            kv[0, r, :, s : s + t] = k[i]
+            kv[1, r, :, s : s + t] = v[i]
         return kv
 
     # --- layers ----------------------------------------------------------------------------
@@ -106,7 +109,17 @@ class MLXOps(Ops):
     def rms_norm(self, x: Array, weight: Array, eps: float) -> Array:
         return mx.fast.rms_norm(x, weight, eps)
 
-    def rope(self, x: Array, offset: int, base: float, inv_freq: np.ndarray | None = None) -> Array:
+    def rope(
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
+        offset = positions
+        if isinstance(positions, Positions):
+            offset = positions.start
+            if positions.per_row:  # mx.fast.rope takes an offset per row as an array
+                offset = positions.tables.get("offsets")
+                if offset is None:
+                    offset = mx.array(np.asarray(positions.start, dtype=np.int32))
+                    positions.tables["offsets"] = offset
         if inv_freq is None:
             return mx.fast.rope(
                 x, x.shape[-1], traditional=True, base=base, scale=1.0, offset=offset
@@ -117,35 +130,34 @@ class MLXOps(Ops):
             x, x.shape[-1], traditional=True, base=None, scale=1.0, offset=offset, freqs=periods
         )
 
-    def rope_at(
-        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None,
-        rotated: int | None = None,
-    ) -> Array:  # fmt: skip
-        if rotated is not None and rotated < x.shape[1]:
-            turned = self.rope_at(x[:, :rotated], positions, base, inv_freq)
-            return mx.concatenate([turned, x[:, rotated:]], axis=1)
-        # mx.fast.rope takes an offset per row as an array
-        return self.rope(x, mx.array(np.asarray(positions, dtype=np.int32)), base, inv_freq)
-
-    def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
-        last = (
-            np.asarray(lengths, dtype=np.int64)[:, None, None, None] - tq + np.arange(tq)[:, None]
-        )
-        return mx.array(np.arange(tk) <= last)
+    def _mask_array(self, mask: Mask, batch: int, tq: int, tk: int) -> Array:
+        """``mask`` as a boolean (B, 1, tq, tk) array (True: the key is seen), made once per step."""
+        sees = mask.tables.get((tq, tk))
+        if sees is None:
+            lengths = np.full(batch, tk) if mask.lengths is None else mask.lengths
+            last = np.asarray(lengths, dtype=np.int64)[:, None, None, None] - tq
+            last = last + np.arange(tq)[:, None]
+            keys = np.arange(tk)
+            seen = keys <= last
+            if mask.window is not None:
+                seen &= keys > last - mask.window
+            sees = mask.tables[(tq, tk)] = mx.array(seen)
+        return sees
 
     def attention(
         self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
-        mask: Array | None = None,
+        mask: Mask | None = None,
     ) -> Array:  # fmt: skip
-        if mask is not None:
+        if mask is not None and (mask.lengths is not None or mask.window is not None):
             if dropout > 0:
-                raise ValueError("a length mask is for decoding: no dropout")
-            return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+                raise ValueError("a length or window mask is for inference: no dropout")
+            sees = self._mask_array(mask, q.shape[0], q.shape[2], k.shape[2])
+            return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=sees)
         if dropout > 0:  # the fused kernel has no dropout: spell it out
             return self._attention_with_dropout(q, k, v, scale, dropout)
         # MLX's causal mask is aligned lower-right, which is what cached decoding needs.
-        mask = "causal" if q.shape[2] > 1 else None
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        causal = "causal" if q.shape[2] > 1 else None
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=causal)
 
     def _attention_with_dropout(
         self, q: Array, k: Array, v: Array, scale: float, dropout: float
@@ -159,6 +171,9 @@ class MLXOps(Ops):
         scores = mx.where(visible, scores.astype(mx.float32), -mx.inf)
         probs = self.dropout(mx.softmax(scores, axis=-1, precise=True), dropout).astype(v.dtype)
         return (probs @ v[:, :, None]).reshape(B, H, tq, D)
+
+    def sqrt(self, x: Array) -> Array:
+        return mx.sqrt(x)
 
     def softmax(self, x: Array, axis: int = -1) -> Array:
         return mx.softmax(x, axis=axis, precise=True)
@@ -204,9 +219,6 @@ class MLXOps(Ops):
         scale = mx.minimum(1.0, max_norm / (total + 1e-6))
         return {k: (g * scale).astype(g.dtype) for k, g in grads.items()}, total
 
-    def adamw(self, params: Params, config: AdamWConfig) -> Optimizer:
-        return MLXAdamW(params, config)
-
     def eval(self, *xs) -> None:
         mx.eval(*xs)
 
@@ -221,45 +233,3 @@ class MLXOps(Ops):
 
     def seed(self, seed: int) -> None:
         mx.random.seed(seed)
-
-
-class MLXAdamW(Optimizer):
-    """AdamW written out with torch's formula (MLX's own defaults to no bias correction)."""
-
-    def __init__(self, params: Params, config: AdamWConfig) -> None:
-        self.config = config
-        self.steps = 0
-        self.m = {k: mx.zeros_like(v) for k, v in params.items()}
-        self.v = {k: mx.zeros_like(v) for k, v in params.items()}
-
-    def step(self, params: Params, grads: Params, lr: float) -> Params:
-        b1, b2 = self.config.betas
-        self.steps += 1
-        bc1 = 1 - b1**self.steps
-        bc2_sqrt = math.sqrt(1 - b2**self.steps)
-        decay = 1 - lr * self.config.weight_decay
-        out = {}
-        for k, p in params.items():
-            g = grads[k]
-            m = b1 * self.m[k] + (1 - b1) * g
-            v = b2 * self.v[k] + (1 - b2) * mx.square(g)
-            denom = mx.sqrt(v) / bc2_sqrt + self.config.eps
-            out[k] = p * decay - (lr / bc1) * m / denom
-            self.m[k], self.v[k] = m, v
-        return out
-
-    def arrays(self) -> list[Array]:
-        return [self.m, self.v]
-
-    def state_dict(self) -> tuple[int, dict[str, np.ndarray]]:
-        tensors = {}
-        for k in self.m:
-            tensors[f"m.{k}"] = np.array(self.m[k].astype(mx.float32))
-            tensors[f"v.{k}"] = np.array(self.v[k].astype(mx.float32))
-        return self.steps, tensors
-
-    def load_state_dict(self, steps: int, tensors: dict[str, np.ndarray]) -> None:
-        self.steps = int(steps)
-        for k in self.m:
-            self.m[k] = mx.array(tensors[f"m.{k}"])
-            self.v[k] = mx.array(tensors[f"v.{k}"])

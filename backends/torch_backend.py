@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mygpt.backends.base import AdamWConfig, Array, DecodeStep, Ops, Optimizer, Params
+from mygpt.backends.base import AdamWConfig, Array, Mask, Ops, Optimizer, Params, Positions
 from mygpt.backends.cpu import compute_threads, cpu_has_native_bf16, physical_cores
 
 # Up to this many keys, multi-threaded CPU training attention uses plain batched matmuls instead
@@ -129,17 +129,18 @@ class TorchOps(Ops):
         buf.narrow(axis, start, x.shape[axis]).copy_(x)
         return buf
 
-    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], starts: np.ndarray) -> Array:
-        n, heads, t, _ = x.shape
+    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
+        n, hkv, t, _ = k.shape
         if t == 1 and kv.is_contiguous():  # a decode step: one index_put_ for every row and head
-            index = self._kv_indices(kv.shape, rows, self._positions(starts))
-            # index_put_ takes x as the strided view it may be (no copy)
-            kv.view(-1, kv.shape[-1]).index_put_((index,), x.squeeze(2))
+            index = at.tables.get(("kv", kv.shape))
+            if index is None:  # the step's flat indices, made by its first layer
+                index = self._kv_indices(kv.shape, rows, self._positions(at.start))
+                at.tables[("kv", kv.shape)] = index
+            kv.view(-1, kv.shape[-1]).index_put_((index,), torch.cat([k, v], 1)[:, :, 0])
             return kv
-        hkv = heads // 2
-        for i, (r, s) in enumerate(zip(rows, starts)):
-            kv[0, r, :, s : s + t] = x[i, :hkv]
-            kv[1, r, :, s : s + t] = x[i, hkv:]
+        for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
+            kv[0, r, :, s : s + t] = k[i]
+            kv[1, r, :, s : s + t] = v[i]
         return kv
 
     # --- layers ----------------------------------------------------------------------------
@@ -149,8 +150,10 @@ class TorchOps(Ops):
     def residual_linear(
         self, residual: Array, x: Array, weight: Array, bias: Array | None = None
     ) -> Array:
-        if bias is None and x.dim() == 2:  # the matmul adds into the residual (decode rows)
-            return torch.addmm(residual, x, weight.t())
+        if bias is None and x.dim() == 3 and x.shape[1] == 1:  # one token per row (decoding):
+            # the matmul adds into the residual
+            rows = torch.addmm(residual.view(x.shape[0], -1), x.view(x.shape[0], -1), weight.t())
+            return rows.view(residual.shape)
         return residual + F.linear(x, weight, bias)
 
     def embedding(self, weight: Array, ids: Array) -> Array:
@@ -211,20 +214,24 @@ class TorchOps(Ops):
             self._rope_cache[key] = table
         return table
 
-    def rope(self, x: Array, offset: int, base: float, inv_freq: np.ndarray | None = None) -> Array:
+    def rope(
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
         # Interleaved pairs (2i, 2i+1) are the real and imaginary parts of one complex number, so
         # the rotation is a single complex multiply (faster than slicing and stacking halves).
+        if isinstance(positions, Positions) and positions.per_row:
+            key = ("rope", x.shape[1], x.shape[-1], base)
+            rotations = positions.tables.get(key)
+            if rotations is None:  # the step's rotations, made by its first layer
+                at = self._positions(positions.start)
+                rotations = self._rotations(x.shape, at, base, inv_freq)
+                positions.tables[key] = rotations
+            return _rotate(x, rotations)
+        offset = positions.start if isinstance(positions, Positions) else positions
         t, d = x.shape[-2], x.shape[-1]
         rot = self._rope_table(offset + t, d, base, inv_freq)[offset : offset + t]
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
-
-    # --- batched decoding ---------------------------------------------------------------
-    def decode_step(
-        self, positions: np.ndarray, rows: int, capacity: int, heads: tuple[int, int, int],
-        rope: tuple[float, np.ndarray | None] | None,
-    ) -> DecodeStep:  # fmt: skip
-        return _TorchDecodeStep(self, positions, rows, capacity, heads, rope)
 
     def _positions(self, positions: np.ndarray) -> Array:
         """Per-row positions as an int64 tensor on the device (a copy: callers reuse arrays)."""
@@ -243,35 +250,38 @@ class TorchOps(Ops):
             self._tables[("kv", shape, rows)] = first
         return first + starts[:, None]
 
-    def rope_at(
-        self, x: Array, positions: np.ndarray, base: float, inv_freq: np.ndarray | None = None,
-        rotated: int | None = None,
-    ) -> Array:  # fmt: skip
-        rotations = self._rotations(x.shape, self._positions(positions), base, inv_freq, rotated)
-        return _rotate(x, rotations)
-
-    def _rotations(self, shape, positions: Array, base, inv_freq, rotated) -> Array:
-        """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2); heads
-        from ``rotated`` on get 1 (multiplying by 1 + 0i leaves them exactly as they are)."""
+    def _rotations(self, shape, positions: Array, base, inv_freq) -> Array:
+        """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2)."""
         _, heads, t, d = shape
         n = int(positions.max()) + t
-        rotated = heads if rotated is None else min(rotated, heads)
-        key = ("rope", heads, d, base, None if inv_freq is None else inv_freq.tobytes(), rotated)
+        key = ("rope", heads, d, base, None if inv_freq is None else inv_freq.tobytes())
         table = self._tables.get(key)
         if table is None or table.shape[0] < n:  # (positions, heads, d/2), grown by doubling
             one_head = self._rope_table(n, d, base, inv_freq)
-            table = torch.ones((one_head.shape[0], heads, d // 2), dtype=one_head.dtype,
-                               device=one_head.device)  # fmt: skip
-            table[:, :rotated] = one_head[:, None]
+            table = one_head[:, None].expand(one_head.shape[0], heads, d // 2).contiguous()
             self._tables[key] = table
         if t == 1:
             return table[positions][:, :, None]
         idx = positions[:, None] + torch.arange(t, device=positions.device)
         return table[idx].transpose(1, 2)  # (B, heads, t, d/2)
 
-    def length_mask(self, lengths: np.ndarray, tq: int, tk: int) -> Array:
-        seen = np.asarray(lengths, dtype=np.int64)[:, None] - tq + 1 + np.arange(tq)
-        return self._mask_rows(tk)[torch.from_numpy(seen).to(self._dev)][:, None]  # (B,1,tq,tk)
+    def _mask_bias(self, mask: Mask, tq: int, tk: int) -> Array:
+        """``mask`` as an additive (B, 1, tq, tk) bias (0 or -inf), made once per step."""
+        bias = mask.tables.get(("bias", tq, tk))
+        if bias is None:
+            last = np.asarray(mask.lengths, dtype=np.int64)[:, None] - tq + np.arange(tq)
+            if mask.window is None and tq == 1:  # a decode step: rows of one cached table
+                bias = self._mask_rows(tk)[torch.from_numpy(last[:, 0] + 1).to(self._dev)]
+                bias = bias[:, None, None]
+            else:
+                keys = np.arange(tk)
+                sees = keys <= last[:, :, None]
+                if mask.window is not None:
+                    sees &= keys > last[:, :, None] - mask.window
+                bias = np.where(sees, np.float32(0), np.float32(-np.inf))[:, None]
+                bias = torch.as_tensor(bias, device=self._dev)
+            mask.tables[("bias", tq, tk)] = bias
+        return bias
 
     def _mask_rows(self, tk: int) -> Array:
         """Additive masks (0 or -inf), which attention adds inside its score matmul (baddbmm):
@@ -285,12 +295,16 @@ class TorchOps(Ops):
 
     def attention(
         self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
-        mask: Array | None = None,
+        mask: Mask | None = None,
     ) -> Array:  # fmt: skip
         tq, tk = q.shape[2], k.shape[2]
-        gqa = q.shape[1] != k.shape[1]
-        if mask is not None:
+        if mask is not None and (mask.lengths is not None or mask.window is not None):
+            if dropout > 0:
+                raise ValueError("a length or window mask is for inference: no dropout")
+            if mask.lengths is None:  # a window over an ordinary causal stream
+                mask.lengths = np.full(q.shape[0], tk)
             return self._attention_masked(q, k, v, scale, mask)
+        gqa = q.shape[1] != k.shape[1]
         if tq == tk:
             if self._use_bmm_attention(q, tk):
                 return self._attention_bmm(q, k, v, scale, dropout)
@@ -298,15 +312,15 @@ class TorchOps(Ops):
                 q, k, v, is_causal=True, scale=scale, dropout_p=dropout, enable_gqa=gqa
             )
         # torch aligns is_causal upper-left; decoding needs the mask aligned to the last key.
-        mask = None
+        causal = None
         if tq > 1:
-            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+            causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout, enable_gqa=gqa
+            q, k, v, attn_mask=causal, scale=scale, dropout_p=dropout, enable_gqa=gqa
         )
 
-    def _attention_masked(self, q: Array, k: Array, v: Array, scale: float, mask: Array) -> Array:
-        """Attention under a per-row length mask as two batched matmuls around a softmax.
+    def _attention_masked(self, q: Array, k: Array, v: Array, scale: float, mask: Mask) -> Array:
+        """Attention under a per-row mask as two batched matmuls around a softmax.
 
         Query heads are grouped under their K/V head (no repeated K/V); each (row, K/V head) is
         its own matrix of the batch, so a row's arithmetic does not depend on the other rows.
@@ -316,7 +330,10 @@ class TorchOps(Ops):
         B, H, tq, D = q.shape
         hkv, tk = k.shape[1], k.shape[2]
         rep = H // hkv
-        bias = mask[:, :, None].expand(B, hkv, rep, tq, tk).reshape(B * hkv, rep * tq, tk)
+        bias = mask.tables.get(("grouped", tq, tk, hkv))
+        if bias is None:  # one (row, K/V head) matrix each, made by the step's first layer
+            bias = self._mask_bias(mask, tq, tk)[:, :, None].expand(B, hkv, rep, tq, tk)
+            bias = mask.tables[("grouped", tq, tk, hkv)] = bias.reshape(B * hkv, rep * tq, tk)
         out = _grouped_attention(q.reshape(B * hkv, rep * tq, D), k.reshape(B * hkv, tk, D),
                                  v.reshape(B * hkv, tk, D), scale, bias)  # fmt: skip
         return out.view(B, H, tq, D)
@@ -361,6 +378,9 @@ class TorchOps(Ops):
         )
         probs = self.dropout(torch.softmax(scores, dim=-1), dropout)
         return torch.bmm(probs, v.reshape(B * H, T, D)).view(B, H, T, D)
+
+    def sqrt(self, x: Array) -> Array:
+        return torch.sqrt(x)
 
     def softmax(self, x: Array, axis: int = -1) -> Array:
         return torch.softmax(x.float(), dim=axis).to(x.dtype)
@@ -422,7 +442,7 @@ class TorchOps(Ops):
         clipped = torch._foreach_mul(list(grads.values()), scale)  # one multi-tensor kernel
         return dict(zip(grads, clipped)), total
 
-    def adamw(self, params: Params, config: AdamWConfig) -> Optimizer:
+    def fused_adamw(self, params: Params, config: AdamWConfig) -> Optimizer | None:
         return TorchAdamW(params, config)
 
     @contextlib.contextmanager
@@ -515,37 +535,3 @@ class TorchAdamW(Optimizer):
                 "exp_avg": torch.as_tensor(tensors[f"m.{name}"]).to(leaf.device, leaf.dtype),
                 "exp_avg_sq": torch.as_tensor(tensors[f"v.{name}"]).to(leaf.device, leaf.dtype),
             }
-
-
-class _TorchDecodeStep(DecodeStep):
-    """A decode step with its tables made once: the rotations, the flat indices of the key and
-    value writes, and the mask laid out for the grouped score matmul. Each layer then costs only
-    its arithmetic (the same ops, with the same shapes, as :meth:`TorchOps.rope_at`,
-    :meth:`TorchOps.write_kv` and :meth:`TorchOps.attention` run)."""
-
-    def __init__(self, ops: TorchOps, positions, rows, capacity, heads, rope) -> None:
-        H, Hkv, D = heads
-        pos = ops._positions(positions)
-        self.heads, self.rows, self.capacity = heads, rows, capacity
-        if rope is not None:
-            base, inv_freq = rope
-            self.rotations = ops._rotations((rows, H + 2 * Hkv, 1, D), pos, base, inv_freq, H + Hkv)
-        self.index = ops._kv_indices((2, rows, Hkv, capacity, D), range(rows), pos)
-        rep = H // Hkv
-        mask = ops._mask_rows(capacity)[pos + 1]  # (rows, capacity): row r sees pos[r] + 1 keys
-        grouped = mask[:, None, None].expand(rows, Hkv, rep, capacity)  # one per (row, K/V head)
-        self.bias = grouped.reshape(rows * Hkv, rep, capacity)
-
-    def rope(self, heads: Array) -> Array:
-        return _rotate(heads, self.rotations)
-
-    def write_kv(self, kv: Array, x: Array) -> Array:
-        kv.view(-1, kv.shape[-1]).index_put_((self.index,), x[:, :, 0])
-        return kv
-
-    def attention(self, q: Array, kv: Array, scale: float) -> Array:
-        H, Hkv, D = self.heads
-        n, T = self.rows * Hkv, self.capacity
-        out = _grouped_attention(q.reshape(n, H // Hkv, D), kv[0].view(n, T, D),
-                                 kv[1].view(n, T, D), scale, self.bias)  # fmt: skip
-        return out.view(self.rows, H * D)

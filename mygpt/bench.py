@@ -113,6 +113,7 @@ def bench_train_step(
     batch_size: int,
     seq_len: int,
     dtype: str = "float32",
+    *,
     steps: int = 20,
     warmup: int = 3,
     compile: bool = False,
@@ -121,7 +122,9 @@ def bench_train_step(
     """Time ``steps`` full training steps after ``warmup`` untimed ones (median per step)."""
     if steps < 1 or warmup < 0:
         raise UsageError("--steps must be >= 1 (and warmup >= 0) — e.g. --steps 20")
-    step = synthetic_step(ops, cfg, batch_size, seq_len, dtype, compile, max_grad_norm)
+    step = synthetic_step(
+        ops, cfg, batch_size, seq_len, dtype, compile=compile, max_grad_norm=max_grad_norm
+    )
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -279,6 +282,7 @@ def run_bench(
     cfg: ModelConfig,
     batch_size: int,
     seq_len: int,
+    *,
     precision: str = "fp32",
     steps: int = 20,
     warmup: int = 3,
@@ -307,7 +311,15 @@ def run_bench(
         row["blas"], row["blas_lib"] = mlx_blas()
     row.update(
         bench_train_step(
-            ops, cfg, batch_size, seq_len, dtype, steps, warmup, compile, max_grad_norm
+            ops,
+            cfg,
+            batch_size,
+            seq_len,
+            dtype,
+            steps=steps,
+            warmup=warmup,
+            compile=compile,
+            max_grad_norm=max_grad_norm,
         )
     )
     if peak:
@@ -429,11 +441,11 @@ def bench(
             cfg,
             s["batch_size"],
             s["seq_len"],
-            s["precision"],
-            steps,
-            warmup,
-            compile_,
-            gen_tokens,
+            precision=s["precision"],
+            steps=steps,
+            warmup=warmup,
+            compile=compile_,
+            gen_tokens=gen_tokens,
             peak=not no_peak,
             max_grad_norm=s["max_grad_norm"],
         )

@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterator, Sequence
 import numpy as np
 
 from mygpt import model
+from mygpt.cache import GrowingCache, RowCache, SlidingCache
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 
@@ -78,9 +79,13 @@ DECODE_ROWS = 8
 FIXED_SHAPE_MAX_BYTES = 512 * 2**20
 
 
-def fixed_shape_fits(cfg: ModelConfig, dtype: str = "float32") -> bool:
-    """Whether a :data:`DECODE_ROWS` x context KV buffer stays under FIXED_SHAPE_MAX_BYTES."""
-    return model.SlotCache.nbytes(cfg, DECODE_ROWS, dtype) <= FIXED_SHAPE_MAX_BYTES
+def pads_to_batch(cfg: ModelConfig, dtype: str = "float32") -> bool:
+    """The exactness policy for a lone stream, "pad to the batch": whether ``generate`` decodes it
+    in the fixed :data:`DECODE_ROWS`-row shape ``mygpt serve``'s batches run, so that its tokens
+    are the ones it gets in company. True wherever that KV buffer stays under
+    FIXED_SHAPE_MAX_BYTES; a longer context decodes alone with a growing cache, as serve's
+    round-robin scheduler does, which is exact to it by construction."""
+    return RowCache.nbytes(cfg, DECODE_ROWS, dtype) <= FIXED_SHAPE_MAX_BYTES
 
 
 class Stream:
@@ -122,25 +127,24 @@ class Decoder:
     """Exact batched decoding: streams in fixed-shape groups of :data:`DECODE_ROWS` rows.
 
     A stream is prefilled alone, exactly as ``generate`` prefills (one forward of its window
-    through a :class:`~mygpt.model.KVCache`, also how every step past the context refills), then
-    copied into its row of a :class:`~mygpt.model.SlotCache`; each decode step runs one
-    (DECODE_ROWS, 1) forward per group that has work, whatever the number of live rows.
+    through a :class:`~mygpt.cache.GrowingCache`, also how every step past the context refills),
+    then copied into its row of a :class:`~mygpt.cache.RowCache`; each decode step runs one
+    (DECODE_ROWS, 1) forward per group that has work, whatever the number of live rows. The
+    weights are prepared once, here.
     """
 
     def __init__(self, ops, cfg: ModelConfig, params: dict, capacity: int, dtype: str) -> None:
         self.ops, self.cfg, self.params, self.dtype = ops, cfg, params, dtype
-        self.weights = model.decode_weights(ops, cfg, params, dtype)
+        self.weights = model.prepare(ops, cfg, params, dtype)
         groups = -(-capacity // DECODE_ROWS)
-        self.groups = [
-            model.SlotCache.allocate(ops, cfg, DECODE_ROWS, dtype) for _ in range(groups)
-        ]
+        self.groups = [RowCache.allocate(ops, cfg, DECODE_ROWS, dtype) for _ in range(groups)]
         self.streams: list[Stream | None] = [None] * (groups * DECODE_ROWS)
 
     @staticmethod
     def nbytes(cfg: ModelConfig, capacity: int, dtype: str) -> int:
         """KV memory of a decoder for ``capacity`` rows, plus one prefill's cache."""
         rows = -(-capacity // DECODE_ROWS) * DECODE_ROWS
-        return model.SlotCache.nbytes(cfg, rows, dtype) + 2 * model.SlotCache.nbytes(cfg, 1, dtype)
+        return RowCache.nbytes(cfg, rows, dtype) + 2 * RowCache.nbytes(cfg, 1, dtype)
 
     def add(self, stream: Stream) -> int:
         """Give ``stream`` a free row (the lowest); its first :meth:`logits` prefills it."""
@@ -154,9 +158,9 @@ class Decoder:
     def _prefill(self, row: int, stream: Stream) -> np.ndarray:
         T = self.cfg.max_seq_len
         window = stream.ids[-T:]
-        cache = model.KVCache(self.cfg.num_layers, max_len=T)
+        cache = GrowingCache(self.cfg.num_layers, max_len=T)
         x = self.ops.asarray(np.array([window], dtype=np.int64))
-        out = model.forward(self.ops, self.cfg, self.params, x, cache=cache, dtype=self.dtype)
+        out = model.forward(self.ops, self.cfg, self.weights, x, cache=cache)
         if stream.fresh and stream.keep_prompt_logits:
             stream.prompt_logits = self.ops.to_numpy(out[0])
         stream.fresh = False
@@ -185,9 +189,10 @@ class Decoder:
             for row in members:
                 s, r = self.streams[row], row % DECODE_ROWS
                 tokens[r], positions[r] = s.ids[-1], len(s.ids) - 1
-            slots = self.groups[group]
-            step = model.decode(self.ops, self.cfg, self.weights, tokens, positions, slots)
-            step = self.ops.to_numpy(step)
+            x = self.ops.asarray(tokens[:, None])
+            step = model.forward(self.ops, self.cfg, self.weights, x,
+                                 cache=self.groups[group].at(positions))  # fmt: skip
+            step = self.ops.to_numpy(step[:, 0])
             for row in members:
                 out[row] = step[row % DECODE_ROWS]
         return out
@@ -208,7 +213,7 @@ def generate_steps(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(token, the logits it was sampled from)`` for each new token: the exact cached path."""
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
-    if not fixed_shape_fits(cfg, dtype):  # a long context: the growing cache, one row
+    if not pads_to_batch(cfg, dtype):  # a long context: the growing cache, one row
         yield from _generate_uncached_or_sliding(
             ops, cfg, params, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, seed=seed, use_cache=True, sliding=False, dtype=dtype,
@@ -280,20 +285,21 @@ def _generate_uncached_or_sliding(
     ids = list(prompt_ids)
     T = cfg.max_seq_len
 
-    def last_logits(x: list[int], cache: model.KVCache | None) -> np.ndarray:
-        out = model.forward(
-            ops, cfg, params, ops.asarray(np.array([x], dtype=np.int64)), cache=cache, dtype=dtype
-        )
+    def last_logits(x: list[int], cache: GrowingCache | None) -> np.ndarray:
+        out = model.forward(ops, cfg, weights, ops.asarray(np.array([x], dtype=np.int64)),
+                            cache=cache)  # fmt: skip
         return ops.to_numpy(out[:, -1])[0]
 
+    kind = SlidingCache if sliding else GrowingCache
     with ops.inference():
+        weights = model.prepare(ops, cfg, params, dtype)
         cache = None
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits = last_logits(ids[-T:], None)
             elif cache is None or (not sliding and len(ids) > T):
                 # (re)fill: the whole cropped window in one pass
-                cache = model.KVCache(cfg.num_layers, max_len=T)
+                cache = kind(cfg.num_layers, max_len=T)
                 logits = last_logits(ids[-T:], cache)
             else:
                 logits = last_logits(ids[-1:], cache)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mygpt.backends.base import AdamWConfig
 from mygpt.model import forward, init_params, loss_fn
+from mygpt.optim import AdamWConfig, adamw
 from mygpt.parity import tiny_config
 
 
 def _one_step(ops, params):
     P = ops.trainable({k: ops.asarray(v) for k, v in params.items()})
-    opt = ops.adamw(P, AdamWConfig())
+    opt = adamw(ops, P, AdamWConfig())
     return P, opt
 
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from mygpt.backends.base import Positions
 from mygpt.parity import checks, run_check
 
 
@@ -50,18 +51,18 @@ def _tanh_gelu(ops, x):
     return ops.asarray(y.astype(np.float32), ops.dtype_of(x))
 
 
-def _upper_left_causal(ops, q, k, v, scale, dropout=0.0):
+def _upper_left_causal(ops, q, k, v, scale, dropout=0.0, mask=None):
     """torch's ``is_causal`` alignment: query i sees keys 0..i, wrong once Tq < Tk."""
     tq = q.shape[2]
-    return ops.attention(q, k[:, :, :tq], v[:, :, :tq], scale, dropout)
+    return ops.attention(q, k[:, :, :tq], v[:, :, :tq], scale, dropout, mask)
 
 
-def _tiled_gqa(ops, q, k, v, scale, dropout=0.0):
+def _tiled_gqa(ops, q, k, v, scale, dropout=0.0, mask=None):
     """Query head h reads K/V head h % Hkv (``repeat``, not ``repeat_interleave``)."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = ops.concat([k] * group, axis=1), ops.concat([v] * group, axis=1)
-    return ops.attention(q, k, v, scale, dropout)
+    return ops.attention(q, k, v, scale, dropout, mask)
 
 
 def _gelu_for_silu(ops, x):
@@ -166,23 +167,20 @@ def test_cache_check_in_bf16_still_catches_a_misaligned_mask(pair):
     assert _failures(bad), "a misaligned causal mask passed in bf16"
 
 
-def _rows_leak(ops, positions, rows, capacity, heads, rope):
+def _rows_leak(ops, q, k, v, scale, dropout=0.0, mask=None):
     """Batched decoding whose attention mixes rows: each row also sees row 0's keys."""
-    step = ops.decode_step(positions, rows, capacity, heads, rope)
-    attend = step.attention
-    step.attention = lambda q, kv, scale: attend(q, kv + kv[:, :1] * 1e-3, scale)
-    return step
+    if mask is not None and mask.lengths is not None:
+        k = k + k[:1] * 1e-3
+    return ops.attention(q, k, v, scale, dropout, mask)
 
 
-def _row_zero_positions(ops, positions, rows, capacity, heads, rope):
+def _row_zero_positions(ops, kv, k, v, rows, at):
     """A decode step that writes every row's key and value at index 0 (ignores the positions)."""
-    step = ops.decode_step(positions, rows, capacity, heads, rope)
-    step.write_kv = lambda kv, x: ops.write_kv(kv, x, range(rows), np.zeros_like(positions))
-    return step
+    return ops.write_kv(kv, k, v, rows, Positions(np.zeros_like(at.start), at.length))
 
 
-@pytest.mark.parametrize("broken", [dict(decode_step=_rows_leak),
-                                    dict(decode_step=_row_zero_positions)], ids=["leak", "write"])  # fmt: skip
+@pytest.mark.parametrize("broken", [dict(attention=_rows_leak),
+                                    dict(write_kv=_row_zero_positions)], ids=["leak", "write"])  # fmt: skip
 def test_batched_decode_check_catches_rows_that_depend_on_each_other(pair, broken):
     _, cand = pair
     rows = run_check(_check("batched decode rope/gqa"), None, Broken(cand, **broken), "float32")

@@ -57,7 +57,7 @@ def test_muon_against_float64(steps, pair, check_rows):
 )
 def test_a_broken_muon_fails_the_gate(bug, pair, monkeypatch):
     """The rows can fail: each plausible slip in the shared Muon makes the 1-step row fail."""
-    from mygpt.backends import muon
+    from mygpt.optim import muon
 
     if bug == "keller shape factor":
         monkeypatch.setattr(muon, "shape_scale", lambda s: max(1, s[0] / s[1]) ** 0.5)

@@ -17,10 +17,10 @@ Variants, all on the same shapes (batch 16 x 64 tokens by default), fp32, no com
 - ``mygpt-mlx``: the same on MLX, once on the BLAS mlx[cpu] bundles and once with OpenBLAS
   preloaded (a second worker process started with ``LD_PRELOAD``), when it is installed.
 
-The book's own code is not available here. Issue 6 measured it on these 2-core machines at about
-38 ms per Ch.17 step, against about 29 ms for a plain model using SDPA; the footer converts each
-mygpt time to the book's tokens/s through that SDPA model, timed here in the same session
-(``--book-ms``/``--sdpa-ms`` change the reference figures).
+The book's own code is not available here. The project's reference figures, timed on these
+2-core machines, are about 38 ms per Ch.17 step for it against about 29 ms for a plain model using
+SDPA; the footer converts each mygpt time to the book's tokens/s through that SDPA model, timed
+here in the same session (``--book-ms``/``--sdpa-ms`` change the reference figures).
 
 The machines are shared, so the variants run *interleaved*: each round runs every variant for a
 few steps, in a rotating order, in worker processes that stay alive between rounds. The table

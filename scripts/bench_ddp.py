@@ -40,7 +40,8 @@ CONFIGS = {"ch17": "ch17-baseline", "ch28": "ch28-wikipedia"}
 
 def worker(args: argparse.Namespace) -> None:
     from mygpt import model
-    from mygpt.backends import AdamWConfig, get_backend
+    from mygpt.backends import get_backend
+    from mygpt.optim import AdamWConfig, adamw
     from mygpt.recipes import get_recipe
     from mygpt.train import TrainConfig, make_train_step
 
@@ -50,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
     dist = ops.init_distributed()
     cfg = tc.model_config(recipe.vocab_size)
     params = ops.trainable({k: ops.asarray(v) for k, v in model.init_params(cfg, seed=0).items()})
-    opt = ops.adamw(params, AdamWConfig())
+    opt = adamw(ops, params, AdamWConfig())
     step = make_train_step(
         ops, cfg, opt, max_grad_norm=tc.max_grad_norm, grad_sync=dist.all_reduce_grads
     )

@@ -1,9 +1,9 @@
-"""Time one batched decode step (``mygpt.model.decode``) at 1, 2, 4 and 8 rows, interleaved.
+"""Time one batched decode step (``mygpt.model.forward`` on a ``RowCache`` step) at 1, 2, 4 and 8 rows, interleaved.
 
 Usage: uv run python scripts/bench_decode_rows.py [--checkpoint PATH] [--backend torch]
 
 What a decoded token costs alone against in a group: ``mygpt generate`` always runs the
-8-row shape (see the README's serve section), so the 8-row figure is solo generation's step.
+8-row shape (see docs/serving.md, continuous batching), so the 8-row figure is solo generation's step.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ os.environ.setdefault("MYGPT_THREADS", "1")
 
 import mygpt  # noqa: E402
 from mygpt import model  # noqa: E402
+from mygpt.cache import RowCache  # noqa: E402
 
 
 def main() -> None:
@@ -38,16 +39,17 @@ def main() -> None:
     ops, cfg = m.ops, m.config
     best: dict[int, float] = {}
     with ops.inference():
-        weights = model.decode_weights(ops, cfg, m.params, m.dtype)
-        slots = {r: model.SlotCache.allocate(ops, cfg, r, m.dtype) for r in args.rows}
+        weights = model.prepare(ops, cfg, m.params, m.dtype)
+        slots = {r: RowCache.allocate(ops, cfg, r, m.dtype) for r in args.rows}
         for _ in range(args.rounds):
             for r in args.rows:
                 t0 = time.perf_counter()
                 for i in range(args.steps):
                     positions = np.full(r, cfg.max_seq_len - 1, dtype=np.int64)
                     positions[0] = i % (cfg.max_seq_len - 1)  # one live row moving, as generate
-                    tokens = np.zeros(r, dtype=np.int64)
-                    ops.to_numpy(model.decode(ops, cfg, weights, tokens, positions, slots[r]))
+                    tokens = ops.asarray(np.zeros((r, 1), dtype=np.int64))
+                    step = slots[r].at(positions)
+                    ops.to_numpy(model.forward(ops, cfg, weights, tokens, cache=step)[:, 0])
                 spent = (time.perf_counter() - t0) / args.steps
                 best[r] = min(best.get(r, spent), spent)
     print(f"{args.checkpoint.name}, {args.backend}, fastest of {args.rounds} interleaved rounds:")

@@ -140,15 +140,15 @@ def _timed_steps(ops, vg, opt, trained: dict, batch: int, seq: int, lr: float) -
 def train(path: Path, backend: str, batch: int, seq: int) -> dict:
 
     from mygpt.backends import get_backend
-    from mygpt.backends.base import AdamWConfig
     from mygpt.interop.import_ import import_hf
     from mygpt.model import loss_fn
+    from mygpt.optim import AdamWConfig, adamw
 
     ckpt = import_hf(path)
     cfg, ops = ckpt.config, get_backend(backend, "cpu")
     params = ops.trainable({k: ops.asarray(v) for k, v in ckpt.params.items()})
     del ckpt
-    opt = ops.adamw(params, AdamWConfig())
+    opt = adamw(ops, params, AdamWConfig())
     vg = ops.value_and_grad(lambda p, x, y: loss_fn(ops, cfg, p, x, y))
     return _timed_steps(ops, vg, opt, params, batch, seq, lr=1e-5)
 
@@ -157,10 +157,10 @@ def train_lora(path: Path, backend: str, batch: int, seq: int, rank: int, target
     import numpy as np
 
     from mygpt.backends import get_backend
-    from mygpt.backends.base import AdamWConfig
     from mygpt.interop.import_ import import_hf
     from mygpt.lora import LoraConfig, init_adapters, parse_targets
     from mygpt.model import LoraWeights, loss_fn
+    from mygpt.optim import AdamWConfig, adamw
 
     ckpt = import_hf(path)
     cfg, ops = ckpt.config, get_backend(backend, "cpu")
@@ -168,7 +168,7 @@ def train_lora(path: Path, backend: str, batch: int, seq: int, rank: int, target
     base = {k: ops.asarray(v) for k, v in ckpt.params.items()}  # frozen: not trainable
     adapters = ops.trainable({k: ops.asarray(v) for k, v in init_adapters(cfg, lora).items()})
     del ckpt
-    opt = ops.adamw(adapters, AdamWConfig())
+    opt = adamw(ops, adapters, AdamWConfig())
     vg = ops.value_and_grad(
         lambda a, x, y: loss_fn(ops, cfg, base, x, y, lora=LoraWeights(a, lora.scale))
     )

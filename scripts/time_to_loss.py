@@ -1,4 +1,4 @@
-"""Wall-clock seconds and steps to a target validation loss, recipes side by side (issue 21).
+"""Wall-clock seconds and steps to a target validation loss, recipes side by side.
 
 Usage:
     python scripts/time_to_loss.py                        # the comparison (Tiny Shakespeare, 3 seeds)
@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: ch27-modern against each new choice, and their combination (``fast``); learning rates from the
-#: tuning runs in the README
+#: tuning runs in docs/training-faster.md
 VARIANTS = {
     "ch27-modern": "--recipe ch27-modern",
     "muon": "--recipe ch27-modern --optimizer muon --lr 1.6e-2 --adamw-lr 3e-3 --steps 600 "

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from mygpt.backends import available_backends, get_backend
-from mygpt.backends.base import AdamWConfig
 from mygpt.config import ModelConfig
 from mygpt.model import init_params
+from mygpt.optim import AdamWConfig, adamw
 from mygpt.train.step import make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def _peak(backend: str, grad_accum: int, batch: int = 4) -> int:
     ops = get_backend(backend, "cpu")
     cfg = ModelConfig(**_SHAPE)
     params = ops.trainable({n: ops.asarray(v) for n, v in init_params(cfg, 0).items()})
-    step = make_train_step(ops, cfg, ops.adamw(params, AdamWConfig()))
+    step = make_train_step(ops, cfg, adamw(ops, params, AdamWConfig()))
     rng = np.random.default_rng(0)
     micro = [
         tuple(ops.asarray(rng.integers(0, 65, (batch, 256))) for _ in range(2))

@@ -17,10 +17,11 @@ from mygpt.bench import (
     published_peak,
 )
 from mygpt.blas import mlx_blas
+from mygpt.cache import GrowingCache
 from mygpt.config import ModelConfig
 from mygpt.errors import UsageError
 from mygpt.generate import generate
-from mygpt.model import KVCache, flops_per_token, forward, init_params
+from mygpt.model import flops_per_token, forward, init_params
 
 BACKENDS = available_backends()
 TINY = ModelConfig(vocab_size=32, embed_dim=16, num_heads=2, num_layers=1, max_seq_len=16)
@@ -70,7 +71,7 @@ def test_cached_generation_equals_uncached_within_the_window(backend, position):
     ids = np.array([runs[0][:20]], dtype=np.int64)
     with ops.inference():
         full = ops.to_numpy(forward(ops, cfg, params, ops.asarray(ids)))
-        cache = KVCache(cfg.num_layers, cfg.max_seq_len)
+        cache = GrowingCache(cfg.num_layers, cfg.max_seq_len)
         steps = [
             ops.to_numpy(forward(ops, cfg, params, ops.asarray(ids[:, i : i + 1]), cache=cache))
             for i in range(ids.shape[1])

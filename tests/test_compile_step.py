@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from mygpt.backends import available_backends, get_backend
-from mygpt.backends.muon import make_optimizer
 from mygpt.config import ModelConfig
 from mygpt.model import init_params
+from mygpt.optim.muon import make_optimizer
 from mygpt.train.step import make_train_step
 
 _CFG = ModelConfig(

@@ -11,6 +11,7 @@ import pytest
 import mygpt
 from mygpt import model
 from mygpt.backends import get_backend
+from mygpt.cache import GrowingCache
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.generate import generate, sample_next
@@ -90,7 +91,7 @@ def test_cached_logits_match_full_forward_both_backends():
         cfg, params = _random_model(ops, "rope", "rms", 2, max_seq_len=32)
         ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
         full = ops.to_numpy(model.forward(ops, cfg, params, ops.asarray(ids)))
-        cache = model.KVCache(cfg.num_layers, cfg.max_seq_len)
+        cache = GrowingCache(cfg.num_layers, cfg.max_seq_len)
         parts = [
             ops.to_numpy(model.forward(ops, cfg, params, ops.asarray(ids[:, :6]), cache=cache))
         ]

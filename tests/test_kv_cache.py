@@ -1,4 +1,5 @@
-"""KVCache against the obvious reference: concatenate everything, keep the newest max_len."""
+"""The one-stream caches against the obvious reference: concatenate everything, keep the newest
+max_len (SlidingCache); GrowingCache refuses to pass its context instead."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from mygpt.backends import available_backends, get_backend
-from mygpt.model import KVCache
+from mygpt.cache import GrowingCache, SlidingCache
+from mygpt.errors import MygptError
 
 BACKENDS = available_backends()
 
@@ -31,7 +33,7 @@ def _check_cache(backend, chunks, max_len):
     ops = get_backend(backend, "cpu")
     rng = np.random.default_rng(0)
     layers = 2
-    cache = KVCache(layers, max_len)
+    cache = SlidingCache(layers, max_len)
     seen_k = [np.zeros((1, 2, 0, 4), np.float32) for _ in range(layers)]
     seen_v = [np.zeros((1, 2, 0, 4), np.float32) for _ in range(layers)]
     with ops.inference():
@@ -47,3 +49,15 @@ def _check_cache(backend, chunks, max_len):
     assert sum(chunks) > 2 * max_len  # the buffer wrapped at least once
     if max_len > 128:
         assert cache.keys[0].shape[2] == 2 * max_len  # grown from 256 to its full size
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_growing_cache_refuses_to_pass_its_context(backend):
+    """The exact generator refills from the cropped window; a growing cache that silently
+    rotated would give other tokens than the book's loop."""
+    ops = get_backend(backend, "cpu")
+    cache = GrowingCache(1, 8)
+    kv = ops.asarray(np.zeros((1, 2, 5, 4), np.float32))
+    cache.update(ops, 0, kv, kv)
+    with pytest.raises(MygptError, match="context of 8"):
+        cache.update(ops, 0, kv, kv)

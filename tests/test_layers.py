@@ -30,7 +30,7 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 def test_the_import_contracts_hold():
     result = _lint(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 kept, 0 broken" in result.stdout
+    assert "4 kept, 0 broken" in result.stdout
 
 
 def test_a_core_module_importing_a_feature_breaks_a_contract(tmp_path):
@@ -44,3 +44,17 @@ def test_a_core_module_importing_a_feature_breaks_a_contract(tmp_path):
     assert result.returncode != 0
     assert "the core imports nothing above it BROKEN" in result.stdout
     assert "mygpt.config -> mygpt.train" in result.stdout
+
+
+def test_the_model_importing_a_checkpoint_module_breaks_its_contract(tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(
+        REPO / "mygpt", root / "mygpt", symlinks=False, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    cache = root / "mygpt" / "cache.py"
+    cache.write_text(cache.read_text() + "\nfrom mygpt.checkpoint import load_checkpoint  # noqa\n")
+    result = _lint(root)
+    assert result.returncode != 0
+    assert (
+        "the model is the model: it imports no checkpoint, feature or CLI BROKEN" in result.stdout
+    )

@@ -10,7 +10,7 @@ backend.
 
 The package, one job per module:
 
-* ``core``: tolerances (the README's parity table), ``Row``, ``ParityCheck``;
+* ``core``: tolerances (the table in docs/parity.md), ``Row``, ``ParityCheck``;
 * ``compare``: the comparators that turn (got, want) into a row;
 * ``reference``: the float64 numpy references (ops, clip, AdamW);
 * ``inputs``: seeded inputs, the tiny parity model, copies in and out of a backend;

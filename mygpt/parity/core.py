@@ -1,6 +1,6 @@
 """What every parity check shares: the tolerances, the result row and the check record.
 
-Tolerances are the README's parity table (fp32: 1e-5 on ops and the loss, 1e-4 on gradients
+Tolerances are the table in docs/parity.md (fp32: 1e-5 on ops and the loss, 1e-4 on gradients
 and 30-step parameters; bf16: about 2 ulp).
 """
 

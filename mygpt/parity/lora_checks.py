@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 import mygpt.train as train_mod
-from mygpt.backends.base import AdamWConfig, Ops
+from mygpt.backends.base import Ops
 from mygpt.lora import LoraConfig, adapter_shapes, merge
 from mygpt.model import LoraWeights, forward, init_params, loss_fn
+from mygpt.optim import AdamWConfig, adamw
 from mygpt.parity.compare import compare_close, compare_logits, compare_loss, compare_rel_max, flat
 from mygpt.parity.core import GRAD_TOL, ParityCheck, Row, label
 from mygpt.parity.inputs import device_params, snap, snap_all, tiny_config, token_batch
@@ -117,7 +118,7 @@ def lora_steps(ops: Ops, steps: int, lr: float = 1e-2):
     B = {k: ops.asarray(np.array(v, copy=True)) for k, v in base.items()}
     A = device_params(ops, adapters0)
     sync = _SimulatedRanks(ops).all_reduce_grads  # the peer's grads are 3x: the mean is 2x
-    rec = _Recorder(ops, ops.adamw(A, AdamWConfig()))  # notes the gradients AdamW is handed
+    rec = _Recorder(ops, adamw(ops, A, AdamWConfig()))  # notes the gradients AdamW is handed
     step = train_mod.make_train_step(ops, cfg, rec, grad_sync=sync, base=B, lora=LORA)  # fmt: skip
     eager = ops.value_and_grad(
         lambda a, i, t: loss_fn(ops, cfg, B, i, t, "float32", lora=LoraWeights(a, LORA.scale))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mygpt.backends.base import AdamWConfig, Ops
+from mygpt.backends.base import Ops
+from mygpt.cache import GrowingCache
 from mygpt.config import ModelConfig
 from mygpt.generate import DECODE_ROWS, Decoder, Stream, batch_invariance_check
-from mygpt.model import KVCache, forward, init_params, loss_fn
+from mygpt.model import forward, init_params, loss_fn
+from mygpt.optim import AdamWConfig, adamw
 from mygpt.parity.compare import (
     compare_close,
     compare_logits,
@@ -104,7 +106,7 @@ def kv_cache_check(position: str, kv: str, mlp: str = "gelu", real: bool = False
         # Plain (non-trainable) arrays: no autograd graph, and no ops.inference() (torch would
         # cache its rope table as inference tensors; see parity_tests/test_parity_backend_bugs.py).
         full = forward(cand, cfg, P, cand.asarray(x), dtype=dtype)
-        cache = KVCache(cfg.num_layers, cfg.max_seq_len)
+        cache = GrowingCache(cfg.num_layers, cfg.max_seq_len)
         parts = []
         for a, b in ((0, 6), (6, 9), (9, 10), (10, 11), (11, 12)):
             parts.append(forward(cand, cfg, P, cand.asarray(x[:, a:b]), cache=cache, dtype=dtype))
@@ -117,7 +119,7 @@ def kv_cache_check(position: str, kv: str, mlp: str = "gelu", real: bool = False
 
 
 def batched_decode_check(position: str, kv: str) -> ParityCheck:
-    """The fixed-shape decoder (rope_at, length_mask, write_kv) == one full forward, and
+    """The fixed-shape decoder (a RowCache step: per-row rope, write_kv, length mask) == one full forward, and
     streams decoded together == each decoded alone, bit for bit (what ``mygpt serve`` needs)."""
     name = f"batched decode {position}/{kv}"
 
@@ -166,7 +168,7 @@ def _optimizer_inputs() -> tuple[dict, list[dict]]:
 def _optimizer_run(ops: Ops, params: dict, grad_steps: list[dict]):
     """(per step: (norm, clipped grads, params)), final moments, on a backend."""
     P = device_params(ops, params)
-    opt = ops.adamw(P, _OPT_CFG)
+    opt = adamw(ops, P, _OPT_CFG)
     trace = []
     for g, lr in zip(grad_steps, _LRS):
         clipped, norm = ops.clip_grad_norm({k: ops.asarray(v) for k, v in g.items()}, _MAX_NORM)

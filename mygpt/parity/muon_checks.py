@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from mygpt.backends.base import Ops
-from mygpt.backends.muon import MuonConfig, make_optimizer
 from mygpt.model import init_params
+from mygpt.optim.muon import MuonConfig, make_optimizer
 from mygpt.parity.compare import compare_close, compare_rel_max, f64, flat
 from mygpt.parity.core import GRAD_TOL, NUMPY, TRAIN_PARAM_TOL, ParityCheck, Row, label
 from mygpt.parity.inputs import device_params, snap_all, tiny_config

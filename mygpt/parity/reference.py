@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from mygpt.backends.base import AdamWConfig
-from mygpt.backends.muon import NS_COEFFICIENTS, MuonConfig, is_muon_param
+from mygpt.optim import AdamWConfig
+from mygpt.optim.muon import NS_COEFFICIENTS, MuonConfig, is_muon_param
 from mygpt.parity.compare import f64
 
 

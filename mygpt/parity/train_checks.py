@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 
 import mygpt.train as train_mod  # looked up at call time: the negative tests patch the step
-from mygpt.backends.base import AdamWConfig, Ops
+from mygpt.backends.base import Ops
 from mygpt.backends.distributed import ProcessGroup
-from mygpt.backends.muon import MuonConfig, make_optimizer
 from mygpt.config import ModelConfig
 from mygpt.model import init_params, loss_fn
+from mygpt.optim import AdamWConfig
+from mygpt.optim.muon import MuonConfig, make_optimizer
 from mygpt.parity.compare import compare_close, compare_loss, compare_rel_max, flat
 from mygpt.parity.core import GRAD_TOL, TRAIN_PARAM_TOL, ParityCheck, Row, label
 from mygpt.parity.inputs import device_params, snap_all, tiny_config, token_batch

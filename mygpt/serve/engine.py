@@ -1,16 +1,9 @@
-"""The generation scheduler behind ``mygpt serve``: one worker thread, batched exact decoding.
+"""The engine behind ``mygpt serve``: one worker thread runs the model for every request.
 
-Batched (the default where it is exact): every admitted request is a
-:class:`mygpt.generate.Stream` in a row of one :class:`mygpt.generate.Decoder`. A request joins
-at any step (its prompt is prefilled alone, exactly as ``mygpt generate`` prefills it) and
-leaves when it is done or its client is gone; each step decodes every active row in fixed-shape
-groups of ``DECODE_ROWS`` rows over the whole context, and ``generate`` runs that same shape with
-one live row, so each stream's tokens and logprobs are bit for bit ``generate``'s whatever else
-runs. At start the engine checks that on this backend and device
-(:func:`mygpt.generate.batch_invariance_check`); where it does not hold it falls back to:
-
-Round-robin: every request owns a ``generate`` generator and the worker takes one token from each
-in turn (exact by construction, but the aggregate tokens/s is one stream's).
+How the active requests get their tokens is the scheduler's (``mygpt.serve.schedulers``):
+batched exact decoding where the engine checks at start that it is exact on this backend and
+device (:func:`mygpt.generate.batch_invariance_check`), round-robin otherwise. The engine owns the
+requests: admission, the queue, their text (UTF-8, stop sequences), logprobs and events.
 
 Requests beyond ``max_active`` wait in FIFO order; beyond ``max_queue`` waiting, :meth:`submit`
 refuses (the server answers 429). A cancelled request is dropped before its next step.
@@ -32,14 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mygpt.errors import MygptError
-from mygpt.generate import (
-    DECODE_ROWS,
-    Decoder,
-    Stream,
-    batch_invariance_check,
-    fixed_shape_fits,
-    log_softmax,
-)
+from mygpt.generate import DECODE_ROWS, batch_invariance_check, log_softmax, pads_to_batch
+from mygpt.serve.schedulers import Batched, RoundRobin, Scheduler
 
 SCHEDULERS = ("auto", "batched", "round-robin")
 
@@ -131,23 +118,20 @@ class Job:
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
-        self.gen = None  # round-robin: the request's generate() generator
-        self.stream: Stream | None = None  # batched: its row's state
-        self.row = -1
         self.count = 0
         self.entries: list[dict] = []  # logprobs of tokens whose text is not emitted yet
         self.submitted = time.perf_counter()
         # a byte-level token may end inside a character: decode incrementally, as cli.generate does
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stopper = StopMatcher(req.stop)
-        self.outbox: list | None = None  # during a batched step: events wait here (see emit)
+        self.outbox: list | None = None  # during a step: events wait here (see emit)
 
     def cancel(self) -> None:
         """Called from the event loop when the client is gone; the worker drops the job."""
         self.cancelled = True
 
     def emit(self, *event) -> None:
-        if self.outbox is not None:  # a batched step delivers its rows' events together
+        if self.outbox is not None:  # a step delivers its requests' events together
             self.outbox.append((self, event))
             return
         deliver(self.loop, [(self, event)])
@@ -169,7 +153,7 @@ def deliver(loop: asyncio.AbstractEventLoop, items: list[tuple[Job, tuple]]) -> 
 
 
 class Engine:
-    """Owns the model on a worker thread; decodes the active requests together (or in turn)."""
+    """Owns the model on a worker thread; its scheduler decodes the active requests."""
 
     def __init__(
         self, load: Callable[[], object], max_active: int = 16, max_queue: int | None = None,
@@ -180,13 +164,10 @@ class Engine:
         self._load = load
         self.max_active = max_active
         self.max_queue = max_queue
-        self.scheduler = scheduler
-        self.mode = ""  # "batched" | "round-robin", once loaded
-        self.mode_reason = ""
-        self.kv_bytes = 0
+        self.requested = scheduler
+        self.scheduler: Scheduler | None = None  # once loaded
         self.stop_ids: frozenset[int] = frozenset()
         self.model = None
-        self.decoder: Decoder | None = None
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
         self._wake = threading.Condition()
@@ -194,6 +175,23 @@ class Engine:
         self._load_error: BaseException | None = None
         self.stats = {"completed": 0, "cancelled": 0, "failed": 0, "tokens": 0, "steps": 0}
         self._thread = threading.Thread(target=self._run, name="mygpt-engine", daemon=True)
+
+    @property
+    def mode(self) -> str:
+        return self.scheduler.name if self.scheduler else ""
+
+    @property
+    def mode_reason(self) -> str:
+        return self.scheduler.reason if self.scheduler else ""
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.scheduler.kv_bytes if self.scheduler else 0
+
+    @property
+    def decoder(self):
+        """The batched scheduler's decoder (None under round-robin)."""
+        return getattr(self.scheduler, "decoder", None)
 
     def start(self) -> None:
         """Load the model on the worker thread; a load failure is raised here, in the caller."""
@@ -231,7 +229,8 @@ class Engine:
     def _run(self) -> None:
         try:
             self.model = self._load()
-            self._choose_mode()
+            self.stop_ids = frozenset(getattr(self.model, "stop_ids", None) or ())
+            self.scheduler = self._choose_scheduler()
         except BaseException as e:  # reported by start() in the main thread
             self._load_error = e
             self._ready.set()
@@ -242,46 +241,31 @@ class Engine:
         with self.model.ops.inference():
             while True:
                 self._admit()
-                if self.mode == "batched":
-                    self._batched_step()
-                else:
-                    for job in list(self._active):
-                        self._step(job)
+                self._step()
 
-    def _choose_mode(self) -> None:
+    def _choose_scheduler(self) -> Scheduler:
         """Batched where batched decoding is checked exact here; round-robin otherwise."""
         m = self.model
         cfg, dtype = getattr(m, "config", None), getattr(m, "dtype", "float32")
-        self.stop_ids = frozenset(getattr(m, "stop_ids", None) or ())
-        if self.scheduler == "round-robin" or cfg is None:
-            self.mode, self.mode_reason = "round-robin", "requested"
-        elif not fixed_shape_fits(cfg, dtype):
-            self.mode = "round-robin"
-            self.mode_reason = (
+        if self.requested == "round-robin" or cfg is None:
+            return RoundRobin(m, self.max_active, "requested")
+        if not pads_to_batch(cfg, dtype):
+            return RoundRobin(m, self.max_active, (
                 f"a {DECODE_ROWS}-row decode buffer over the context of {cfg.max_seq_len} would "
                 "be too large; each request decodes alone with a growing cache"
-            )
-        else:
-            m.ops.activate()
-            drift = batch_invariance_check(m.ops, cfg, m.params, dtype)
-            if drift == 0.0 or self.scheduler == "batched":
-                self.mode = "batched"
-                self.mode_reason = (
-                    "checked at start: batched decode is bit for bit solo decode"
-                    if drift == 0.0
-                    else f"forced by --scheduler batched, NOT exact here (logits differ by {drift:.1e})"
-                )
-                with m.ops.inference():
-                    self.decoder = Decoder(m.ops, cfg, m.params, self.max_active, dtype)
-                self.kv_bytes = Decoder.nbytes(cfg, self.max_active, dtype)
-                return
-            self.mode = "round-robin"
-            self.mode_reason = (
-                f"batched decode differs from solo decode on {m.ops.describe()} by up to "
-                f"{drift:.1e} in the logits, so it would not be exact"
-            )
-        if cfg is not None and fixed_shape_fits(cfg, dtype):  # a DECODE_ROWS-row decoder each
-            self.kv_bytes = self.max_active * Decoder.nbytes(cfg, DECODE_ROWS, dtype)
+            ))  # fmt: skip
+        m.ops.activate()
+        drift = batch_invariance_check(m.ops, cfg, m.params, dtype)
+        if drift == 0.0:
+            return Batched(m, self.max_active, "checked at start: batched decode is bit for bit "
+                           "solo decode")  # fmt: skip
+        if self.requested == "batched":
+            return Batched(m, self.max_active, "forced by --scheduler batched, NOT exact here "
+                           f"(logits differ by {drift:.1e})")  # fmt: skip
+        return RoundRobin(m, self.max_active, (
+            f"batched decode differs from solo decode on {m.ops.describe()} by up to "
+            f"{drift:.1e} in the logits, so it would not be exact"
+        ))  # fmt: skip
 
     def _admit(self) -> None:
         with self._wake:
@@ -293,49 +277,31 @@ class Engine:
                     self.stats["cancelled"] += 1
                     continue
                 self._active.append(job)
-                if self.mode == "batched":
-                    self._join(job)
-
-    def _join(self, job: Job) -> None:
-        r = job.req
-        job.stream = Stream(
-            r.prompt_ids, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed,
-            keep_prompt_logits=r.echo and r.logprobs is not None,
-        )  # fmt: skip
-        job.row = self.decoder.add(job.stream)
+                self.scheduler.join(job)
 
     def _finish(self, job: Job, *event, stat: str) -> None:
-        if job.gen is not None:
-            job.gen.close()
-        if job.row >= 0:
-            self.decoder.remove(job.row)
-            job.row = -1
+        self.scheduler.leave(job)
         with self._wake:
             self._active.remove(job)
             self.stats[stat] += 1
         if event:
             job.emit(*event)
 
-    def _batched_step(self) -> None:
-        """One decode step of every active request (prefilling the ones that just joined)."""
+    def _step(self) -> None:
+        """One scheduler step over the active requests; their events reach their event loops
+        together, one wake-up per loop."""
         for job in list(self._active):
             if job.cancelled:
                 self._finish(job, stat="cancelled")
         jobs = list(self._active)
         if not jobs:
             return
-        try:
-            logits = self.decoder.logits([j.row for j in jobs])
-        except Exception as e:  # a bug must fail these requests, not stop the worker thread
-            for job in jobs:
-                self._finish(job, "error", f"internal error: {e!r}", stat="failed")
-            return
-        self.stats["steps"] += 1
         outbox: list[tuple[Job, tuple]] = []
         for job in jobs:
             job.outbox = outbox
         try:
-            self._sample_all(jobs, logits)
+            self.scheduler.step(jobs, self)
+            self.stats["steps"] += 1
         finally:
             for job in jobs:
                 job.outbox = None
@@ -345,32 +311,26 @@ class Engine:
             for loop, items in by_loop.items():
                 deliver(loop, items)
 
-    def _sample_all(self, jobs: list[Job], logits: dict[int, np.ndarray]) -> None:
-        """Each job's token from its row's logits, its text and events (into the outbox)."""
-        m = self.model
-        for job in jobs:
-            req = job.req
-            if job.count == 0 and req.echo:
-                self._echo(job, job.stream.prompt_logits)
-            if job.count >= req.max_tokens:  # max_tokens 0: scoring the prompt only
-                self._end(job, "length")
-                continue
-            token = job.stream.sample(logits[job.row])
-            if token in self.stop_ids:  # the model ended its turn (an end-of-sequence id)
-                self._end(job, "stop")
-                continue
-            if req.logprobs is not None:
-                job.entries.append(
-                    token_logprobs(m.tokenizer, logits[job.row], token, req.logprobs)
-                )
-            self._emit_token(job, token)
-
-    def _echo(self, job: Job, prompt_logits: np.ndarray | None) -> None:
+    # --- the scheduler's Outlet: what happens to a request's tokens ----------------------------
+    def echo(self, job: Job, prompt_logits: np.ndarray | None) -> None:
         req, tok = job.req, self.model.tokenizer
         entries = []
         if req.logprobs is not None:
             entries = prompt_entries(tok, req.prompt_ids, prompt_logits, req.logprobs)
         job.emit("text", tok.decode_bytes(req.prompt_ids).decode("utf-8", "replace"), entries)
+
+    def token(self, job: Job, token: int, logits: np.ndarray) -> None:
+        """A sampled token: the end of its turn (an end-of-sequence id), or its text."""
+        if token in self.stop_ids:
+            return self.end(job, "stop")
+        if job.req.logprobs is not None:
+            job.entries.append(
+                token_logprobs(self.model.tokenizer, logits, token, job.req.logprobs)
+            )
+        self._emit_token(job, token)
+
+    def fail(self, job: Job, message: str) -> None:
+        self._finish(job, "error", message, stat="failed")
 
     def _emit_token(self, job: Job, token: int) -> None:
         """Count ``token``, stream the text it completes, and end the job at a stop or limit."""
@@ -384,40 +344,9 @@ class Engine:
         if stopped:
             return self._finish(job, "end", "stop", job.count, stat="completed")
         if job.count >= job.req.max_tokens:
-            self._end(job, "length")
+            self.end(job, "length")
 
-    def _step(self, job: Job) -> None:
-        """Round-robin: one token for ``job`` (its first call also runs the prompt)."""
-        if job.cancelled:
-            return self._finish(job, stat="cancelled")
-        req, m = job.req, self.model
-        try:
-            if job.count >= req.max_tokens:
-                if req.echo and job.count == 0:
-                    self._echo(job, self._prompt_logits(req) if req.logprobs is not None else None)
-                return self._end(job, "length")
-            if job.gen is None:
-                if req.echo:
-                    self._echo(job, self._prompt_logits(req) if req.logprobs is not None else None)
-                job.gen = m.steps(
-                    req.prompt_ids, req.max_tokens, temperature=req.temperature,
-                    top_k=req.top_k, top_p=req.top_p, seed=req.seed,
-                )  # fmt: skip
-            token, logits = next(job.gen)
-            if token in self.stop_ids:  # the model ended its turn (an end-of-sequence id)
-                return self._end(job, "stop")
-        except MygptError as e:
-            return self._finish(job, "error", str(e), stat="failed")
-        except Exception as e:  # a bug must fail this request, not stop the worker thread
-            return self._finish(job, "error", f"internal error: {e!r}", stat="failed")
-        if req.logprobs is not None:
-            job.entries.append(token_logprobs(m.tokenizer, logits, token, req.logprobs))
-        self._emit_token(job, token)
-
-    def _prompt_logits(self, req: GenRequest) -> np.ndarray:
-        return self.model.logits(req.prompt_ids)
-
-    def _end(self, job: Job, reason: str) -> None:
+    def end(self, job: Job, reason: str) -> None:
         text, stopped = job.stopper.feed(job.decoder.decode(b"", final=True))
         text += "" if stopped else job.stopper.flush()
         if text or job.entries:

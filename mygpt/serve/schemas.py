@@ -116,7 +116,7 @@ def first_error(e: ValidationError) -> tuple[str, str | None]:
     param = loc or None
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"unknown field '{loc}' — remove it (see GET /v1/models and the README)", param
+        return f"unknown field '{loc}' — remove it (see GET /v1/models and docs/serving.md)", param
     if kind == "missing":
         return f"missing required field '{loc}'", param
     got = err.get("input")

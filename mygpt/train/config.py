@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mygpt.backends.muon import OPTIMIZERS
 from mygpt.config import LEGACY_NAMES, ModelConfig
 from mygpt.data.cache import TOKENIZER_KINDS
 from mygpt.errors import MygptError
 from mygpt.model import INITS
+from mygpt.optim.muon import OPTIMIZERS
 from mygpt.schedule import SCHEDULES, lr_at
 from mygpt.settings import (
     BACKEND_CHOICES,

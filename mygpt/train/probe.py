@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from mygpt.backends.muon import make_optimizer
 from mygpt.config import ModelConfig
 from mygpt.model import init_params
+from mygpt.optim.muon import make_optimizer
 from mygpt.train.step import make_train_step
 
 
@@ -25,6 +25,7 @@ def synthetic_step(
     batch_size: int,
     seq_len: int,
     dtype: str = "float32",
+    *,
     compile: bool = False,
     max_grad_norm: float = 0.0,
     seed: int = 0,

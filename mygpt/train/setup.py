@@ -96,7 +96,7 @@ def compile_note(backend: str, device: str, tc: TrainConfig) -> str | None:
     """One line when ``--compile`` will not pay for itself in this run, else None.
 
     On this project's CPUs the compiled step measured no faster than eager at the Ch.17 and Ch.27
-    shapes (the step is matmul-bound; README, "Training faster"), so there compiling is start-up
+    shapes (the step is matmul-bound; docs/performance.md, "Compiling the step"), so there compiling is start-up
     cost. On a GPU a run must be long enough for even an optimistic saving to repay it.
     """
     if not tc.compile:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mygpt import model
-from mygpt.backends.muon import make_optimizer
 from mygpt.checkpoint import Checkpoint
 from mygpt.config import ModelConfig
 from mygpt.console import console
 from mygpt.data.cache import _read_sidecar as read_sidecar
 from mygpt.errors import MygptError
+from mygpt.optim.muon import make_optimizer
 from mygpt.train.config import TrainConfig
 from mygpt.train.data import RunData
 from mygpt.train.setup import Run

@@ -18,8 +18,7 @@ gives the update the RMS of a typical AdamW update (~0.2), so ``--lr`` means the
 both optimizers and the AdamW group can share it (``--adamw-lr`` sets its own). Keller's factor
 ``max(1, rows/cols)^0.5`` needs a learning rate ~20x AdamW's instead.
 
-Embeddings (and the head), norms and biases stay on AdamW: the backend's own (torch's fused
-kernel), or under ``--compile`` :class:`OpsAdamW`, torch's formula written here. Only ``+ - * @``,
+Embeddings (and the head), norms and biases stay on AdamW (``mygpt.optim.adamw``). Only ``+ - * @``,
 ``sum``, ``** 0.5`` and ``Ops`` methods are used, so each is one implementation on both backends,
 and each has a functional form (``state``/``hyper``/``update``: the update a pure function of
 parameters, gradients, state and the step's scalars) that ``--compile`` compiles.
@@ -33,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from mygpt.backends.base import AdamWConfig, Array, Ops, Optimizer, Params
+from mygpt.backends.base import AdamWConfig, Ops, Optimizer
+from mygpt.backends.types import Array, Params
 from mygpt.errors import MygptError
+from mygpt.optim.adamw import adamw
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 OPTIMIZERS = ("adamw", "muon")
@@ -122,65 +123,6 @@ class Muon(Optimizer):
         self.buf = {k: self.ops.asarray(tensors[f"muon.{k}"]) for k in self.buf}
 
 
-class OpsAdamW(Optimizer):
-    """torch's AdamW formula written against ``Ops`` as a pure step (``--compile`` compiles it
-    with the model). Same state names as the backends' AdamW, so checkpoints move between them."""
-
-    def __init__(self, ops: Ops, params: Params, config: AdamWConfig) -> None:
-        self.ops, self.config, self.steps = ops, config, 0
-        self.m = {k: ops.zeros(v.shape, "float32") for k, v in params.items()}
-        self.v = {k: ops.zeros(v.shape, "float32") for k, v in params.items()}
-
-    def step(self, params: Params, grads: Params, lr: float) -> Params:
-        out, state = self.update(params, grads, self.state(), self.hyper(lr))
-        self.set_state(state)
-        return out
-
-    def state(self) -> dict[str, Params]:
-        return {"m": self.m, "v": self.v}
-
-    def set_state(self, state: dict[str, Params]) -> None:
-        self.m, self.v = state["m"], state["v"]
-
-    def hyper(self, lr: float) -> dict[str, float]:
-        b1, b2 = self.config.betas
-        self.steps += 1
-        return {
-            "lr": lr,
-            "step_size": lr / (1 - b1**self.steps),
-            "bc2_sqrt": (1 - b2**self.steps) ** 0.5,
-        }
-
-    def update(
-        self, params: Params, grads: Params, state: dict[str, Params], hyper: dict[str, Any]
-    ) -> tuple[Params, dict[str, Params]]:
-        (b1, b2), eps, wd = self.config.betas, self.config.eps, self.config.weight_decay
-        out, m_new, v_new = {}, {}, {}
-        with self.ops.no_grad():
-            for k, p in params.items():
-                g = grads[k]
-                m = b1 * state["m"][k] + (1 - b1) * g
-                v = b2 * state["v"][k] + (1 - b2) * (g * g)
-                denom = v**0.5 / hyper["bc2_sqrt"] + eps
-                out[k] = p * (1 - hyper["lr"] * wd) - hyper["step_size"] * m / denom
-                m_new[k], v_new[k] = m, v
-        return out, {"m": m_new, "v": v_new}
-
-    def arrays(self) -> list[Array]:
-        return [self.m, self.v]
-
-    def state_dict(self) -> tuple[int, dict[str, np.ndarray]]:
-        to_np = self.ops.to_numpy
-        tensors = {f"m.{k}": to_np(v) for k, v in self.m.items()}
-        return self.steps, tensors | {f"v.{k}": to_np(v) for k, v in self.v.items()}
-
-    def load_state_dict(self, steps: int, tensors: dict[str, np.ndarray]) -> None:
-        self.steps = int(steps)
-        if steps:
-            self.m = {k: self.ops.asarray(tensors[f"m.{k}"]) for k in self.m}
-            self.v = {k: self.ops.asarray(tensors[f"v.{k}"]) for k in self.v}
-
-
 class MuonAdamW(Optimizer):
     """Muon on the blocks' matrices, the backend's AdamW (at ``adamw_lr_ratio`` x the step's lr)
     on everything else. The checkpoint holds AdamW's ``m.``/``v.`` tensors and ``muon.<name>``."""
@@ -202,7 +144,7 @@ class MuonAdamW(Optimizer):
             {k: params[k] for k in self.adamw_names},
             AdamWConfig(weight_decay=config.weight_decay),
         )
-        self.adamw = OpsAdamW(ops, rest, adamw_cfg) if functional else ops.adamw(rest, adamw_cfg)
+        self.adamw = adamw(ops, rest, adamw_cfg, functional)
 
     def step(self, params: Params, grads: Params, lr: float) -> Params:
         def part(names: list[str], d: Params) -> Params:
@@ -278,8 +220,7 @@ def make_optimizer(
     framework can compile together with the rest of the training step; otherwise the backend's
     own (torch's fused kernel)."""
     if kind == "adamw":
-        cfg = AdamWConfig(weight_decay=weight_decay)
-        return OpsAdamW(ops, params, cfg) if functional else ops.adamw(params, cfg)
+        return adamw(ops, params, AdamWConfig(weight_decay=weight_decay), functional)
     if kind == "muon":
         cfg = MuonConfig(weight_decay=weight_decay)
         return MuonAdamW(ops, params, cfg, adamw_lr_ratio, functional)
