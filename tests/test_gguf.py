@@ -71,18 +71,22 @@ def _randomise(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 def _train_recipe_llama(root: Path) -> Path:
-    """A model trained (a few steps) with ``--recipe llama``'s flags, through the CLI."""
+    """A model trained (a few steps) with ``--recipe llama``'s flags and its char tokenizer."""
+    from mygpt.recipes import get_recipe
+    from mygpt.train import TrainConfig, train
+
     corpus = root / "corpus.txt"
     corpus.write_text(TINY_SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
     out = root / "recipe_llama.safetensors"
-    cmd = [sys.executable, "-m", "mygpt", "train", "--recipe", "llama", str(corpus),
-           "--output", str(out), "--steps", "20", "--warmup", "2", "--batch-size", "8",
-           "--seq-len", "64", "--num-layers", "2", "--print-every", "100",
-           "--backend", "torch", "--device", "cpu", "--cache-dir", str(root / "cache")]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, env=subprocess_env())
-    ckpt = load_checkpoint(out)  # trained 20 steps: sharpen it so greedy has no near-ties
-    params = _randomise(ckpt.config, 3)
-    save_checkpoint(out, ckpt.config, params, ckpt.tokenizer)
+    flags = {**get_recipe("llama").flags, "warmup": 2}
+    train(TrainConfig.from_flags(dict(
+        data=str(corpus), output=str(out), steps=20, batch_size=8, seq_len=64, num_layers=2,
+        print_every=100, backend="torch", device="cpu", cache_dir=str(root / "cache"), **flags,
+    )))  # fmt: skip
+    ckpt = load_checkpoint(out)
+    assert (ckpt.config.norm, ckpt.config.position, ckpt.config.mlp) == ("rms", "rope", "swiglu")
+    # 20 steps leave near-uniform logits: new weights of the same shapes, far from ties
+    save_checkpoint(out, ckpt.config, _randomise(ckpt.config, 3), ckpt.tokenizer)
     return out
 
 
@@ -338,6 +342,20 @@ def test_export_import_round_trip_is_bit_exact(name, checkpoints, exported):
         assert np.array_equal(back.params[k], v), k
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_files_import_as_their_rounded_weights(dtype, checkpoints, exported):
+    """F16/BF16 widen exactly: the weights come back as gguf's rounding of mygpt's, and the
+    norms and biases (kept F32) as they were."""
+    from gguf.quants import dequantize, quantize
+
+    qtype = getattr(gguf.GGMLQuantizationType, {"float16": "F16", "bfloat16": "BF16"}[dtype])
+    ckpt = load_checkpoint(checkpoints["llama"])
+    back = import_gguf(exported["llama", dtype][0])
+    for k, v in ckpt.params.items():
+        want = v if v.ndim == 1 else dequantize(quantize(v, qtype), qtype)
+        assert np.array_equal(back.params[k], want), k
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2", "recipe_llama"])
 def test_a_foreign_gguf_imports_from_its_tokenizer_keys(name, checkpoints, tmp_path, torch_ops):
     """A file llama.cpp's tools wrote (no mygpt.* keys): the tokenizer is rebuilt from
@@ -378,6 +396,10 @@ def test_cli_export_import_and_load(checkpoints, tmp_path):
                        capture_output=True, text=True, env=subprocess_env())  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "Q8_0 weights dequantized to float32" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "mygpt", "export", str(checkpoints["qwen2"]),
+                        str(tmp_path / "hfdir"), "--dtype", "q8_0"],
+                       capture_output=True, text=True, env=subprocess_env())  # fmt: skip
+    assert r.returncode != 0 and r.stderr.startswith("error: --dtype q8_0 is for GGUF files")
     m = mygpt.load(str(out), backend="torch")
     assert m.config == load_checkpoint(ck).config
     assert m.generate("ROMEO:", max_new_tokens=4, temperature=0.0).startswith("ROMEO:")
