@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +327,47 @@ def test_quantized_logits_are_close_to_mygpt_on_the_dequantized_weights(
     picked = want[np.arange(len(ids)), got.argmax(-1)]
     assert np.all(picked >= want.max(-1) - 2 * QUANT_TOL)
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.85
+
+
+@dataclass(eq=False)
+class _Blocks:
+    """A quantized parameter as a ``mygpt quantize``d checkpoint holds it (the quantization
+    issue's ``mygpt.quant.QuantizedTensor``: ggml's block bytes, its type and logical shape)."""
+
+    kind: str
+    shape: tuple[int, int]
+    blocks: np.ndarray
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama"])
+def test_a_quantized_checkpoint_goes_out_with_its_own_blocks(name, checkpoints, exported):
+    """Blocks are written byte for byte, never re-quantized: the file equals, tensor for
+    tensor, the one quantizing the float model at export (Q/K rows reordered for qwen2 as whole
+    rows of blocks), and llama.cpp computes the same logits from it."""
+    from gguf.quants import quantize
+
+    from mygpt.interop import gguf_export as ge
+    from mygpt.interop.gguf_tokenizer import gguf_vocab
+
+    ckpt = load_checkpoint(checkpoints[name])
+    cfg, params = ckpt.config, dict(ckpt.params)
+    for k, v in ckpt.params.items():
+        if v.ndim == 2 and v.shape[1] % 32 == 0:
+            params[k] = _Blocks("Q4_0", v.shape, quantize(v, gguf.GGMLQuantizationType.Q4_0))
+    quantized = type(ckpt)(cfg, params, ckpt.tokenizer, path=ckpt.path)
+    arch, _ = ge.gguf_arch(cfg)
+    w = ge._writer(cfg, arch, "q4_0", gguf_vocab(ckpt.tokenizer, cfg.vocab_size), quantized)
+    path = ge.write_gguf(exported["qwen3", "float32"][0].parent / f"{name}-blocks.gguf", w,
+                         ge.gguf_tensors(quantized, arch, "float32"))  # fmt: skip
+    mine = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    ref_path = exported[name, "q4_0"][0]
+    ref = {t.name: t for t in gguf.GGUFReader(ref_path).tensors}
+    assert mine.keys() == ref.keys()
+    for k, t in ref.items():
+        assert mine[k].tensor_type == t.tensor_type, k
+        assert np.array_equal(np.array(mine[k].data), np.array(t.data)), k
+    ids = _ids(ckpt)
+    assert np.array_equal(_llama_logits(_llama(path), ids), _llama_logits(_llama(ref_path), ids))
 
 
 # --- import ------------------------------------------------------------------------------------

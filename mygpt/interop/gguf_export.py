@@ -38,7 +38,7 @@ from mygpt.checkpoint import Checkpoint
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.fileio import atomic_write, check_output_path
-from mygpt.interop.architectures import ARCHITECTURES
+from mygpt.interop.architectures import ARCHITECTURES, interleaved_to_half
 from mygpt.interop.gguf_layout import (
     MYGPT_CONFIG_KEY,
     gguf_name,
@@ -137,24 +137,55 @@ def _file_type(dtype: str) -> int:
             "q8_0": F.MOSTLY_Q8_0, "q4_0": F.MOSTLY_Q4_0}[dtype]  # fmt: skip
 
 
-def checkpoint_blocks(ckpt: Checkpoint) -> dict[str, tuple[np.ndarray, str]]:
-    """A ``mygpt quantize``d checkpoint's own Q8_0/Q4_0 blocks, by mygpt parameter name, to be
-    written byte for byte (never re-quantized).
+def checkpoint_blocks(ckpt: Checkpoint) -> dict[str, Any]:
+    """A ``mygpt quantize``d checkpoint's own Q8_0/Q4_0 weights, by mygpt parameter name, to be
+    written byte for byte (never re-quantized, never dequantized).
 
-    The agreed storage (the quantization issue): each quantized weight is a uint8 tensor of
-    ggml's block bytes, (rows, cols/32*34) for Q8_0 and (rows, cols/32*18) for Q4_0, its format
-    in the safetensors metadata. That branch has not landed on main yet, so a checkpoint has no
-    blocks here and this returns none; once it lands, read them here and :func:`gguf_tensors`
-    writes them as they are (row permutation only, which moves whole rows of blocks)."""
-    return {}
+    The agreed storage (the quantization issue): a quantized parameter is a record with ``kind``
+    ("Q8_0"/"Q4_0"), its logical ``shape`` and ``blocks``, uint8 (rows, cols/32*34) or
+    (rows, cols/32*18): ggml's block bytes exactly, which is what GGUF holds for the tensor.
+    Recognised by those fields, so this works as soon as checkpoints load with blocks."""
+    return {
+        k: v for k, v in ckpt.params.items()
+        if getattr(v, "kind", None) in ("Q8_0", "Q4_0") and hasattr(v, "blocks")
+    }  # fmt: skip
+
+
+def _gguf_param_name(name: str) -> str:
+    """llama.cpp's name for a mygpt 2-D weight (the ones that can be quantized)."""
+    top = {"token_embedding.embedding.weight": "token_embd.weight",
+           "lm_head.weight": "output.weight"}  # fmt: skip
+    if name in top:
+        return top[name]
+    _, i, _, short, kind = name.split(".")  # blocks.<i>.<mha|mlp>.<W_Q|gate|...>.weight
+    short = {"W_Q": "attn_q", "W_K": "attn_k", "W_V": "attn_v", "W_O": "attn_output",
+             "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}[short]  # fmt: skip
+    return f"blk.{i}.{short}.{kind}"
+
+
+def _block_tensor(cfg: ModelConfig, name: str, q: Any, arch: str) -> tuple[np.ndarray, Any]:
+    """A quantized weight's blocks under llama.cpp's layout: Q/K rows reordered to the
+    half-split layout for qwen2/qwen3 (whole rows of blocks move; no byte changes)."""
+    from gguf import GGMLQuantizationType as T
+
+    blocks = np.ascontiguousarray(q.blocks, dtype=np.uint8)
+    heads = {"W_Q": cfg.num_heads, "W_K": cfg.num_kv_heads}.get(name.split(".")[-2])
+    if arch != "llama" and heads is not None and name.startswith("blocks."):
+        blocks = np.ascontiguousarray(blocks[interleaved_to_half(heads, cfg.head_dim)])
+    return blocks, {"Q8_0": T.Q8_0, "Q4_0": T.Q4_0}[q.kind]
 
 
 def gguf_tensors(ckpt: Checkpoint, arch: str, dtype: str) -> dict[str, tuple[np.ndarray, Any]]:
-    """Every tensor of the file as (data, ggml type), in the converter's order."""
-    if checkpoint_blocks(ckpt):  # pragma: no cover - see checkpoint_blocks
-        raise MygptError("quantized checkpoints export once the quantization branch lands")
-    tensors = float_tensors(ckpt.config, ckpt.params, arch)
-    return {name: _encode_tensor(name, w, dtype) for name, w in tensors.items()}
+    """Every tensor of the file as (data, ggml type). A quantized checkpoint's blocks go out as
+    they are; ``dtype`` applies to its float tensors."""
+    blocks = checkpoint_blocks(ckpt)
+    params = {k: np.zeros(v.shape, np.float32) if k in blocks else v
+              for k, v in ckpt.params.items()}  # fmt: skip
+    out = {name: _encode_tensor(name, w, dtype)
+           for name, w in float_tensors(ckpt.config, params, arch).items()}  # fmt: skip
+    for name, q in blocks.items():
+        out[_gguf_param_name(name)] = _block_tensor(ckpt.config, name, q, arch)
+    return out
 
 
 # --- metadata and the file ----------------------------------------------------------------------
@@ -228,5 +259,7 @@ def export_gguf(
     arch, notes = gguf_arch(cfg)
     vocab = gguf_vocab(ckpt.tokenizer, cfg.vocab_size)
     tensors = gguf_tensors(ckpt, arch, dtype)
-    w = _writer(cfg, arch, dtype, vocab, ckpt)
+    kinds = {q.kind.lower() for q in checkpoint_blocks(ckpt).values()}
+    w = _writer(cfg, arch, kinds.pop() if len(kinds) == 1 and dtype == "float32" else dtype,
+                vocab, ckpt)  # fmt: skip
     return write_gguf(out, w, tensors), arch, notes + vocab.notes
