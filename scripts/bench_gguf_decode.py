@@ -2,7 +2,7 @@
 
 A SmolLM2-135M-shaped Llama (576 wide, 30 layers, 9 heads, 3 K/V heads, 1536 SwiGLU, 49152
 tokens, tied) with random weights, written once as a mygpt checkpoint and exported with
-``mygpt export``. Each engine greedily decodes ``--tokens`` tokens after an 8-token prompt; the
+``mygpt export``; mygpt loads the F32 GGUF file itself (``mygpt.load("model-float32.gguf")``). Each engine greedily decodes ``--tokens`` tokens after an 8-token prompt; the
 engines take turns, ``--rounds`` times, and the best round of each is reported (this box is shared,
 so the best is the least disturbed). Run: ``uv run python scripts/bench_gguf_decode.py``.
 """
@@ -90,7 +90,7 @@ def main() -> None:
             r = time_llama_cpp(f, prompt, args.tokens, args.threads)
             best[f"llama.cpp {dtype}"] = max(best.get(f"llama.cpp {dtype}", 0.0), r)
         for backend in args.backends.split(","):
-            r = time_mygpt(ckpt, prompt, args.tokens, backend)
+            r = time_mygpt(files["float32"], prompt, args.tokens, backend)  # the same file
             best[f"mygpt {backend} fp32"] = max(best.get(f"mygpt {backend} fp32", 0.0), r)
     print(f"{_cpu()}, {args.threads} threads, {args.tokens} tokens after an 8-token prompt")
     for name, r in best.items():
