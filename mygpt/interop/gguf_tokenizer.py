@@ -248,8 +248,8 @@ def _hf_merges(model: dict) -> list[str]:
 def _added_bos(tok: Any, bos: int | None) -> bool:
     """Whether the post-processor puts the BOS in front (llama.cpp's add_bos), found by asking
     the tokenizer itself; anything else it adds has no GGUF equivalent."""
-    plain = tok._tok.encode("a", add_special_tokens=False).ids
-    full = tok._tok.encode("a", add_special_tokens=True).ids
+    plain = tok.encode("a", add_special_tokens=False)
+    full = tok.encode("a", add_special_tokens=True)
     if full == plain:
         return False
     if bos is not None and full == [bos, *plain]:
