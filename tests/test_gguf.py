@@ -209,6 +209,50 @@ def test_llama_cpp_tokenizes_as_mygpt(name, checkpoints, exported, torch_ops):
     assert llm.detokenize(plain).decode("utf-8") == text
 
 
+def _hf_tokenizer(pre: str) -> dict:
+    """A byte-level BPE trained here with the pre-tokenizer (and normalizer, ignore_merges) of
+    the real models llama.cpp names ``pre``: Llama 3, Qwen2, SmolLM."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from mygpt.interop.gguf_tokenizer import LLAMA3_REGEX, QWEN2_REGEX
+    from mygpt.tokenizers.hf import read_hf_tokenizer
+    from tests.real_models import SPECIALS
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre == "smollm")
+    first = {
+        "llama-bpe": pre_tokenizers.Split(Regex(LLAMA3_REGEX), "isolated", invert=False),
+        "qwen2": pre_tokenizers.Split(Regex(QWEN2_REGEX), "isolated", invert=False),
+        "smollm": pre_tokenizers.Digits(individual_digits=True),
+    }[pre]
+    tok = Tokenizer(models.BPE(ignore_merges=pre == "llama-bpe"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([first, byte_level])
+    tok.normalizer = normalizers.NFC() if pre == "qwen2" else None
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=290, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")[:6000]
+    tok.train_from_iterator([text, MIXED * 3, "12345 67 I'LL don't  \n\n  x"], trainer)
+    config = {"eos_token": "<|im_end|>"}
+    return read_hf_tokenizer(tok.to_str(), config, {"eos_token_id": 3}, {})
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm"])
+def test_real_models_pre_tokenizers_split_as_llama_cpp_names_them(pre, checkpoints, tmp_path):
+    from mygpt.tokenizers import tokenizer_from_dict
+
+    ckpt = load_checkpoint(checkpoints["llama_tied"])
+    tok_dict = _hf_tokenizer(pre)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, ckpt.config, ckpt.params, tok_dict)
+    out, _, _ = export_gguf(path, tmp_path / "m.gguf")
+    assert gguf.GGUFReader(out).fields["tokenizer.ggml.pre"].contents() == pre
+    llm, tok = _llama(out), tokenizer_from_dict(tok_dict)
+    texts = [MIXED, "12345 67 I'LL don't  \n\n  x", "a\n  ", " leading", "tabs\t\tand  \r\n"]
+    for text in texts:
+        got = llm.tokenize(text.encode(), add_bos=False, special=False)
+        assert got == tok.encode(text, add_special_tokens=False), text
+
+
 def test_bytebpe_differs_only_at_trailing_whitespace_after_a_newline(checkpoints, exported):
     """The one documented split difference (cl100k's \\s++$ against llama-bpe's)."""
     ckpt = load_checkpoint(checkpoints["llama_bytebpe"])
