@@ -521,6 +521,8 @@ def test_what_llama_cpp_computes_differently_is_refused_in_one_line(tmp_path):
     assert "character-level BPE" in _refusal(_save(tmp_path, bpe, **swiglu), tmp_path)
     no_newline = train_tokenizer("char", "hello world")
     assert "newline" in _refusal(_save(tmp_path, no_newline, **swiglu), tmp_path)
+    accents = train_tokenizer("char", "héllo wörld\n")  # llama.cpp hangs on "è" with this one
+    assert "non-ASCII" in _refusal(_save(tmp_path, accents, **swiglu), tmp_path)
 
 
 def test_an_unknown_pre_tokenizer_is_refused(checkpoints, tmp_path):

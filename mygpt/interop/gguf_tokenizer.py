@@ -14,7 +14,10 @@ What each mygpt tokenizer becomes (llama.cpp as bundled in llama-cpp-python 0.3.
 - char: ``rwkv``, a longest-match over the bytes of each token. Single characters are prefix-free
   in UTF-8, so the longest match is the character itself: the same ids, with no BOS, no EOS and
   nothing added, as mygpt's char tokenizer. llama.cpp asserts that the vocabulary has a newline,
-  so an alphabet without ``"\\n"`` is refused.
+  so an alphabet without ``"\\n"`` is refused; and its longest match never ends (growing its
+  output without bound) on an unknown character whose first UTF-8 byte begins a known one, so
+  non-ASCII alphabets are refused too. An unknown ASCII character becomes token -1, which
+  llama.cpp refuses to decode: an error, as in mygpt.
 - the book's character-level BPE: refused (no llama.cpp pre-tokenizer splits ``\\s*\\S+|\\s+`` over
   characters).
 
@@ -176,6 +179,14 @@ def _char_vocab(chars: list[str]) -> GGUFVocab:
         raise MygptError(
             "this char tokenizer has no newline character, and llama.cpp's vocabulary for it "
             "(rwkv) must have one — retrain the tokenizer on text with line breaks"
+        )
+    wide = [c for c in chars if ord(c) > 0x7F]
+    if wide:
+        raise MygptError(
+            f"this char tokenizer has non-ASCII characters (e.g. {wide[0]!r}), and llama.cpp's "
+            "vocabulary for it (rwkv) loops forever on an unknown character that shares a UTF-8 "
+            "lead byte with a known one — use an ASCII alphabet or a byte-level BPE (--tokenizer "
+            "bytebpe)"
         )
     tokens = [rwkv_escape(c) for c in chars]
     return GGUFVocab("rwkv", tokens, [NORMAL] * len(tokens))
