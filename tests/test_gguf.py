@@ -414,6 +414,32 @@ def test_a_quantized_checkpoint_goes_out_with_its_own_blocks(name, checkpoints, 
     assert np.array_equal(_llama_logits(_llama(path), ids), _llama_logits(_llama(ref_path), ids))
 
 
+@pytest.mark.parametrize("name", ["qwen2", "llama"])
+def test_mygpt_quantize_then_export_writes_the_checkpoints_blocks(name, checkpoints, exported,
+                                                                  tmp_path):  # fmt: skip
+    """The real thing once the quantization branch is on main: `mygpt quantize --bits 4`, then
+    export; the file's blocks are the checkpoint's bytes (qwen2's Q/K rows reordered whole) and
+    equal the float model quantized at export, tensor for tensor."""
+    pytest.importorskip("mygpt.quant", reason="mygpt quantize (the quantization branch) not merged")
+    from mygpt.interop.quantize import quantize_checkpoint
+
+    from mygpt.interop.architectures import interleaved_to_half
+
+    q = tmp_path / "q4.safetensors"
+    quantize_checkpoint(checkpoints[name], q, 4)
+    out, arch, _ = export_gguf(q, tmp_path / "q4.gguf")
+    mine = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    ref = {t.name: t for t in gguf.GGUFReader(exported[name, "q4_0"][0]).tensors}
+    assert mine.keys() == ref.keys()
+    for k, t in ref.items():
+        assert mine[k].tensor_type == t.tensor_type, k
+        assert np.array_equal(np.array(mine[k].data), np.array(t.data)), k
+    ckpt = load_checkpoint(q)
+    cfg, wq = ckpt.config, ckpt.params["blocks.0.mha.W_Q.weight"]
+    rows = interleaved_to_half(cfg.num_heads, cfg.head_dim) if arch == "qwen2" else slice(None)
+    assert np.array_equal(np.array(mine["blk.0.attn_q.weight"].data), wq.blocks[rows])
+
+
 # --- import ------------------------------------------------------------------------------------
 
 
