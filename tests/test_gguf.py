@@ -9,6 +9,7 @@ llama.cpp loads each file once.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -438,6 +439,14 @@ def test_mygpt_quantize_then_export_writes_the_checkpoints_blocks(name, checkpoi
     cfg, wq = ckpt.config, ckpt.params["blocks.0.mha.W_Q.weight"]
     rows = interleaved_to_half(cfg.num_heads, cfg.head_dim) if arch == "qwen2" else slice(None)
     assert np.array_equal(np.array(mine["blk.0.attn_q.weight"].data), wq.blocks[rows])
+    back = import_gguf(out)  # and back: the same blocks, the same float tensors
+    for k, v in ckpt.params.items():
+        same = (
+            np.array_equal(back.params[k].blocks, v.blocks)
+            if hasattr(v, "blocks")
+            else (np.array_equal(back.params[k], v))
+        )
+        assert same, k
 
 
 # --- import ------------------------------------------------------------------------------------
@@ -507,7 +516,8 @@ def test_cli_export_import_and_load(checkpoints, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mygpt", "import", str(out), str(ck)],
                        capture_output=True, text=True, env=subprocess_env())  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "Q8_0 weights dequantized to float32" in r.stderr
+    keeps_blocks = importlib.util.find_spec("mygpt.quant") is not None  # the quantization branch
+    assert ("Q8_0 weights dequantized to float32" in r.stderr) != keeps_blocks
     r = subprocess.run([sys.executable, "-m", "mygpt", "export", str(checkpoints["qwen2"]),
                         str(tmp_path / "hfdir"), "--dtype", "q8_0"],
                        capture_output=True, text=True, env=subprocess_env())  # fmt: skip

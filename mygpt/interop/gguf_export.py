@@ -42,6 +42,7 @@ from mygpt.interop.architectures import ARCHITECTURES, interleaved_to_half
 from mygpt.interop.gguf_layout import (
     MYGPT_CONFIG_KEY,
     gguf_name,
+    gguf_param_name,
     llama_permute,
     rope_freq_factors,
 )
@@ -151,18 +152,6 @@ def checkpoint_blocks(ckpt: Checkpoint) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _gguf_param_name(name: str) -> str:
-    """llama.cpp's name for a mygpt 2-D weight (the ones that can be quantized)."""
-    top = {"token_embedding.embedding.weight": "token_embd.weight",
-           "lm_head.weight": "output.weight"}  # fmt: skip
-    if name in top:
-        return top[name]
-    _, i, _, short, kind = name.split(".")  # blocks.<i>.<mha|mlp>.<W_Q|gate|...>.weight
-    short = {"W_Q": "attn_q", "W_K": "attn_k", "W_V": "attn_v", "W_O": "attn_output",
-             "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}[short]  # fmt: skip
-    return f"blk.{i}.{short}.{kind}"
-
-
 def _block_tensor(cfg: ModelConfig, name: str, q: Any, arch: str) -> tuple[np.ndarray, Any]:
     """A quantized weight's blocks under llama.cpp's layout: Q/K rows reordered to the
     half-split layout for qwen2/qwen3 (whole rows of blocks move; no byte changes)."""
@@ -184,7 +173,7 @@ def gguf_tensors(ckpt: Checkpoint, arch: str, dtype: str) -> dict[str, tuple[np.
     out = {name: _encode_tensor(name, w, dtype)
            for name, w in float_tensors(ckpt.config, params, arch).items()}  # fmt: skip
     for name, q in blocks.items():
-        out[_gguf_param_name(name)] = _block_tensor(ckpt.config, name, q, arch)
+        out[gguf_param_name(name)] = _block_tensor(ckpt.config, name, q, arch)
     return out
 
 

@@ -2,9 +2,10 @@
 file as a mygpt checkpoint.
 
 Reads the ``llama`` (Llama, Mistral), ``qwen2`` and ``qwen3`` architectures with F32, F16 and
-BF16 tensors (widened to float32 exactly) and Q8_0/Q4_0 (and any type ``gguf.quants`` dequantizes,
-K-quants included), which are dequantized to float32 with ``gguf.quants.dequantize`` and said so
-in one line: mygpt's own quantized blocks (the quantization issue) have not landed on main yet.
+BF16 tensors (widened to float32 exactly) and Q8_0/Q4_0: kept as mygpt's quantized blocks, byte
+for byte, where this mygpt holds quantized weights (``mygpt.quant``, the quantization branch),
+else dequantized to float32 with ``gguf.quants.dequantize`` and said so in one line, as any other
+type ``gguf.quants`` dequantizes (K-quants included) always is.
 Q/K rows of a ``llama`` file are un-permuted to Hugging Face's layout (the inverse of llama.cpp's
 converter), then mapped to mygpt's as ``mygpt import`` maps a Hugging Face model.
 
@@ -18,6 +19,7 @@ import gives back the same float32 weights, bit for bit.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -33,6 +35,7 @@ from mygpt.interop.gguf_layout import (
     MYGPT_CONFIG_KEY,
     hf_name,
     llama_unpermute,
+    mygpt_param_name,
     rope_freq_factors,
 )
 from mygpt.interop.gguf_tokenizer import (
@@ -256,13 +259,45 @@ def config_from_gguf(meta: dict, tensors: dict, path: Path) -> ModelConfig:
 # --- the weights ---------------------------------------------------------------------------------
 
 
+def _quant() -> Any:
+    """``mygpt.quant`` (ggml blocks held as they are) where this mygpt has it, else None.
+    Looked up at run time: the quantization branch adds it; until then blocks are dequantized."""
+    try:
+        return importlib.import_module("mygpt.quant")
+    except ImportError:
+        return None
+
+
+def _kept_blocks(
+    cfg: ModelConfig, arch: str, name: str, qtype: Any, data: np.ndarray, quant: Any
+) -> tuple[str, Any]:
+    """(mygpt name, its quantized record) of a Q8_0/Q4_0 tensor, blocks unchanged: only whole
+    rows move (qwen2/qwen3 Q/K from the half-split layout back to mygpt's)."""
+    from mygpt.interop.architectures import interleaved_to_half
+
+    mine = mygpt_param_name(name)
+    blocks = np.array(data, dtype=np.uint8)
+    heads = {"attn_q": cfg.num_heads, "attn_k": cfg.num_kv_heads}.get(name.split(".")[-2])
+    if arch != "llama" and heads is not None:
+        back = np.empty_like(blocks)
+        back[interleaved_to_half(heads, cfg.head_dim)] = blocks
+        blocks = back
+    rows = blocks.shape[0]
+    cols = blocks.shape[1] // quant.BLOCK_BYTES[qtype.name] * quant.BLOCK
+    return mine, quant.QuantizedTensor(qtype.name, (rows, cols), blocks)
+
+
 def params_from_gguf(
     cfg: ModelConfig, arch: str, tensors: dict, path: Path
-) -> tuple[dict[str, np.ndarray], set[str]]:
-    """mygpt's float32 weights (and the quantized types that were dequantized)."""
+) -> tuple[dict[str, Any], set[str]]:
+    """mygpt's weights (and the quantized types that were dequantized): float32, and Q8_0/Q4_0
+    kept as their blocks where this mygpt holds quantized weights."""
+    from gguf import GGMLQuantizationType as T
+
     from mygpt.interop.architectures import ARCHITECTURES
     from mygpt.interop.import_ import params_from_hf
 
+    quant, kept = _quant(), {}
     hf, dequantized = {}, set()
     for name, (qtype, data) in tensors.items():
         if name == "rope_freqs.weight":
@@ -271,12 +306,18 @@ def params_from_gguf(
             hname = hf_name(name)
         except (KeyError, ValueError):
             raise _fail(path, f"it has a tensor mygpt does not compute ({name!r})") from None
+        if quant is not None and qtype in (T.Q8_0, T.Q4_0):
+            mine, record = _kept_blocks(cfg, arch, name, qtype, data, quant)
+            kept[mine] = record
+            hf[hname] = np.zeros(record.shape, np.float32)  # checked for shape, then replaced
+            continue
         w = _as_float(name, qtype, data, dequantized)
         if arch == "llama" and name.split(".")[-2] in ("attn_q", "attn_k"):
             heads = cfg.num_heads if ".attn_q." in name else cfg.num_kv_heads
             w = llama_unpermute(w, heads)
         hf[hname] = w
-    return params_from_hf(ARCHITECTURES["llama"], cfg, hf, path), dequantized
+    params = params_from_hf(ARCHITECTURES["llama"], cfg, hf, path)
+    return {k: kept.get(k, v) for k, v in params.items()}, dequantized
 
 
 # --- the tokenizer -------------------------------------------------------------------------------

@@ -38,6 +38,31 @@ def hf_name(gguf_tensor: str) -> str:
     return f"model.layers.{i}.{layer[short]}.{kind}"
 
 
+_PARAM_TOP = {"token_embedding.embedding.weight": "token_embd.weight",
+              "lm_head.weight": "output.weight"}  # fmt: skip
+_PARAM_SHORT = {"mha.W_Q": "attn_q", "mha.W_K": "attn_k", "mha.W_V": "attn_v",
+                "mha.W_O": "attn_output", "mlp.gate": "ffn_gate", "mlp.up": "ffn_up",
+                "mlp.down": "ffn_down"}  # fmt: skip
+
+
+def gguf_param_name(name: str) -> str:
+    """llama.cpp's name for a mygpt 2-D weight (the ones that can be quantized)."""
+    if name in _PARAM_TOP:
+        return _PARAM_TOP[name]
+    _, i, part, short, kind = name.split(".")  # blocks.<i>.<mha|mlp>.<W_Q|gate|...>.weight
+    return f"blk.{i}.{_PARAM_SHORT[f'{part}.{short}']}.{kind}"
+
+
+def mygpt_param_name(gguf_tensor: str) -> str:
+    """The inverse of :func:`gguf_param_name`."""
+    top = {v: k for k, v in _PARAM_TOP.items()}
+    if gguf_tensor in top:
+        return top[gguf_tensor]
+    _, i, short, kind = gguf_tensor.split(".")
+    part = {v: k for k, v in _PARAM_SHORT.items()}[short]
+    return f"blocks.{i}.{part}.{kind}"
+
+
 def llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's converter's ``LlamaModel.permute``: half-split rows -> adjacent pairs."""
     return np.ascontiguousarray(
