@@ -77,8 +77,9 @@ class MLXOps(Ops):
         buf[index] = x
         return buf
 
-    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
-        n, hkv, t, _ = k.shape
+    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], at: Positions) -> Array:
+        n, heads, t, _ = x.shape
+        hkv = heads // 2
         if t == 1:  # a decode step: one scatter for every row, keys and values
             index = at.tables.get("kv")
             if index is None:  # the step's indices, made by its first layer
@@ -87,11 +88,11 @@ class MLXOps(Ops):
                 s = mx.array(np.tile(np.asarray(at.start, np.int32), 2))
                 index = at.tables["kv"] = (half, r, s)
             half, r, s = index
-            kv[half, r, :, s] = mx.concatenate([k[:, :, 0], v[:, :, 0]], axis=0)
+            kv[half, r, :, s] = mx.concatenate([x[:, :hkv, 0], x[:, hkv:, 0]], axis=0)
             return kv
         for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
-            kv[0, r, :, s : s + t] = k[i]
-            kv[1, r, :, s : s + t] = v[i]
+            kv[0, r, :, s : s + t] = x[i, :hkv]
+            kv[1, r, :, s : s + t] = x[i, hkv:]
         return kv
 
     # --- layers ----------------------------------------------------------------------------
@@ -110,8 +111,12 @@ class MLXOps(Ops):
         return mx.fast.rms_norm(x, weight, eps)
 
     def rope(
-        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
-    ) -> Array:
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None,
+        rotated: int | None = None,
+    ) -> Array:  # fmt: skip
+        if rotated is not None and rotated < x.shape[1]:
+            turned = self.rope(x[:, :rotated], positions, base, inv_freq)
+            return mx.concatenate([turned, x[:, rotated:]], axis=1)
         offset = positions
         if isinstance(positions, Positions):
             offset = positions.start

@@ -129,18 +129,20 @@ class TorchOps(Ops):
         buf.narrow(axis, start, x.shape[axis]).copy_(x)
         return buf
 
-    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
-        n, hkv, t, _ = k.shape
+    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], at: Positions) -> Array:
+        n, heads, t, _ = x.shape
         if t == 1 and kv.is_contiguous():  # a decode step: one index_put_ for every row and head
-            index = at.tables.get(("kv", kv.shape))
+            index = at.tables.get("kv")  # every layer's buffer has the same shape
             if index is None:  # the step's flat indices, made by its first layer
                 index = self._kv_indices(kv.shape, rows, self._positions(at.start))
-                at.tables[("kv", kv.shape)] = index
-            kv.view(-1, kv.shape[-1]).index_put_((index,), torch.cat([k, v], 1)[:, :, 0])
+                at.tables["kv"] = index
+            # index_put_ takes x as the strided view it may be (no copy)
+            kv.view(-1, kv.shape[-1]).index_put_((index,), x[:, :, 0])
             return kv
+        hkv = heads // 2
         for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
-            kv[0, r, :, s : s + t] = k[i]
-            kv[1, r, :, s : s + t] = v[i]
+            kv[0, r, :, s : s + t] = x[i, :hkv]
+            kv[1, r, :, s : s + t] = x[i, hkv:]
         return kv
 
     # --- layers ----------------------------------------------------------------------------
@@ -150,10 +152,8 @@ class TorchOps(Ops):
     def residual_linear(
         self, residual: Array, x: Array, weight: Array, bias: Array | None = None
     ) -> Array:
-        if bias is None and x.dim() == 3 and x.shape[1] == 1:  # one token per row (decoding):
-            # the matmul adds into the residual
-            rows = torch.addmm(residual.view(x.shape[0], -1), x.view(x.shape[0], -1), weight.t())
-            return rows.view(residual.shape)
+        if bias is None and x.dim() == 2:  # the matmul adds into the residual (decode rows)
+            return torch.addmm(residual, x, weight.t())
         return residual + F.linear(x, weight, bias)
 
     def embedding(self, weight: Array, ids: Array) -> Array:
@@ -215,18 +215,24 @@ class TorchOps(Ops):
         return table
 
     def rope(
-        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
-    ) -> Array:
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None,
+        rotated: int | None = None,
+    ) -> Array:  # fmt: skip
         # Interleaved pairs (2i, 2i+1) are the real and imaginary parts of one complex number, so
         # the rotation is a single complex multiply (faster than slicing and stacking halves).
+        heads = x.shape[1]
+        rotated = heads if rotated is None else min(rotated, heads)
         if isinstance(positions, Positions) and positions.per_row:
-            key = ("rope", x.shape[1], x.shape[-1], base)
+            key = (base, rotated)  # (a model's layers may differ in base, not in shape)
             rotations = positions.tables.get(key)
             if rotations is None:  # the step's rotations, made by its first layer
                 at = self._positions(positions.start)
-                rotations = self._rotations(x.shape, at, base, inv_freq)
+                rotations = self._rotations(x.shape, at, base, inv_freq, rotated)
                 positions.tables[key] = rotations
-            return _rotate(x, rotations)
+            return _rotate(x, rotations)  # the passed heads times 1 + 0i: exactly as they came
+        if rotated < heads:  # training and prefill: turn only those, pass the rest
+            turned = self.rope(x[:, :rotated], positions, base, inv_freq)
+            return torch.cat([turned, x[:, rotated:]], 1)
         offset = positions.start if isinstance(positions, Positions) else positions
         t, d = x.shape[-2], x.shape[-1]
         rot = self._rope_table(offset + t, d, base, inv_freq)[offset : offset + t]
@@ -250,15 +256,18 @@ class TorchOps(Ops):
             self._tables[("kv", shape, rows)] = first
         return first + starts[:, None]
 
-    def _rotations(self, shape, positions: Array, base, inv_freq) -> Array:
-        """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2)."""
+    def _rotations(self, shape, positions: Array, base, inv_freq, rotated: int) -> Array:
+        """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2); heads
+        from ``rotated`` on get 1 (multiplying by 1 + 0i leaves them exactly as they are)."""
         _, heads, t, d = shape
         n = int(positions.max()) + t
-        key = ("rope", heads, d, base, None if inv_freq is None else inv_freq.tobytes())
+        key = ("rope", heads, d, base, None if inv_freq is None else inv_freq.tobytes(), rotated)
         table = self._tables.get(key)
         if table is None or table.shape[0] < n:  # (positions, heads, d/2), grown by doubling
             one_head = self._rope_table(n, d, base, inv_freq)
-            table = one_head[:, None].expand(one_head.shape[0], heads, d // 2).contiguous()
+            table = torch.ones((one_head.shape[0], heads, d // 2), dtype=one_head.dtype,
+                               device=one_head.device)  # fmt: skip
+            table[:, :rotated] = one_head[:, None]
             self._tables[key] = table
         if t == 1:
             return table[positions][:, :, None]

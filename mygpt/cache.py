@@ -6,8 +6,8 @@ questions for each forward pass (the ``Cache`` protocol):
 - ``begin(T)``: at which positions are these T new tokens, and which mask do they attend under?
   (``Positions`` and ``Mask`` from ``mygpt.backends.base``; the backend keeps the step's tables,
   rotations, write indices and masks, inside them, made once per step and used by every layer.)
-- ``update(ops, layer, k, v)``: store this layer's new keys and values, and return the keys and
-  values to attend to.
+- ``update(ops, layer, kv)``: store this layer's new keys and values (one array, the K heads then
+  the V heads), and return the keys and values to attend to.
 - ``end(T)``: the pass is over (advance the offset).
 
 The kinds:
@@ -36,7 +36,7 @@ from mygpt.errors import MygptError
 class Cache(Protocol):
     def begin(self, T: int) -> tuple[Positions, Mask | None]: ...
 
-    def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]: ...
+    def update(self, ops, layer: int, kv: Array) -> tuple[Array, Array]: ...
 
     def end(self, T: int) -> None: ...
 
@@ -74,7 +74,12 @@ class GrowingCache:
             "generator refills its cache from the cropped window; use a SlidingCache to rotate"
         )
 
-    def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
+    def update(self, ops, layer: int, kv: Array) -> tuple[Array, Array]:
+        """Append (B, 2 Hkv, T, D) keys then values; return those attention sees (<= max_len)."""
+        hkv = kv.shape[1] // 2
+        return self.append(ops, layer, kv[:, :hkv], kv[:, hkv:])
+
+    def append(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
         """Append (B, Hkv, T, D) keys and values; return those attention sees (<= max_len)."""
         t, n = k.shape[2], self.max_len
         if t > n:  # only the newest max_len can ever be seen again
@@ -154,8 +159,8 @@ class RowCache:
         start = Positions(np.zeros(1, dtype=np.int64), 0)
         for i in range(len(self.kv)):
             end = cache.ends[i]
-            k, v = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
-            self.kv[i] = ops.write_kv(self.kv[i], k, v, [row], start)
+            heads = ops.concat([cache.keys[i][:, :, :end], cache.values[i][:, :, :end]], axis=1)
+            self.kv[i] = ops.write_kv(self.kv[i], heads, [row], start)
 
 
 class RowStep:
@@ -173,8 +178,8 @@ class RowStep:
         self.at = Positions(self.positions, T)
         return self.at, self.mask
 
-    def update(self, ops, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
-        kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], k, v, self.rows, self.at)
+    def update(self, ops, layer: int, kv: Array) -> tuple[Array, Array]:
+        kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], kv, self.rows, self.at)
         return kv[0], kv[1]
 
     def end(self, T: int) -> None:

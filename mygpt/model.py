@@ -317,6 +317,9 @@ def forward(
     x = ops.embedding(w.embedding, ids)
     if w.position is not None:
         x = x + _position_rows(ops, w.position, positions)
+    if T == 1:  # one token a row (decoding): (rows, features), no time axis; a decoded token is
+        # ~100 tiny ops, and a 3-D input costs every linear a fold into 2-D and back
+        x = ops.reshape(x, (ids.shape[0], x.shape[-1]))
     x = ops.cast(x, w.dtype)
     for i, blk in enumerate(w.blocks):
         x = blk.o.residual(ops, x, _attention(ops, cfg, blk, _norm(ops, cfg, blk.ln1, x), i, ps),
@@ -324,21 +327,21 @@ def forward(
         x = x + _mlp(ops, cfg, blk, _norm(ops, cfg, blk.ln2, x), train)
     if cache is not None:
         cache.end(T)
-    return w.head(ops, _norm(ops, cfg, w.final_norm, x))  # tied head: logits = x @ E^T
+    logits = w.head(ops, _norm(ops, cfg, w.final_norm, x))  # tied head: logits = x @ E^T
+    return ops.reshape(logits, (ids.shape[0], 1, -1)) if T == 1 else logits
 
 
 def _check_length(cfg: ModelConfig, positions: Positions, cache: Cache | None) -> None:
     T = positions.length
-    end = int(np.max(positions.start)) + T
-    if cfg.position == "learned" and end > cfg.max_seq_len:
-        raise MygptError(
-            f"sequence of {end} tokens is longer than max_seq_len {cfg.max_seq_len} — "
-            "crop the context (generation does this) or train with a larger --max-seq-len"
-        )
     if cache is None and cfg.max_seq_len < T:
         raise MygptError(
             f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len} — "
             "use a shorter --seq-len or train with a larger --max-seq-len"
+        )
+    if cfg.position == "learned" and (end := int(np.max(positions.start)) + T) > cfg.max_seq_len:
+        raise MygptError(
+            f"sequence of {end} tokens is longer than max_seq_len {cfg.max_seq_len} — "
+            "crop the context (generation does this) or train with a larger --max-seq-len"
         )
 
 
@@ -358,23 +361,31 @@ def _norm(ops, cfg: ModelConfig, norm: Norm, x: Array) -> Array:
 
 
 def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pass) -> Array:
-    """The attention sublayer up to W_O: (B, T, H * D) from normed (B, T, C)."""
-    B, T, _ = x.shape
+    """The attention sublayer up to W_O: (B, T, H * D) from normed (B, T, C), or (B, H * D)
+    from (B, C) when decoding one token a row."""
+    B, T = x.shape[0], ps.positions.length
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    heads = ops.transpose(ops.reshape(blk.qkv(ops, x, ps.train), (B, T, H + 2 * Hkv, D)),
-                          (0, 2, 1, 3))  # fmt: skip
-    qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
+    qkv = blk.qkv(ops, x, ps.train)
+    if T == 1:  # one token a row (decoding): (B, heads, 1, D) is the same memory, no transpose
+        heads = ops.reshape(qkv, (B, H + 2 * Hkv, 1, D))
+    else:
+        heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D features, before the rotation
-        qk = ops.concat([ops.rms_norm(qk[:, :H], blk.q_norm, cfg.norm_eps),
-                         ops.rms_norm(qk[:, H:], blk.k_norm, cfg.norm_eps)], axis=1)  # fmt: skip
-    if ps.rope is not None:  # one rotary call for Q and K together
-        qk = ops.rope(qk, ps.positions, *ps.rope)
-    q, k = qk[:, :H], qk[:, H:]
+        heads = ops.concat([ops.rms_norm(heads[:, :H], blk.q_norm, cfg.norm_eps),
+                            ops.rms_norm(heads[:, H : H + Hkv], blk.k_norm, cfg.norm_eps),
+                            heads[:, H + Hkv :]], axis=1)  # fmt: skip
+    if ps.rope is not None:  # one rotary call turns Q and K; V passes, so K|V stay one array
+        heads = ops.rope(heads, ps.positions, *ps.rope, rotated=H + Hkv)
+    q, kv = heads[:, :H], heads[:, H:]
     if ps.cache is not None:
-        k, v = ps.cache.update(ops, layer, k, v)
+        k, v = ps.cache.update(ops, layer, kv)
+    else:
+        k, v = kv[:, :Hkv], kv[:, Hkv:]
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
     out = ops.attention(q, k, v, 1.0 / math.sqrt(D), dropout=ps.dropout, mask=ps.mask)
+    if T == 1:
+        return ops.reshape(out, (B, H * D))
     return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, H * D))
 
 

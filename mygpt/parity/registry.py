@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from mygpt.parity.core import ParityCheck
+from mygpt.parity.dpo_checks import dpo_checks
 from mygpt.parity.lora_checks import lora_checks
 from mygpt.parity.model_checks import (
     REAL_FEATURES,
@@ -47,6 +48,7 @@ def _all_checks() -> list[ParityCheck]:
         train_check(8, quick=True),
         *step_checks(),
         *lora_checks(),
+        *dpo_checks(),
     ]
 
 

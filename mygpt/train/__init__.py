@@ -4,7 +4,8 @@ The parts, each in its own module: ``config`` (the settings), ``setup`` (backend
 process group, precision), ``data`` (tokenizer, token cache, samplers, each rank's rows),
 ``state`` (weights and optimizer, fresh or resumed), ``step`` (one optimizer step),
 ``monitor`` (progress and metrics), ``checkpointing`` (saves), ``signals`` (Ctrl-C) and
-``loop`` (the loop that ties them together).
+``loop`` (the loop that ties them together). ``--dpo`` swaps in ``dpo_data`` (preference pairs)
+and ``dpo`` (the reference, the DPO step and its validation).
 """
 
 from mygpt.train.checkpointing import load_resumable

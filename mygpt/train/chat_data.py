@@ -15,6 +15,7 @@ target counts when its mask bit is set.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -74,8 +75,9 @@ def _segments(render, msgs: list[dict], where: str) -> list[tuple[str, bool]]:
     return [(t, a) for t, a in pieces if t]
 
 
-def encode_chats(path: Path, tokenizer: Any) -> tuple[np.ndarray, np.ndarray, int]:
-    """Token ids, their assistant mask, and the number of conversations."""
+def template_renderer(path: Path, tokenizer: Any) -> Callable[[list[dict], bool], str]:
+    """``render(messages, add_generation_prompt) -> text`` with the model's own chat template,
+    as transformers' ``apply_chat_template`` renders it."""
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         raise MygptError(
@@ -88,6 +90,12 @@ def encode_chats(path: Path, tokenizer: Any) -> tuple[np.ndarray, np.ndarray, in
         return compiled.render(messages=msgs, add_generation_prompt=gen, tools=None,
                                documents=None, **special)  # fmt: skip
 
+    return render
+
+
+def encode_chats(path: Path, tokenizer: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """Token ids, their assistant mask, and the number of conversations."""
+    render = template_renderer(path, tokenizer)
     ids: list[int] = []
     mask: list[int] = []
     count = 0

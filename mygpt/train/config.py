@@ -35,6 +35,8 @@ from mygpt.settings import (
     with_given,
 )
 
+#: ``--dpo-loss``: trl's names (mygpt.train.dpo computes them)
+DPO_LOSSES = ("sigmoid", "ipo")
 #: the flags that say how the tokenizer is made: a resumed or --init-from run has its own
 TOKENIZER_FLAGS = ("tokenizer", "num_merges", "bpe_train_bytes", "tokenizer_file")
 
@@ -110,6 +112,25 @@ class TrainConfig:
     lora_targets: str = setting(
         "q,v", "Projections that get adapters: any of q,k,v,o,gate,up,down (fc1,fc2: GELU MLP)."
     )
+    dpo: bool = setting(
+        False,
+        "Preference tuning (DPO) on a .jsonl of trl's {prompt, chosen, rejected} rows (strings or "
+        "message lists); the policy starts from --init-from, which is also the reference.",
+    )
+    dpo_beta: float = setting(0.1, "DPO's beta: the strength of the pull toward the reference.")
+    dpo_loss: str = setting(
+        "sigmoid",
+        "DPO loss: sigmoid (the paper's), ipo (squared, mean log-probs).",
+        choices=DPO_LOSSES,
+    )
+    dpo_precompute_ref: bool = setting(
+        False,
+        "DPO: compute the reference's log-probs once at the start (one pass over the pairs) "
+        "instead of at every step; full DPO then keeps no frozen copy of the model.",
+    )
+    dpo_max_prompt: int = setting(
+        0, "DPO truncation: a too-long pair keeps this many prompt tokens; 0 = half of --seq-len."
+    )
     model: ModelConfig = nested(ModelConfig, "The architecture (its fields are flags too).")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
@@ -168,6 +189,24 @@ class TrainConfig:
                 "--warmup, --max-grad-norm, --min-lr and --adamw-lr must not be negative"
             )
         self.validate_lora()
+        self.validate_dpo()
+
+    def validate_dpo(self) -> None:
+        if not self.dpo:
+            return
+        if not self.data or Path(self.data).suffix.lower() != ".jsonl":
+            raise MygptError(
+                f"--dpo trains on preference pairs, not {self.data or 'the bundled corpus'} — pass "
+                'a .jsonl with one {"prompt", "chosen", "rejected"} per line'
+            )
+        if not self.init_from:
+            raise MygptError(
+                "--dpo tunes a trained model, which is also its reference — pass --init-from MODEL"
+            )
+        if self.dpo_beta <= 0 or self.dpo_max_prompt < 0 or self.dpo_max_prompt > self.seq_len:
+            raise MygptError(
+                "--dpo-beta must be positive and --dpo-max-prompt in [0, --seq-len] — fix the flag"
+            )
 
     def validate_lora(self) -> None:
         if self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0:

@@ -75,9 +75,18 @@ def train(
         e.every_rank = True  # the same settings on every rank: one rank says so
         raise
     try:
-        rd = load_data(run, tc, _tokenizer_of(source))
+        rd = _load(run, tc, _tokenizer_of(source))
+        if tc.dpo and init is not None and not tc.lora_rank:  # what a resume reloads and checks
+            from mygpt.train.dpo import reference_digest
+
+            tc.extra["dpo_reference"] = reference_digest(tc, init.params)
         state = init_state(run, tc, rd, ckpt, init)
-        result = _train_loop(run, tc, rd, state, ckpt is not None, on_log)
+        ref = None
+        if tc.dpo:
+            from mygpt.train.dpo import make_reference
+
+            ref = make_reference(run, tc, rd, state, init)
+        result = _train_loop(run, tc, rd, state, ckpt is not None, on_log, ref)
         # every rank leaves together: a rank tearing its process group down while a peer's last
         # collective is still in flight can abort the peer at exit (gloo's worker threads)
         run.dist.barrier("the end of the run")
@@ -99,6 +108,14 @@ def continued_config(ckpt: Checkpoint, given: Mapping[str, Any] | None = None) -
         listed = ", ".join(f"{flag(k)} {old} → {new}" for k, (old, new) in changes.items())
         console.status(f"resuming with changed settings: {listed}")
     return tc
+
+
+def _load(run: Run, tc: TrainConfig, tokenizer: Any) -> RunData:
+    if tc.dpo:  # preference pairs (mygpt.train.dpo_data): RunData's interface
+        from mygpt.train.dpo_data import load_pairs
+
+        return load_pairs(run, tc, tokenizer)
+    return load_data(run, tc, tokenizer)
 
 
 def _tokenizer_of(ckpt: Checkpoint | None):
@@ -143,21 +160,35 @@ def evaluate(run: Run, tc: TrainConfig, rd: RunData, state: TrainState, params: 
     return run.dist.mean([local])[0]
 
 
-def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
+def _make_step(run: Run, tc: TrainConfig, state: TrainState, ref: Any, log: RunLog):
+    """The run's step: next-token prediction, or DPO (``ref``: its reference; the log then
+    carries trl's metrics)."""
     ops, dist = run.ops, run.dist
-    sync = dist.all_reduce_grads if dist.world_size > 1 else None
-    train_step = make_train_step(
-        ops,
-        state.cfg,
-        state.opt,
-        dtype=run.dtype,
-        max_grad_norm=tc.max_grad_norm,
-        compile=tc.compile,
-        grad_sync=sync,
-        base=state.base,
-        lora=state.lora,
-    )
+    kwargs = dict(dtype=run.dtype, max_grad_norm=tc.max_grad_norm, compile=tc.compile,
+                  grad_sync=dist.all_reduce_grads if dist.world_size > 1 else None,
+                  base=state.base, lora=state.lora)  # fmt: skip
+    if ref is None:
+        return make_train_step(ops, state.cfg, state.opt, **kwargs)
+    from mygpt.train.dpo import STATS, make_dpo_step, read_stats
+
+    log.stat_names = STATS
+    log.tokens_per_step *= 2  # a pair is two rows of --seq-len tokens (chosen, rejected)
+    log.read_stats = lambda pending: read_stats(ops, ref.spec, pending)
+    return make_dpo_step(ops, state.cfg, state.opt, ref.spec, ref, **kwargs)
+
+
+def _evaluate(run, tc, rd, state, params, ref) -> tuple[float, dict | None]:
+    if ref is None:
+        return evaluate(run, tc, rd, state, params), None
+    from mygpt.train.dpo import evaluate_dpo
+
+    return evaluate_dpo(run, tc, rd, state, params, ref)
+
+
+def _train_loop(run, tc, rd, state, resumed, on_log, ref=None) -> TrainResult:
+    ops, dist = run.ops, run.dist
     log = RunLog(run, tc, state.start_step, resumed, on_log)
+    train_step = _make_step(run, tc, state, ref, log)
     saver = Saver(run, tc, rd, state)
     params, step, interrupted = state.params, state.start_step, False
     with StopFlag() as stop:
@@ -167,8 +198,8 @@ def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
                 if state.cfg.dropout > 0 or (state.lora is not None and state.lora.dropout > 0):
                     # masks depend on (seed, step, rank) only, so a resumed run draws the same
                     ops.seed(dropout_seed(tc.seed, step, dist.rank))
-                params, loss = train_step(params, rd.micro_batches(ops, tc.grad_accum), lr)
-                log.add(step, loss, lr)
+                params, loss, *stats = train_step(params, rd.micro_batches(ops, tc.grad_accum), lr)
+                log.add(step, loss, lr, *stats)
                 when = _schedule(tc, step, rd.val_sampler is not None)
                 # one process stops at once; several agree at the next flush, a fixed step
                 alone_stopping = dist.world_size == 1 and stop.requested
@@ -177,7 +208,8 @@ def _train_loop(run, tc, rd, state, resumed, on_log) -> TrainResult:
                     losses, stopping = agree(dist, log.read_back(), stop.requested)
                     log.flush(step, losses, saver.last_good_step)
                 if when.eval:
-                    log.val(step, evaluate(run, tc, rd, state, params), lr)
+                    val_loss, val_stats = _evaluate(run, tc, rd, state, params, ref)
+                    log.val(step, val_loss, lr, val_stats)
                 if when.print:
                     log.print_step(step, lr)
                 if when.ckpt or stopping:

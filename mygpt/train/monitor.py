@@ -30,14 +30,19 @@ class RunLog:
             self.log.open(start_step if resumed else None)
         self.progress = Progress(total=tc.steps, initial=start_step)
         self.tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
-        self.pending: list[tuple[int, Any, float]] = []  # (step, loss array, lr) not read back
+        self.pending: list[tuple[int, Any, float, Any]] = []  # (step, loss, lr, stats): not read
+        # extra per-step metrics (DPO's): their names, and how a step's stats become floats
+        self.stat_names: tuple[str, ...] = ()
+        self.read_stats: Any = None
+        self.last_stats: dict[str, float] = {}
+        self.last_val_stats: dict[str, float] = {}
         self.last_loss = float("nan")
         self.last_val: float | None = None
         self.t_start = self.t_window = time.perf_counter()
         self.steps_window = 0
 
-    def add(self, step: int, loss: Any, lr: float) -> None:
-        self.pending.append((step, loss, lr))
+    def add(self, step: int, loss: Any, lr: float, stats: Any = None) -> None:
+        self.pending.append((step, loss, lr, stats))
         self.steps_window += 1
 
     @property
@@ -45,18 +50,25 @@ class RunLog:
         return len(self.pending) >= SYNC_EVERY
 
     def read_back(self) -> list[float]:
-        """This rank's pending losses as floats (waits for the device)."""
+        """This rank's pending losses (each followed by its stats) as floats (waits for the
+        device)."""
         ops = self.run.ops
         ops.eval(*[p[1] for p in self.pending])
-        return [ops.item(p[1]) for p in self.pending]
+        out = []
+        for p in self.pending:
+            out.append(ops.item(p[1]))
+            if self.stat_names:
+                out += self.read_stats(p[3])
+        return out
 
     def flush(self, step: int, losses: list[float], last_good_step: int) -> None:
         """Check and log the pending steps' losses (``losses``: averaged over ranks)."""
         now = time.perf_counter()
         rate = self.steps_window * self.tokens_per_step / max(now - self.t_window, 1e-9)
         self.t_window, self.steps_window = now, 0
-        records = []
-        for (s, _, lr), loss in zip(self.pending, losses):
+        records, width = [], 1 + len(self.stat_names)
+        for i, (s, _, lr, _) in enumerate(self.pending):
+            loss, stats = losses[i * width], dict(zip(self.stat_names, losses[i * width + 1 :]))
             if not math.isfinite(loss):
                 self.pending.clear()
                 self._append(records)
@@ -64,11 +76,12 @@ class RunLog:
                     f"loss became {loss} at step {s} — stopped; the last good checkpoint "
                     f"(step {last_good_step}) is kept. Try a lower --lr, --max-grad-norm 1.0 or fp32"
                 )
-            self.last_loss = loss
+            self.last_loss, self.last_stats = loss, stats
             records.append(
                 {
                     "step": s,
                     "loss": loss,
+                    **stats,
                     "lr": lr,
                     "tokens_per_s": rate,
                     "elapsed_s": now - self.t_start,
@@ -80,15 +93,22 @@ class RunLog:
             step, loss=self.last_loss, val=self.last_val, lr=self.tc.lr_at(step), tokens_per_s=rate
         )
 
-    def val(self, step: int, loss: float, lr: float) -> None:
-        self.last_val = loss
-        self._append([{"step": step, "val_loss": loss}], callback=False)
+    def val(self, step: int, loss: float, lr: float, stats: dict[str, float] | None = None) -> None:
+        """A validation result; ``stats`` (DPO's metrics) are logged as trl's ``eval_`` names."""
+        self.last_val, self.last_val_stats = loss, stats or {}
+        extra = {f"eval_{k}": v for k, v in self.last_val_stats.items()}
+        self._append([{"step": step, "val_loss": loss, **extra}], callback=False)
         self.progress.update(step, loss=self.last_loss, val=loss, lr=lr)
 
     def print_step(self, step: int, lr: float) -> None:
         line = f"step {step}: loss = {self.last_loss:.4f}"
         if self.last_val is not None:
             line += f", val loss = {self.last_val:.4f}"
+        for key, name in (("rewards/accuracies", "acc"), ("rewards/margins", "margin")):
+            if key in self.last_stats:
+                line += f", {name} = {self.last_stats[key]:.3f}"
+            if key in self.last_val_stats:
+                line += f", val {name} = {self.last_val_stats[key]:.3f}"
         self.progress.write(line + f", lr = {lr:.2e}")
 
     def finish(
