@@ -105,6 +105,8 @@ class Ops(abc.ABC):
     device_reason: str = ""  # why this device ("requested", "CUDA is available", ...)
     threads: int | None = None  # CPU compute threads, where the backend sets them
     threads_reason: str = ""
+    #: whether ``write``/``write_kv`` change the buffer itself (torch), so views of it stay current
+    writes_in_place: bool = False
 
     #: the framework's dtype object for each dtype name (``DTYPES``)
     FRAMEWORK_DTYPES: ClassVar[dict[str, Any]] = {}
@@ -235,24 +237,21 @@ class Ops(abc.ABC):
 
     @abc.abstractmethod
     def rope(
-        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None,
-        rotated: int | None = None,
-    ) -> Array:  # fmt: skip
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
         """Rotary embedding on (B, H, T, D), interleaved pairs (2i, 2i+1), at ``positions`` (an
         int: every row's tokens at offset..offset+T).
 
         ``inv_freq`` (D/2 float32, e.g. Llama 3's scaled frequencies) replaces ``base ** (-2i/D)``.
-        ``rotated``: only heads ``0..rotated-1`` turn; the rest come back exactly as they came
-        (the model's Q|K|V heads in one array, so that K|V stay one array for the cache).
         """
 
     @abc.abstractmethod
-    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], at: Positions) -> Array:
+    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
         """Write new keys and values into a (2, B, Hkv, T, D) buffer (keys, then values) and
         return it (MLX's may be a new array; torch writes in place).
 
-        ``x`` is (n, 2 * Hkv, t, D), the keys' heads then the values'; its row i lands in buffer
-        row ``rows[i]`` at positions ``at.start[i] .. at.start[i] + t - 1``."""
+        ``k`` and ``v`` are (n, Hkv, t, D); their row i lands in buffer row ``rows[i]`` at
+        positions ``at.start[i] .. at.start[i] + t - 1``."""
 
     @abc.abstractmethod
     def attention(
@@ -276,6 +275,11 @@ class Ops(abc.ABC):
     @abc.abstractmethod
     def gelu(self, x: Array) -> Array:
         """Exact (erf) GELU, as the book uses."""
+
+    @abc.abstractmethod
+    def gelu_tanh(self, x: Array) -> Array:
+        """The tanh-approximated GELU (GPT-2's ``gelu_new``, Gemma's ``gelu_pytorch_tanh``),
+        computed in fp32 for bf16 inputs as torch computes it."""
 
     @abc.abstractmethod
     def silu(self, x: Array) -> Array: ...

@@ -11,6 +11,8 @@ import numpy as np
 
 from mygpt.backends.base import Array, Mask, Ops, Params, Positions
 from mygpt.backends.cpu import cpu_has_native_bf16
+from mygpt.backends.quant import QuantizedWeight
+from mygpt.backends.quant import concat as quantized_concat
 
 
 def _gpu_available() -> bool:
@@ -58,15 +60,27 @@ class MLXOps(Ops):
         return mx.array(x)
 
     def _astype(self, x: Array, target) -> Array:
+        if isinstance(x, QuantizedWeight):
+            return x.cast(target)
         return x.astype(target)
 
+    def quantized(self, qt) -> QuantizedWeight:
+        """A :class:`mygpt.quant.QuantizedTensor` on this device, kept in its blocks."""
+        from mygpt.backends.quant_mlx import MLXQuantized
+
+        return MLXQuantized.from_record(qt)
+
     def _host_numpy(self, x: Array) -> np.ndarray:
+        if isinstance(x, QuantizedWeight):
+            return x.to_numpy()
         return np.array(x)
 
     def transpose(self, x: Array, axes: Sequence[int]) -> Array:
         return x.transpose(axes)
 
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
+        if isinstance(xs[0], QuantizedWeight):
+            return quantized_concat(xs, axis)
         return mx.concatenate(list(xs), axis=axis)
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Array:
@@ -77,9 +91,8 @@ class MLXOps(Ops):
         buf[index] = x
         return buf
 
-    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], at: Positions) -> Array:
-        n, heads, t, _ = x.shape
-        hkv = heads // 2
+    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
+        n, hkv, t, _ = k.shape
         if t == 1:  # a decode step: one scatter for every row, keys and values
             index = at.tables.get("kv")
             if index is None:  # the step's indices, made by its first layer
@@ -88,20 +101,24 @@ class MLXOps(Ops):
                 s = mx.array(np.tile(np.asarray(at.start, np.int32), 2))
                 index = at.tables["kv"] = (half, r, s)
             half, r, s = index
-            kv[half, r, :, s] = mx.concatenate([x[:, :hkv, 0], x[:, hkv:, 0]], axis=0)
+            kv[half, r, :, s] = mx.concatenate([k[:, :, 0], v[:, :, 0]], axis=0)
             return kv
         for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
-            kv[0, r, :, s : s + t] = x[i, :hkv]
-            kv[1, r, :, s : s + t] = x[i, hkv:]
+            kv[0, r, :, s : s + t] = k[i]
+            kv[1, r, :, s : s + t] = v[i]
         return kv
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return weight.linear(x, bias)
         if bias is None:
             return x @ weight.T
         return mx.addmm(bias, x, weight.T)
 
     def embedding(self, weight: Array, ids: Array) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return weight.embedding(ids)
         return weight[ids]
 
     def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:
@@ -111,12 +128,8 @@ class MLXOps(Ops):
         return mx.fast.rms_norm(x, weight, eps)
 
     def rope(
-        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None,
-        rotated: int | None = None,
-    ) -> Array:  # fmt: skip
-        if rotated is not None and rotated < x.shape[1]:
-            turned = self.rope(x[:, :rotated], positions, base, inv_freq)
-            return mx.concatenate([turned, x[:, rotated:]], axis=1)
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
         offset = positions
         if isinstance(positions, Positions):
             offset = positions.start
@@ -185,6 +198,12 @@ class MLXOps(Ops):
 
     def gelu(self, x: Array) -> Array:
         return x * (1 + mx.erf(x * (1 / math.sqrt(2)))) * 0.5
+
+    def gelu_tanh(self, x: Array) -> Array:
+        # in fp32 whatever the input (torch computes bf16's in fp32 too), then back
+        y = x.astype(mx.float32)
+        inner = math.sqrt(2 / math.pi) * (y + 0.044715 * y * y * y)
+        return (0.5 * y * (1 + mx.tanh(inner))).astype(x.dtype)
 
     def silu(self, x: Array) -> Array:
         return x * mx.sigmoid(x)

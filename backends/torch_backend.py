@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from mygpt.backends.base import AdamWConfig, Array, Mask, Ops, Optimizer, Params, Positions
 from mygpt.backends.cpu import compute_threads, cpu_has_native_bf16, physical_cores
+from mygpt.backends.quant import QuantizedWeight
+from mygpt.backends.quant import concat as quantized_concat
 
 # Up to this many keys, multi-threaded CPU training attention uses plain batched matmuls instead
 # of SDPA's flash kernel (faster at short lengths; at 256 they tie, beyond it flash wins and saves
@@ -51,6 +53,7 @@ def _grouped_attention(q: Array, k: Array, v: Array, scale: float, bias: Array) 
 
 class TorchOps(Ops):
     name = "torch"
+    writes_in_place = True
     FRAMEWORK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
     def __init__(self, device: str = "auto", threads: int | None = None) -> None:
@@ -109,9 +112,19 @@ class TorchOps(Ops):
         return torch.tensor(x, device=self._dev)
 
     def _astype(self, x: Array, target) -> Array:
+        if isinstance(x, QuantizedWeight):
+            return x.cast(target)
         return x.to(target)
 
+    def quantized(self, qt) -> QuantizedWeight:
+        """A :class:`mygpt.quant.QuantizedTensor` on this device, kept in its blocks."""
+        from mygpt.backends.quant_torch import TorchQuantized
+
+        return TorchQuantized.from_record(qt, self._dev)
+
     def _host_numpy(self, x: Array) -> np.ndarray:
+        if isinstance(x, QuantizedWeight):
+            return x.to_numpy()
         return (
             x.detach().cpu().numpy().copy()
         )  # a snapshot, not a view of a tensor that will change
@@ -120,6 +133,8 @@ class TorchOps(Ops):
         return x.permute(*axes)
 
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
+        if isinstance(xs[0], QuantizedWeight):
+            return quantized_concat(xs, axis)
         return torch.cat(list(xs), dim=axis)
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Array:
@@ -129,34 +144,38 @@ class TorchOps(Ops):
         buf.narrow(axis, start, x.shape[axis]).copy_(x)
         return buf
 
-    def write_kv(self, kv: Array, x: Array, rows: Sequence[int], at: Positions) -> Array:
-        n, heads, t, _ = x.shape
-        if t == 1 and kv.is_contiguous():  # a decode step: one index_put_ for every row and head
-            index = at.tables.get("kv")  # every layer's buffer has the same shape
-            if index is None:  # the step's flat indices, made by its first layer
-                index = self._kv_indices(kv.shape, rows, self._positions(at.start))
-                at.tables["kv"] = index
-            # index_put_ takes x as the strided view it may be (no copy)
-            kv.view(-1, kv.shape[-1]).index_put_((index,), x[:, :, 0])
+    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
+        index = at.tables.get("kv")  # a decode step's flat indices, made by its first layer
+        if index is None and k.shape[2] == 1 and kv.is_contiguous():  # (every layer's buffer
+            index = self._kv_indices(kv.shape, rows, self._positions(at))  # has one shape)
+            index = at.tables["kv"] = index[:, :, None]  # (rows, 2 Hkv, 1): as k|v come
+        if index is not None:  # one index_put_ for every row and head
+            kv.view(-1, kv.shape[-1]).index_put_((index,), torch.cat([k, v], 1))
             return kv
-        hkv = heads // 2
+        t = k.shape[2]
         for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
-            kv[0, r, :, s : s + t] = x[i, :hkv]
-            kv[1, r, :, s : s + t] = x[i, hkv:]
+            kv[0, r, :, s : s + t] = k[i]
+            kv[1, r, :, s : s + t] = v[i]
         return kv
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return weight.linear(x, bias)
         return F.linear(x, weight, bias)
 
     def residual_linear(
         self, residual: Array, x: Array, weight: Array, bias: Array | None = None
     ) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return residual + weight.linear(x, bias)
         if bias is None and x.dim() == 2:  # the matmul adds into the residual (decode rows)
             return torch.addmm(residual, x, weight.t())
         return residual + F.linear(x, weight, bias)
 
     def embedding(self, weight: Array, ids: Array) -> Array:
+        if isinstance(weight, QuantizedWeight):
+            return weight.embedding(ids)
         return torch.embedding(weight, ids)  # F.embedding's kernel without its Python wrapper
 
     def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:
@@ -215,33 +234,34 @@ class TorchOps(Ops):
         return table
 
     def rope(
-        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None,
-        rotated: int | None = None,
-    ) -> Array:  # fmt: skip
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
+    ) -> Array:
         # Interleaved pairs (2i, 2i+1) are the real and imaginary parts of one complex number, so
         # the rotation is a single complex multiply (faster than slicing and stacking halves).
-        heads = x.shape[1]
-        rotated = heads if rotated is None else min(rotated, heads)
-        if isinstance(positions, Positions) and positions.per_row:
-            key = (base, rotated)  # (a model's layers may differ in base, not in shape)
+        if type(positions) is Positions:
+            # (a model's layers may differ in base and scaling: Gemma 3's sliding and full ones;
+            # a layer type's inv_freq is one cached array, so its id names it)
+            key = (base, id(inv_freq))
             rotations = positions.tables.get(key)
-            if rotations is None:  # the step's rotations, made by its first layer
-                at = self._positions(positions.start)
-                rotations = self._rotations(x.shape, at, base, inv_freq, rotated)
-                positions.tables[key] = rotations
-            return _rotate(x, rotations)  # the passed heads times 1 + 0i: exactly as they came
-        if rotated < heads:  # training and prefill: turn only those, pass the rest
-            turned = self.rope(x[:, :rotated], positions, base, inv_freq)
-            return torch.cat([turned, x[:, rotated:]], 1)
+            if rotations is not None:  # a batched decoding step's, made by its first layer
+                return _rotate(x, rotations)
+            if positions.per_row:
+                rotations = positions.tables[key] = self._rotations(x.shape, positions, base,
+                                                                    inv_freq)  # fmt: skip
+                return _rotate(x, rotations)
         offset = positions.start if isinstance(positions, Positions) else positions
         t, d = x.shape[-2], x.shape[-1]
         rot = self._rope_table(offset + t, d, base, inv_freq)[offset : offset + t]
         xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)))
         return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
-    def _positions(self, positions: np.ndarray) -> Array:
-        """Per-row positions as an int64 tensor on the device (a copy: callers reuse arrays)."""
-        return torch.from_numpy(np.array(positions, dtype=np.int64)).to(self._dev)
+    def _positions(self, positions: Positions) -> Array:
+        """A step's per-row start positions as an int64 tensor on the device, made once."""
+        at = positions.tables.get("at")
+        if at is None:  # (a copy: callers reuse their arrays)
+            at = torch.from_numpy(np.array(positions.start, dtype=np.int64))
+            at = positions.tables["at"] = at if self.device == "cpu" else at.to(self._dev)
+        return at
 
     def _kv_indices(self, shape, rows: Sequence[int], starts: Array) -> Array:
         """Flat indices, (rows, 2 * Hkv), of one-token key and value writes into a
@@ -256,41 +276,28 @@ class TorchOps(Ops):
             self._tables[("kv", shape, rows)] = first
         return first + starts[:, None]
 
-    def _rotations(self, shape, positions: Array, base, inv_freq, rotated: int) -> Array:
-        """Row b's rotations ``e^(i (positions[b] + t) inv_freq)``, (B, heads, t, d/2); heads
-        from ``rotated`` on get 1 (multiplying by 1 + 0i leaves them exactly as they are)."""
-        _, heads, t, d = shape
-        n = int(positions.max()) + t
-        key = ("rope", heads, d, base, None if inv_freq is None else inv_freq.tobytes(), rotated)
-        table = self._tables.get(key)
-        if table is None or table.shape[0] < n:  # (positions, heads, d/2), grown by doubling
-            one_head = self._rope_table(n, d, base, inv_freq)
-            table = torch.ones((one_head.shape[0], heads, d // 2), dtype=one_head.dtype,
-                               device=one_head.device)  # fmt: skip
-            table[:, :rotated] = one_head[:, None]
-            self._tables[key] = table
+    def _rotations(self, shape, at: Positions, base, inv_freq) -> Array:
+        """Row b's rotations ``e^(i (at.start[b] + t) inv_freq)``, (B, 1, t, d/2)."""
+        t, d = shape[-2], shape[-1]
+        table = self._rope_table(int(at.start.max()) + t, d, base, inv_freq)
+        positions = self._positions(at)
         if t == 1:
-            return table[positions][:, :, None]
+            return table[positions][:, None, None]
         idx = positions[:, None] + torch.arange(t, device=positions.device)
-        return table[idx].transpose(1, 2)  # (B, heads, t, d/2)
+        return table[idx][:, None]  # (B, 1, t, d/2)
 
     def _mask_bias(self, mask: Mask, tq: int, tk: int) -> Array:
         """``mask`` as an additive (B, 1, tq, tk) bias (0 or -inf), made once per step."""
-        bias = mask.tables.get(("bias", tq, tk))
-        if bias is None:
-            last = np.asarray(mask.lengths, dtype=np.int64)[:, None] - tq + np.arange(tq)
-            if mask.window is None and tq == 1:  # a decode step: rows of one cached table
-                bias = self._mask_rows(tk)[torch.from_numpy(last[:, 0] + 1).to(self._dev)]
-                bias = bias[:, None, None]
-            else:
-                keys = np.arange(tk)
-                sees = keys <= last[:, :, None]
-                if mask.window is not None:
-                    sees &= keys > last[:, :, None] - mask.window
-                bias = np.where(sees, np.float32(0), np.float32(-np.inf))[:, None]
-                bias = torch.as_tensor(bias, device=self._dev)
-            mask.tables[("bias", tq, tk)] = bias
-        return bias
+        if mask.window is None and tq == 1:  # a decode step: rows of one cached table
+            seen = torch.from_numpy(np.asarray(mask.lengths, dtype=np.int64))
+            return self._mask_rows(tk)[seen][:, None, None]
+        last = np.asarray(mask.lengths, dtype=np.int64)[:, None] - tq + np.arange(tq)
+        keys = np.arange(tk)
+        sees = keys <= last[:, :, None]
+        if mask.window is not None:
+            sees &= keys > last[:, :, None] - mask.window
+        bias = np.where(sees, np.float32(0), np.float32(-np.inf))[:, None]
+        return torch.as_tensor(bias, device=self._dev)
 
     def _mask_rows(self, tk: int) -> Array:
         """Additive masks (0 or -inf), which attention adds inside its score matmul (baddbmm):
@@ -306,6 +313,8 @@ class TorchOps(Ops):
         self, q: Array, k: Array, v: Array, scale: float, dropout: float = 0.0,
         mask: Mask | None = None,
     ) -> Array:  # fmt: skip
+        if mask is not None and mask.tables:  # every layer of a step after the first
+            return self._attention_masked(q, k, v, scale, mask)
         tq, tk = q.shape[2], k.shape[2]
         if mask is not None and (mask.lengths is not None or mask.window is not None):
             if dropout > 0:
@@ -342,7 +351,8 @@ class TorchOps(Ops):
         bias = mask.tables.get(("grouped", tq, tk, hkv))
         if bias is None:  # one (row, K/V head) matrix each, made by the step's first layer
             bias = self._mask_bias(mask, tq, tk)[:, :, None].expand(B, hkv, rep, tq, tk)
-            bias = mask.tables[("grouped", tq, tk, hkv)] = bias.reshape(B * hkv, rep * tq, tk)
+            bias = bias.reshape(B * hkv, rep * tq, tk)
+            mask.tables[("grouped", tq, tk, hkv)] = mask.tables["grouped"] = bias
         out = _grouped_attention(q.reshape(B * hkv, rep * tq, D), k.reshape(B * hkv, tk, D),
                                  v.reshape(B * hkv, tk, D), scale, bias)  # fmt: skip
         return out.view(B, H, tq, D)
@@ -396,6 +406,9 @@ class TorchOps(Ops):
 
     def gelu(self, x: Array) -> Array:
         return F.gelu(x)
+
+    def gelu_tanh(self, x: Array) -> Array:
+        return F.gelu(x, approximate="tanh")
 
     def silu(self, x: Array) -> Array:
         return F.silu(x)

@@ -16,10 +16,12 @@ import numpy as np
 
 from mygpt import model
 from mygpt.backends import Ops, get_backend
+from mygpt.backends.quant import QuantizedWeight
 from mygpt.checkpoint import Checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
 from mygpt.generate import generate, generate_steps
 from mygpt.precision import resolve_precision
+from mygpt.quant import QuantizedTensor
 
 
 class Model:
@@ -43,7 +45,10 @@ class Model:
         for k in list(ckpt.params):
             # consume: each host copy goes as it moves, so a 0.5B model is in memory once
             v = ckpt.params.pop(k) if consume else ckpt.params[k]
-            self.params[k] = ops.asarray(v, held)
+            # quantized weights stay in their blocks on the backend (mygpt.quant)
+            self.params[k] = (
+                ops.quantized(v) if isinstance(v, QuantizedTensor) else ops.asarray(v, held)
+            )
         stop = getattr(self.tokenizer, "stop_ids", None)
         #: token ids generation ends at (a real model's EOS ids; none for mygpt's tokenizers)
         self.stop_ids: list[int] = stop() if stop else []
@@ -97,8 +102,12 @@ class Model:
         return prompt + self.decode(list(self.stream(prompt, max_new_tokens, **kwargs)))
 
     def save(self, path: str | Path) -> None:
-        """Save the weights as a native (safetensors) checkpoint."""
-        params = {k: self.ops.to_numpy(v) for k, v in self.params.items()}
+        """Save the weights as a native (safetensors) checkpoint (a quantized model's blocks as
+        they were loaded)."""
+        params = {
+            k: v.to_record() if isinstance(v, QuantizedWeight) else self.ops.to_numpy(v)
+            for k, v in self.params.items()
+        }
         save_checkpoint(path, self.config, params, self.tokenizer.to_dict())
         # (bf16-held weights widen to fp32 exactly)
 

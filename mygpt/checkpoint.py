@@ -28,6 +28,7 @@ import numpy as np
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.fileio import atomic_write_bytes, check_output_path
+from mygpt.quant import METADATA_KEY, QuantizedTensor, from_metadata, refuse_quantized, to_metadata
 from mygpt.tokenizers.bpe import BOOK_PATTERN
 
 FORMAT_NAME = "mygpt"
@@ -108,8 +109,11 @@ def _check_params(
                 f"{config.norm!r}, position {config.position!r}, "
                 f"{config.num_layers} layers) — the weights do not match the config"
             )
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for name, shape in expected.items():
+        if isinstance(params[name], QuantizedTensor):  # ggml blocks: their logical shape counts
+            out[name] = _check_quantized(params[name], name, shape, where)
+            continue
         value = np.asarray(params[name])
         if tuple(value.shape) != shape:
             raise MygptError(
@@ -124,6 +128,17 @@ def _check_params(
             )
         out[name] = np.ascontiguousarray(value, dtype=np.float32)
     return out
+
+
+def _check_quantized(
+    value: QuantizedTensor, name: str, shape: tuple[int, ...], where: str
+) -> QuantizedTensor:
+    if tuple(value.shape) != shape:
+        raise MygptError(
+            f"{where}: quantized parameter {name!r} stands for shape {value.shape}, expected "
+            f"{shape} from the config — the file is damaged or was edited"
+        )
+    return value
 
 
 def _config_from_dict(d: Any, where: str) -> ModelConfig:
@@ -183,7 +198,7 @@ def save_checkpoint(
     where = f"saving {path}"
     checked = _check_params(params, config, where)
     _check_tokenizer(tokenizer, where)
-    tensors: dict[str, np.ndarray] = dict(checked)
+    tensors = {k: v.blocks if isinstance(v, QuantizedTensor) else v for k, v in checked.items()}
     for name, value in (optimizer_state or {}).items():
         # safetensors reads raw memory: the array must be C-contiguous and own a plain dtype.
         tensors[OPTIMIZER_PREFIX + name] = np.ascontiguousarray(value)
@@ -196,6 +211,9 @@ def save_checkpoint(
             "tokenizer": json.dumps(tokenizer, ensure_ascii=False),
             "train_state": json.dumps(train_state, ensure_ascii=False),
         }
+        quantization = to_metadata(checked)
+        if quantization is not None:  # which tensors hold ggml blocks, and what they stand for
+            metadata[METADATA_KEY] = quantization
     except (TypeError, ValueError) as e:
         raise MygptError(
             f"{where}: the tokenizer or training state is not JSON-serialisable ({e})"
@@ -294,6 +312,7 @@ def _load_native(path: Path, size: int) -> Checkpoint:
     optimizer_state = {
         k[len(OPTIMIZER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)
     }
+    params = from_metadata(meta.get(METADATA_KEY), params, str(path))
     params = _check_params(params, config, str(path))
     return Checkpoint(
         config=config,
@@ -505,8 +524,13 @@ def save_book_checkpoint(
         tokenizer = ckpt_or_pieces["tokenizer"]
     if config is None or params is None or tokenizer is None:
         raise TypeError("save_book_checkpoint needs a Checkpoint or config, params and tokenizer")
+    refuse_quantized(params, where, "the book's .ckpt format")
     defaults = ModelConfig(vocab_size=1)
-    for name in ("norm_eps", "rope_base"):
+    # (and none of what GPT-2, Gemma, Mistral's window and OLMo 2 add, whose weights may look
+    # like the book's while computing something else)
+    for name in ("norm_eps", "rope_base", "activation", "sliding_window", "sandwich_norm",
+                 "pre_norm", "norm_offset", "scale_embeddings", "query_pre_attn_scalar",
+                 "rope_local_base"):  # fmt: skip
         if getattr(config, name) != getattr(defaults, name):
             raise MygptError(
                 f"{where}: the book's format has no {name} and fixes it at "
@@ -621,6 +645,8 @@ def convert(
         dst = src.with_suffix(".safetensors" if target == "native" else ".ckpt")
     dst = Path(dst)
     target = _target_format(dst, to)
+    if target == "book":
+        refuse_quantized(ckpt.params, str(src), "the book's .ckpt format")
     check_output_path(dst, "output")
     if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
         raise MygptError(

@@ -103,11 +103,13 @@ def train(
     "--no-cache", is_flag=True, help="Recompute the whole window each token, as the book does."
 )
 @click.option(
-    "--sliding-window",
+    "--rotating-cache",
     is_flag=True,
     help="Rotary models: keep a rotating KV cache past max_seq_len (fast for long outputs, but "
     "past the window no longer token-for-token the book's crop-and-recompute output).",
 )
+# the old name of --rotating-cache; --sliding-window N is now the model's attention window (train)
+@click.option("--sliding-window", "old_sliding_window", is_flag=True, hidden=True)
 @backend_option
 @device_option
 @precision_option
@@ -120,7 +122,8 @@ def generate(
     top_p: float,
     seed: int,
     no_cache: bool,
-    sliding_window: bool,
+    rotating_cache: bool,
+    old_sliding_window: bool,
     backend: str,
     device: str,
     precision: str,
@@ -128,10 +131,15 @@ def generate(
     """Continue PROMPT with a trained model; the text streams to stdout, status to stderr."""
     from mygpt.api import load
 
+    if old_sliding_window:
+        raise UsageError(
+            "generate's --sliding-window is now --rotating-cache (--sliding-window N is the "
+            "model's attention window, a train flag) — pass --rotating-cache"
+        )
     m = load(checkpoint, backend=backend, device=device, precision=precision)
     click.echo(
         f"{m.ops.describe()} · {m.dtype} · {m.config.vocab_size}-token {m.tokenizer.kind} "
-        f"tokenizer · KV cache {'off' if no_cache else 'sliding' if sliding_window else 'on'}",
+        f"tokenizer · KV cache {'off' if no_cache else 'rotating' if rotating_cache else 'on'}",
         err=True,
     )
     ids = m.encode(prompt)
@@ -148,7 +156,7 @@ def generate(
         top_p=top_p,
         seed=seed,
         use_cache=not no_cache,
-        sliding=sliding_window,
+        sliding=rotating_cache,
     ):
         out.write(decoder.decode(m.tokenizer.decode_bytes([token])))
         out.flush()
@@ -207,6 +215,7 @@ from mygpt.data.cli import data  # noqa: E402
 from mygpt.eval_cli import eval_cmd  # noqa: E402
 from mygpt.interop.export import export  # noqa: E402
 from mygpt.interop.import_cli import import_cmd  # noqa: E402
+from mygpt.interop.quantize import quantize_cmd  # noqa: E402
 from mygpt.parity.cli import parity  # noqa: E402
 from mygpt.recipes import recipes  # noqa: E402
 from mygpt.serve.cli import serve  # noqa: E402
@@ -221,6 +230,7 @@ cli.add_command(bench)
 cli.add_command(recipes)
 cli.add_command(export)
 cli.add_command(import_cmd, "import")
+cli.add_command(quantize_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

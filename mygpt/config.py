@@ -22,7 +22,14 @@ from mygpt.settings import cli_fields, setting, track_given, with_given
 
 NORM_TYPES = ("layer", "rms")
 POSITION_TYPES = ("learned", "rope")
-MLP_TYPES = ("gelu", "swiglu")
+MLP_TYPES = ("gelu", "swiglu", "geglu")
+#: the gated MLPs: down(act(gate(x)) * up(x)), SiLU for swiglu, the GELU of ``activation`` for geglu
+GATED_MLPS = ("swiglu", "geglu")
+#: the GELU of the plain and the geglu MLP: exact (erf), or tanh-approximated (GPT-2's gelu_new,
+#: Gemma's gelu_pytorch_tanh: the same formula)
+ACTIVATIONS = ("gelu", "gelu_tanh")
+#: what each layer's attention sees: every earlier key, or only the last ``sliding_window`` ones
+LAYER_TYPES = ("full", "sliding")
 #: swiglu's default hidden width is 8/3 * C rounded up to a multiple of this (Llama's convention
 #: with a small multiple, so tiny models keep ~the parameter count of the book's 4C GELU MLP)
 SWIGLU_MULTIPLE = 8
@@ -31,8 +38,9 @@ LEGACY_NAMES = {"norm_type": "norm", "position_type": "position", "mlp_type": "m
 
 
 def default_mlp_hidden(mlp_type: str, embed_dim: int) -> int:
-    """The MLP's hidden width when none is given: 4C for the book's GELU MLP, ~8/3 C for SwiGLU."""
-    if mlp_type == "swiglu":
+    """The MLP's hidden width when none is given: 4C for the book's GELU MLP, ~8/3 C for the gated
+    ones (SwiGLU, GeGLU)."""
+    if mlp_type in GATED_MLPS:
         return -(-8 * embed_dim // (3 * SWIGLU_MULTIPLE)) * SWIGLU_MULTIPLE
     return 4 * embed_dim
 
@@ -46,17 +54,28 @@ LLAMA3_ROPE_KEYS = (
 )
 
 
+#: the rope scalings mygpt computes exactly: Llama 3's, and the linear one (positions / factor,
+#: Gemma 3 4B+'s global layers)
+ROPE_SCALINGS = ("llama3", "linear")
+
+
 def check_rope_scaling(scaling: Any, position: str = "rope") -> None:
-    """Refuse anything but a complete ``llama3`` rope scaling, naming what is wrong."""
+    """Refuse anything but a complete ``llama3`` or ``linear`` rope scaling, naming what is wrong."""
     if position != "rope":
         raise MygptError("rope_scaling needs rotary positions — drop it or use position 'rope'")
     if not isinstance(scaling, dict):
         raise MygptError(f"rope_scaling must be a mapping, got {scaling!r}")
     kind = scaling.get("rope_type", scaling.get("type"))
-    if kind != "llama3":
+    if kind not in ROPE_SCALINGS:
         raise MygptError(
-            f"rope scaling {kind!r} is not computed by mygpt — only 'llama3' (Llama 3.1/3.2) is"
+            f"rope scaling {kind!r} is not computed by mygpt — only 'llama3' (Llama 3.1/3.2) and "
+            "'linear' are"
         )
+    if kind == "linear":
+        factor = scaling.get("factor")
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+            raise MygptError(f"linear rope scaling needs a positive factor, got {factor!r}")
+        return
     for key in LLAMA3_ROPE_KEYS:
         value = scaling.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -65,13 +84,34 @@ def check_rope_scaling(scaling: Any, position: str = "rope") -> None:
         raise MygptError("llama3 rope scaling needs high_freq_factor > low_freq_factor")
 
 
-def rope_inv_freq(cfg: ModelConfig) -> np.ndarray | None:
+def rope_inv_freq(cfg: ModelConfig, layer_type: str = "full") -> np.ndarray | None:
     """The rotary inverse frequencies (head_dim / 2,) as float32, computed as transformers does;
-    None for plain RoPE (the backends then use ``rope_base`` directly, the book's path)."""
-    if cfg.rope_scaling is None:
+    None for plain RoPE (the backends then use :func:`rope_base_of` directly, the book's path).
+    Sliding layers with their own base (``rope_local_base``, Gemma 3) are plain RoPE."""
+    if cfg.rope_scaling is None or (layer_type == "sliding" and cfg.rope_local_base is not None):
         return None
+    if cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) == "linear":
+        return _linear_inv_freq(
+            cfg.head_dim, float(cfg.rope_base), float(cfg.rope_scaling["factor"])
+        )
     scaling = tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS)
     return _llama3_inv_freq(cfg.head_dim, float(cfg.rope_base), scaling)
+
+
+def rope_base_of(cfg: ModelConfig, layer_type: str = "full") -> float:
+    """The rope base of a layer of ``layer_type``: ``rope_local_base`` for Gemma 3's sliding
+    layers where it is set, else ``rope_base``."""
+    if layer_type == "sliding" and cfg.rope_local_base is not None:
+        return cfg.rope_local_base
+    return cfg.rope_base
+
+
+@functools.lru_cache(maxsize=32)
+def _linear_inv_freq(d: int, rope_base: float, factor: float) -> np.ndarray:
+    # transformers' _compute_linear_scaling_rope_parameters: the default frequencies / factor
+    base = np.float32(rope_base)
+    inv = np.float32(1.0) / (base ** (np.arange(0, d, 2).astype(np.float32) / np.float32(d)))
+    return (inv / np.float32(factor)).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=32)
@@ -90,6 +130,16 @@ def _llama3_inv_freq(d: int, rope_base: float, scaling: tuple[float, ...]) -> np
     smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
     medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def default_layer_types(cfg: ModelConfig) -> tuple[str, ...]:
+    """--window-pattern N: layer i attends fully when (i + 1) % N == 0 (transformers' Gemma 3
+    rule), else within the window; no pattern: every layer within the window."""
+    n = cfg.window_pattern
+    layers = cfg.num_layers if isinstance(cfg.num_layers, int) and cfg.num_layers > 0 else 0
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return ("sliding",) * layers
+    return tuple("full" if (i + 1) % n == 0 else "sliding" for i in range(layers))
 
 
 @track_given
@@ -120,10 +170,34 @@ class ModelConfig:
     norm_eps: float = setting(1e-5, "Norm epsilon.", cli=False)
     rope_base: float = setting(10000.0, "RoPE base (theta).", cli=False)
     mlp: str = setting(
-        "gelu", "gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases).", choices=MLP_TYPES
+        "gelu",
+        "gelu: the book's 4C MLP; swiglu: Llama's gated MLP (no biases); geglu: the gated MLP "
+        "with --activation's GELU (Gemma).",
+        choices=MLP_TYPES,
     )
     mlp_hidden: int | None = setting(
-        None, "swiglu hidden width (default 8/3 C, rounded up to 8).", type=int, derived=True
+        None, "Gated MLP hidden width (default 8/3 C, rounded up to 8).", type=int, derived=True
+    )
+    activation: str = setting(
+        "gelu",
+        "The GELU of the gelu and geglu MLPs: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new, "
+        "Gemma's gelu_pytorch_tanh).",
+        choices=ACTIVATIONS,
+    )
+    sandwich_norm: bool = setting(
+        False, "Also norm each sublayer's output before the residual add (Gemma 2/3)."
+    )
+    sliding_window: int | None = setting(
+        None,
+        "Attention window: a token sees itself and the N - 1 before it (Mistral, Gemma 3); "
+        "default: all earlier tokens.",
+        type=int,
+    )
+    window_pattern: int | None = setting(
+        None,
+        "With --sliding-window: every Nth layer (the Nth, 2Nth, ...) attends fully, the others "
+        "within the window (Gemma 3: 6); default: every layer within the window.",
+        type=int,
     )
     # --- what real open-weight models (Llama, Mistral, Qwen) add; the defaults are the book's,
     # so every earlier checkpoint means what it did. They come from an imported model's config.
@@ -144,6 +218,37 @@ class ModelConfig:
     rope_scaling: dict | None = setting(
         None, "None, or Llama 3's {'rope_type': 'llama3', ...}.", cli=False
     )
+    # --- what GPT-2, Gemma 3, Mistral's window, Phi-3 and OLMo 2 add (defaults: as before) ---
+    pre_norm: bool = setting(
+        True,
+        "Norm each sublayer's input; False with sandwich_norm: OLMo 2's norms after only.",
+        cli=False,
+    )
+    norm_offset: float = setting(
+        0.0, "RMSNorm multiplies by (norm_offset + weight): Gemma's (1 + w) is 1.0.", cli=False
+    )
+    qk_norm_per_head: bool = setting(
+        True,
+        "q/k norms over each head (Qwen3, Gemma 3); False: over all of Q and K (OLMo 2).",
+        cli=False,
+    )
+    scale_embeddings: bool = setting(
+        False,
+        "Token embeddings times sqrt(embed_dim), rounded to the compute dtype (Gemma).",
+        cli=False,
+    )
+    query_pre_attn_scalar: float | None = setting(
+        None, "Attention scores scaled by its -1/2 power (Gemma); default head_dim.", cli=False
+    )
+    layer_types: tuple[str, ...] | None = setting(
+        None,
+        "Per layer, 'full' or 'sliding' (from --window-pattern, or the model's).",
+        cli=False,
+        derived=True,
+    )
+    rope_local_base: float | None = setting(
+        None, "The rope base of sliding layers (Gemma 3: 10000); default rope_base.", cli=False
+    )
     hf_model_type: str | None = setting(
         None, "The Hugging Face architecture it came from (export writes it back).", cli=False
     )
@@ -159,6 +264,10 @@ class ModelConfig:
         heads_ok = isinstance(self.num_heads, int) and self.num_heads > 0
         if self.head_dim is None and isinstance(self.embed_dim, int) and heads_ok:
             object.__setattr__(self, "head_dim", self.embed_dim // self.num_heads)
+        if isinstance(self.layer_types, list):  # as JSON gives it back
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.layer_types is None and self.sliding_window is not None:
+            object.__setattr__(self, "layer_types", default_layer_types(self))
         if self.vocab_size is not None:  # a model; a run's template is checked by the run
             self.validate()
 
@@ -170,6 +279,26 @@ class ModelConfig:
     def attn_dim(self) -> int:
         """Width of the concatenated query heads (``num_heads * head_dim``)."""
         return self.num_heads * self.head_dim
+
+    @property
+    def gated(self) -> bool:
+        """Whether the MLP is gated (gate, up, down: swiglu or geglu)."""
+        return self.mlp in GATED_MLPS
+
+    def layer_type(self, layer: int) -> str:
+        """'sliding' where ``layer`` attends within ``sliding_window``, else 'full'."""
+        return "full" if self.layer_types is None else self.layer_types[layer]
+
+    def window(self, layer: int) -> int | None:
+        """How many keys (itself included) ``layer``'s queries see; None: all earlier ones."""
+        return self.sliding_window if self.layer_type(layer) == "sliding" else None
+
+    @property
+    def attn_scale(self) -> float:
+        """The attention scores' scale: 1/sqrt(head_dim), or query_pre_attn_scalar**-0.5."""
+        if self.query_pre_attn_scalar is not None:
+            return float(self.query_pre_attn_scalar) ** -0.5
+        return 1.0 / math.sqrt(self.head_dim)
 
     @property
     def kv_repeat(self) -> int:
@@ -233,18 +362,71 @@ class ModelConfig:
                 f"RoPE needs an even head dimension, got {self.head_dim} "
                 f"(embed_dim {self.embed_dim} / num_heads {self.num_heads}) — change either"
             )
-        if self.mlp_bias and self.mlp != "swiglu":
+        if self.mlp_bias and not self.gated:
             raise MygptError(
-                "mlp_bias is for the swiglu MLP (the gelu MLP always has biases) — drop it"
+                "mlp_bias is for the gated MLPs (the gelu MLP always has biases) — drop it"
             )
         if self.qk_norm and self.norm != "rms":
             raise MygptError("qk_norm is an RMSNorm of each head — it needs norm 'rms'")
         if self.rope_scaling is not None:
             check_rope_scaling(self.rope_scaling, self.position)
+        self._validate_variants()
+
+    def _validate_variants(self) -> None:
+        """The activation, norm and attention-window variants (GPT-2, Gemma, OLMo 2, Mistral)."""
+        if self.activation not in ACTIVATIONS:
+            raise MygptError(
+                f"unknown activation {self.activation!r} — use one of: {', '.join(ACTIVATIONS)}"
+            )
+        if self.mlp == "swiglu" and self.activation != "gelu":
+            raise MygptError(
+                "--activation is the GELU of the gelu and geglu MLPs; swiglu's is SiLU — "
+                "drop --activation or use --mlp geglu"
+            )
+        if self.norm_offset and self.norm != "rms":
+            raise MygptError("norm_offset is for RMSNorm ((offset + w) weights) — needs norm 'rms'")
+        if not self.pre_norm and not self.sandwich_norm:
+            raise MygptError("a model without pre-norms needs the post-norms (sandwich_norm)")
+        if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
+            raise MygptError(
+                f"query_pre_attn_scalar must be positive, got {self.query_pre_attn_scalar!r}"
+            )
+        self._validate_window()
+
+    def _validate_window(self) -> None:
+        w, pattern = self.sliding_window, self.window_pattern
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+            raise MygptError(f"--sliding-window must be a positive integer, got {w!r}")
+        if w is not None and self.dropout > 0:
+            raise MygptError(
+                "--dropout with --sliding-window: the windowed attention has no dropout — drop one"
+            )
+        if pattern is not None:
+            if w is None:
+                raise MygptError("--window-pattern needs --sliding-window N — add it or drop both")
+            if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 1:
+                raise MygptError(
+                    f"--window-pattern must be a positive integer, got {pattern!r} — e.g. 6: "
+                    "five windowed layers, then one full"
+                )
+        types = self.layer_types
+        if types is None:
+            return
+        if w is None:
+            raise MygptError("layer_types needs a sliding_window — the window of 'sliding' layers")
+        if len(types) != self.num_layers or any(t not in LAYER_TYPES for t in types):
+            raise MygptError(
+                f"layer_types must name {self.num_layers} layers, each one of "
+                f"{', '.join(LAYER_TYPES)}, got {list(types)!r}"
+            )
+        if self.rope_local_base is not None and not self.rope_local_base > 0:
+            raise MygptError(f"rope_local_base must be positive, got {self.rope_local_base!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("extra")
+        if d["layer_types"] is not None:
+            d["layer_types"] = list(d["layer_types"])  # what JSON gives back
         return d
 
     @classmethod

@@ -277,7 +277,7 @@ def _generate_uncached_or_sliding(
     if sliding and cfg.position != "rope":
         raise MygptError(
             "a sliding KV cache needs rotary positions (learned positions stop at max_seq_len) — "
-            "drop --sliding-window for this model"
+            "drop --rotating-cache for this model"
         )
     if len(prompt_ids) == 0:
         raise MygptError("the prompt is empty — pass --prompt with at least one character")

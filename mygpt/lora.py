@@ -27,6 +27,7 @@ import numpy as np
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.fileio import atomic_write_bytes
+from mygpt.quant import QuantizedTensor, dequantize_params
 
 ADAPTER_FORMAT = "mygpt-lora"
 ADAPTER_VERSION = 1
@@ -103,7 +104,7 @@ def adapter_shapes(cfg: ModelConfig, lora: LoraConfig) -> dict[str, tuple[int, .
 
 
 def available_targets(cfg: ModelConfig) -> list[str]:
-    mlp = ("gate", "up", "down") if cfg.mlp == "swiglu" else ("fc1", "fc2")
+    mlp = ("gate", "up", "down") if cfg.gated else ("fc1", "fc2")
     return ["q", "k", "v", "o", *mlp]
 
 
@@ -121,8 +122,12 @@ def init_adapters(cfg: ModelConfig, lora: LoraConfig, seed: int = 0) -> dict[str
 
 
 def merge(params: dict[str, np.ndarray], adapters: dict[str, np.ndarray], scale: float) -> dict:
-    """The base weights with ``W + scale * B @ A`` folded in (float64, rounded once to float32)."""
-    out = dict(params)
+    """The base weights with ``W + scale * B @ A`` folded in (float64, rounded once to float32).
+
+    A quantized base (QLoRA) merges into float weights: every weight dequantized, the adapted
+    ones plus their deltas. Quantizing the result again is a separate, explicit ``quantize``."""
+    out = dequantize_params(params)
+    params = out
     for name in adapters:
         if name.endswith(".lora_A"):
             stem = name[: -len(".lora_A")]
@@ -133,11 +138,17 @@ def merge(params: dict[str, np.ndarray], adapters: dict[str, np.ndarray], scale:
 
 
 def base_digest(params: dict[str, np.ndarray]) -> str:
-    """sha256 over the base's float32 parameter bytes, in name order (names included)."""
+    """sha256 over the base's float32 parameter bytes, in name order (names included); a
+    quantized weight contributes its type and its block bytes."""
     h = hashlib.sha256()
     for name in sorted(params):
         h.update(name.encode())
-        h.update(np.ascontiguousarray(params[name], dtype=np.float32).tobytes())
+        value = params[name]
+        if isinstance(value, QuantizedTensor):
+            h.update(value.kind.encode())
+            h.update(np.ascontiguousarray(value.blocks).tobytes())
+            continue
+        h.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
     return h.hexdigest()
 
 

@@ -3,7 +3,10 @@
 Pre-norm decoder blocks, ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``, a final norm and an
 output head tied to the token embedding, exactly the book's architecture. Part II's choices are
 config fields: RMSNorm instead of LayerNorm, rotary instead of learned positions, fewer K/V heads
-than query heads (GQA/MQA).
+than query heads (GQA/MQA). So are the real families' variants: the tanh GELU and GeGLU (GPT-2,
+Gemma), Gemma's (1 + w) norms, sandwich norms, scaled embeddings and attention scale, OLMo 2's
+norms after each sublayer and q/k norms over all heads, sliding-window layers with a rope base
+of their own (Mistral, Gemma 3).
 
 Parameters are a flat ``dict[str, array]`` named like the book's ``state_dict``, so a book
 checkpoint loads by name and a native checkpoint is just that dict. There is no ``nn.Module``: the
@@ -19,7 +22,7 @@ import numpy as np
 
 from mygpt.backends.base import Array, Mask, Params, Positions
 from mygpt.cache import Cache
-from mygpt.config import ModelConfig, rope_inv_freq
+from mygpt.config import ModelConfig, rope_base_of, rope_inv_freq
 from mygpt.errors import MygptError
 
 # --- parameters ------------------------------------------------------------------------------
@@ -39,19 +42,26 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
     for i in range(cfg.num_layers):
         b = f"blocks.{i}"
-        norm(f"{b}.ln1")
+        if cfg.pre_norm:
+            norm(f"{b}.ln1")
         for n, rows in (("Q", A), ("K", kv), ("V", kv)):
             shapes[f"{b}.mha.W_{n}.weight"] = (rows, C)
             if cfg.attn_bias:
                 shapes[f"{b}.mha.W_{n}.bias"] = (rows,)
-        if cfg.qk_norm:
-            shapes[f"{b}.mha.q_norm.weight"] = (cfg.head_dim,)
-            shapes[f"{b}.mha.k_norm.weight"] = (cfg.head_dim,)
+        if cfg.qk_norm:  # per head (Qwen3, Gemma 3) or over all of Q and of K (OLMo 2)
+            per_head = cfg.qk_norm_per_head
+            shapes[f"{b}.mha.q_norm.weight"] = (cfg.head_dim if per_head else A,)
+            shapes[f"{b}.mha.k_norm.weight"] = (cfg.head_dim if per_head else kv,)
         shapes[f"{b}.mha.W_O.weight"] = (C, A)
         if cfg.attn_out_bias:
             shapes[f"{b}.mha.W_O.bias"] = (C,)
-        norm(f"{b}.ln2")
+        if cfg.sandwich_norm:  # on the attention's output (Gemma 2/3, OLMo 2)
+            norm(f"{b}.ln1_post")
+        if cfg.pre_norm:
+            norm(f"{b}.ln2")
         shapes.update(_mlp_shapes(cfg, b))
+        if cfg.sandwich_norm:  # on the MLP's output
+            norm(f"{b}.ln2_post")
     norm("ln_f")
     if not cfg.tie_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, C)
@@ -60,7 +70,7 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def _mlp_shapes(cfg: ModelConfig, b: str) -> dict[str, tuple[int, ...]]:
     C, H = cfg.embed_dim, cfg.mlp_hidden
-    if cfg.mlp == "swiglu":  # Llama's gated MLP: down(silu(gate(x)) * up(x)), biases optional
+    if cfg.gated:  # Llama's (Gemma's) gated MLP: down(act(gate(x)) * up(x)), biases optional
         out: dict[str, tuple[int, ...]] = {}
         for n, shape in (("gate", (H, C)), ("up", (H, C)), ("down", (C, H))):
             out[f"{b}.mlp.{n}.weight"] = shape
@@ -80,6 +90,7 @@ def count_params(cfg: ModelConfig) -> int:
 
 
 INITS = ("book", "scaled")
+_NORMS = ("ln1", "ln2", "ln1_post", "ln2_post", "ln_f", "q_norm", "k_norm")
 _RESIDUAL_OUT = (".mha.W_O.weight", ".mlp.fc2.weight", ".mlp.down.weight")
 
 
@@ -99,8 +110,8 @@ def init_params(cfg: ModelConfig, seed: int = 0, init: str = "book") -> dict[str
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for name, shape in param_shapes(cfg).items():
-        if name.split(".")[-2] in ("ln1", "ln2", "ln_f", "q_norm", "k_norm"):
-            p = np.ones(shape) if name.endswith("weight") else np.zeros(shape)
+        if name.split(".")[-2] in _NORMS:  # weights 1 as applied: (norm_offset + w)
+            p = np.full(shape, 1 - cfg.norm_offset) if name.endswith("weight") else np.zeros(shape)
         elif init == "scaled":
             if not name.endswith("weight"):
                 p = np.zeros(shape)
@@ -195,13 +206,15 @@ class Norm:
 class Block:
     """One decoder block's weights, by the model's own short names."""
 
-    ln1: Norm
+    ln1: Norm | None  # None: no norm before the sublayer (OLMo 2)
     qkv: Linear  # W_Q | W_K | W_V, fused: one matmul
     o: Linear
-    ln2: Norm
-    mlp: dict[str, Linear]  # gate, up, down (SwiGLU) or fc1, fc2 (GELU)
-    q_norm: Array | None = None  # Qwen3's per-head RMSNorm weights
+    ln2: Norm | None
+    mlp: dict[str, Linear]  # gate, up, down (SwiGLU, GeGLU) or fc1, fc2 (GELU)
+    q_norm: Array | None = None  # q/k RMSNorm weights: per head (Qwen3, Gemma) or whole (OLMo 2)
     k_norm: Array | None = None
+    ln1_post: Norm | None = None  # the sandwich's norms of each sublayer's output (Gemma, OLMo 2)
+    ln2_post: Norm | None = None
 
 
 @dataclass
@@ -230,8 +243,14 @@ def prepare(
     def get(name: str, present: bool = True) -> Array | None:
         return ops.cast(params[name], dtype) if present and name in params else None
 
-    def norm(prefix: str) -> Norm:
-        return Norm(get(f"{prefix}.weight"), get(f"{prefix}.bias", cfg.norm == "layer"))
+    def norm_w(name: str) -> Array | None:  # Gemma's (1 + w), added in fp32 before the cast
+        w = params.get(name)
+        return None if w is None else ops.cast(w + cfg.norm_offset if cfg.norm_offset else w, dtype)
+
+    def norm(prefix: str, present: bool = True) -> Norm | None:
+        if not present:
+            return None
+        return Norm(norm_w(f"{prefix}.weight"), get(f"{prefix}.bias", cfg.norm == "layer"))
 
     def adapter(name: str) -> Adapter | None:
         a = lora.tensors.get(f"{name}.lora_A") if lora is not None else None
@@ -246,7 +265,7 @@ def prepare(
         return Linear(get(f"{name}.weight"), get(f"{name}.bias", bias), adapters)
 
     mlp_bias = cfg.mlp == "gelu" or cfg.mlp_bias
-    mlp_names = ("gate", "up", "down") if cfg.mlp == "swiglu" else ("fc1", "fc2")
+    mlp_names = ("gate", "up", "down") if cfg.gated else ("fc1", "fc2")
     kv = cfg.num_kv_heads * cfg.head_dim
     blocks = []
     for i in range(cfg.num_layers):
@@ -262,9 +281,12 @@ def prepare(
             (cfg.attn_dim, kv, kv),
         )
         blocks.append(Block(
-            ln1=norm(f"{b}.ln1"), qkv=qkv, o=linear(f"{b}.mha.W_O", cfg.attn_out_bias),
-            ln2=norm(f"{b}.ln2"), mlp={n: linear(f"{b}.mlp.{n}", mlp_bias) for n in mlp_names},
-            q_norm=get(f"{b}.mha.q_norm.weight"), k_norm=get(f"{b}.mha.k_norm.weight"),
+            ln1=norm(f"{b}.ln1", cfg.pre_norm), qkv=qkv,
+            o=linear(f"{b}.mha.W_O", cfg.attn_out_bias), ln2=norm(f"{b}.ln2", cfg.pre_norm),
+            mlp={n: linear(f"{b}.mlp.{n}", mlp_bias) for n in mlp_names},
+            q_norm=norm_w(f"{b}.mha.q_norm.weight"), k_norm=norm_w(f"{b}.mha.k_norm.weight"),
+            ln1_post=norm(f"{b}.ln1_post", cfg.sandwich_norm),
+            ln2_post=norm(f"{b}.ln2_post", cfg.sandwich_norm),
         ))  # fmt: skip
     emb = params["token_embedding.embedding.weight"]
     head = ops.cast(emb, dtype) if cfg.tie_embeddings else get("lm_head.weight")
@@ -277,14 +299,42 @@ def prepare(
 
 @dataclass
 class _Pass:
-    """What every layer of one forward pass shares: where its tokens are, the mask, the cache."""
+    """What every layer of one forward pass shares: where its tokens are, the masks, the cache;
+    by layer type ('full', 'sliding'), the mask and the rotation (``(base, inv_freq)``, rope)."""
 
     positions: Positions
-    mask: Mask | None
+    masks: dict[str, Mask | None]
     cache: Cache | None
-    rope: tuple[float, np.ndarray | None] | None  # (base, inv_freq) of rotary models
+    ropes: dict[str, tuple[float, np.ndarray | None] | None]
     dropout: float
     train: bool
+
+
+def _layer_kinds(cfg: ModelConfig, mask: Mask | None, cache: Cache | None) -> tuple[dict, dict]:
+    """Each layer type's mask and rope. A sliding layer adds its window to the cache's mask, or
+    takes the cache's own (``window_mask``: a cache that keeps only the window)."""
+    masks, ropes = {}, {}
+    for kind in dict.fromkeys(cfg.layer_types or ("full",)):
+        masks[kind] = mask
+        if kind == "sliding":
+            own = getattr(cache, "window_mask", None)
+            masks[kind] = own or Mask(lengths=None if mask is None else mask.lengths,
+                                      window=cfg.sliding_window)  # fmt: skip
+        if cfg.position == "rope":
+            ropes[kind] = (rope_base_of(cfg, kind), rope_inv_freq(cfg, kind))
+        else:
+            ropes[kind] = None
+    return masks, ropes
+
+
+def embedding_scale(cfg: ModelConfig, dtype: str) -> float:
+    """Gemma's sqrt(embed_dim), rounded to the compute dtype first (as its bf16 weights round
+    it), so ``x * scale`` is one rounding of an exact product on either backend."""
+    scale = np.float32(math.sqrt(cfg.embed_dim))
+    if dtype == "bfloat16":  # round to nearest even at 16 bits
+        u = int(scale.view(np.uint32))
+        scale = np.uint32((u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16).view(np.float32)
+    return float(scale)
 
 
 def forward(
@@ -311,9 +361,9 @@ def forward(
     T = ids.shape[1]
     positions, mask = cache.begin(T) if cache is not None else (Positions(0, T), None)
     _check_length(cfg, positions, cache)
-    rope = (cfg.rope_base, rope_inv_freq(cfg)) if cfg.position == "rope" else None
+    masks, ropes = _layer_kinds(cfg, mask, cache)
     # The book's only dropout is on the attention probabilities, after the softmax.
-    ps = _Pass(positions, mask, cache, rope, cfg.dropout if train else 0.0, train)
+    ps = _Pass(positions, masks, cache, ropes, cfg.dropout if train else 0.0, train)
     x = ops.embedding(w.embedding, ids)
     if w.position is not None:
         x = x + _position_rows(ops, w.position, positions)
@@ -321,10 +371,16 @@ def forward(
         # ~100 tiny ops, and a 3-D input costs every linear a fold into 2-D and back
         x = ops.reshape(x, (ids.shape[0], x.shape[-1]))
     x = ops.cast(x, w.dtype)
+    if cfg.scale_embeddings:
+        x = x * embedding_scale(cfg, w.dtype)
     for i, blk in enumerate(w.blocks):
-        x = blk.o.residual(ops, x, _attention(ops, cfg, blk, _norm(ops, cfg, blk.ln1, x), i, ps),
-                           train)  # fmt: skip
-        x = x + _mlp(ops, cfg, blk, _norm(ops, cfg, blk.ln2, x), train)
+        h = _attention(ops, cfg, blk, _norm(ops, cfg, blk.ln1, x), i, ps)
+        if blk.ln1_post is None:
+            x = blk.o.residual(ops, x, h, train)
+        else:  # the sandwich: the output projection's result normed before the residual add
+            x = x + _norm(ops, cfg, blk.ln1_post, blk.o(ops, h, train))
+        h = _mlp(ops, cfg, blk, _norm(ops, cfg, blk.ln2, x), train)
+        x = x + _norm(ops, cfg, blk.ln2_post, h)
     if cache is not None:
         cache.end(T)
     logits = w.head(ops, _norm(ops, cfg, w.final_norm, x))  # tied head: logits = x @ E^T
@@ -353,8 +409,10 @@ def _position_rows(ops, table: Array, positions: Positions) -> Array:
     return ops.embedding(table, ops.asarray(at))
 
 
-def _norm(ops, cfg: ModelConfig, norm: Norm, x: Array) -> Array:
-    """The block's norm: RMSNorm, or LayerNorm (with a bias)."""
+def _norm(ops, cfg: ModelConfig, norm: Norm | None, x: Array) -> Array:
+    """The block's norm: RMSNorm, or LayerNorm (with a bias); None: ``x`` as it is."""
+    if norm is None:
+        return x
     if cfg.norm == "rms":
         return ops.rms_norm(x, norm.weight, cfg.norm_eps)
     return ops.layer_norm(x, norm.weight, norm.bias, cfg.norm_eps)
@@ -365,37 +423,46 @@ def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pas
     from (B, C) when decoding one token a row."""
     B, T = x.shape[0], ps.positions.length
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kind = cfg.layer_type(layer)
     qkv = blk.qkv(ops, x, ps.train)
+    if cfg.qk_norm and not cfg.qk_norm_per_head:  # OLMo 2: over all of Q and all of K
+        A, kv = cfg.attn_dim, Hkv * D
+        qkv = ops.concat([ops.rms_norm(qkv[..., :A], blk.q_norm, cfg.norm_eps),
+                          ops.rms_norm(qkv[..., A : A + kv], blk.k_norm, cfg.norm_eps),
+                          qkv[..., A + kv :]], axis=-1)  # fmt: skip
     if T == 1:  # one token a row (decoding): (B, heads, 1, D) is the same memory, no transpose
         heads = ops.reshape(qkv, (B, H + 2 * Hkv, 1, D))
     else:
         heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
-    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's D features, before the rotation
-        heads = ops.concat([ops.rms_norm(heads[:, :H], blk.q_norm, cfg.norm_eps),
-                            ops.rms_norm(heads[:, H : H + Hkv], blk.k_norm, cfg.norm_eps),
-                            heads[:, H + Hkv :]], axis=1)  # fmt: skip
-    if ps.rope is not None:  # one rotary call turns Q and K; V passes, so K|V stay one array
-        heads = ops.rope(heads, ps.positions, *ps.rope, rotated=H + Hkv)
-    q, kv = heads[:, :H], heads[:, H:]
+    qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
+    if cfg.qk_norm and cfg.qk_norm_per_head:  # Qwen3: RMSNorm over each head, before rope
+        qk = ops.concat([ops.rms_norm(qk[:, :H], blk.q_norm, cfg.norm_eps),
+                         ops.rms_norm(qk[:, H:], blk.k_norm, cfg.norm_eps)], axis=1)  # fmt: skip
+    if ps.ropes[kind] is not None:  # one rotary call for Q and K together
+        qk = ops.rope(qk, ps.positions, *ps.ropes[kind])
+    q, k = qk[:, :H], qk[:, H:]
     if ps.cache is not None:
-        k, v = ps.cache.update(ops, layer, kv)
-    else:
-        k, v = kv[:, :Hkv], kv[:, Hkv:]
+        k, v = ps.cache.update(ops, layer, k, v, cfg.window(layer))
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
-    out = ops.attention(q, k, v, 1.0 / math.sqrt(D), dropout=ps.dropout, mask=ps.mask)
+    out = ops.attention(q, k, v, cfg.attn_scale, dropout=ps.dropout, mask=ps.masks[kind])
     if T == 1:
         return ops.reshape(out, (B, H * D))
     return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, H * D))
 
 
 def _mlp(ops, cfg: ModelConfig, blk: Block, h: Array, train: bool) -> Array:
-    """SwiGLU, ``down(silu(gate(h)) * up(h))``, or the book's GELU MLP, ``fc2(gelu(fc1(h)))``."""
+    """SwiGLU, ``down(silu(gate(h)) * up(h))``, GeGLU (the same with a GELU), or the book's GELU
+    MLP, ``fc2(gelu(fc1(h)))``; the GELU exact or tanh-approximated (``cfg.activation``)."""
     mlp = blk.mlp
     if cfg.mlp == "swiglu":
-        gated = ops.silu(mlp["gate"](ops, h, train)) * mlp["up"](ops, h, train)
+        act = ops.silu
+    else:
+        act = ops.gelu_tanh if cfg.activation == "gelu_tanh" else ops.gelu
+    if cfg.gated:
+        gated = act(mlp["gate"](ops, h, train)) * mlp["up"](ops, h, train)
         return mlp["down"](ops, gated, train)
-    return mlp["fc2"](ops, ops.gelu(mlp["fc1"](ops, h, train)), train)
+    return mlp["fc2"](ops, act(mlp["fc1"](ops, h, train)), train)
 
 
 def loss_fn(
@@ -423,7 +490,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     """
     C, L, A = cfg.embed_dim, cfg.num_layers, cfg.attn_dim
     kv = cfg.num_kv_heads * cfg.head_dim
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * C * cfg.mlp_hidden  # gate+up+down or fc1+fc2
+    mlp = (3 if cfg.gated else 2) * C * cfg.mlp_hidden  # gate+up+down or fc1+fc2
     matmul = L * (2 * C * A + 2 * C * kv + mlp) + C * cfg.vocab_size
     attention = L * 2 * seq_len * A  # QK^T and AV, causal halves it, x2 mul-add
     return 6 * matmul + 6 * attention

@@ -20,7 +20,24 @@ def test_all_twelve_variants_are_checked():
     } | {f"rms/rope/{k}/swiglu" for k in ("mha", "gqa", "mqa")} | {"layer/learned/mha/swiglu"} | {
         f"rms/rope/gqa/swiglu +{f}"
         for f in ("biases", "qk-norm", "llama3-rope", "untied", "head-dim")
-    }
+    } | {"layer/learned/mha +gelu-tanh", "rms/rope/gqa/swiglu +window",
+         "rms/rope/gqa/geglu +gemma", "rms/rope/gqa/swiglu +olmo2"}  # fmt: skip
+
+
+def test_family_rows_have_their_features():
+    """Each family row's model really has what it is named for (a window that changes the
+    mask, (1 + w) norms, norms after the sublayers...)."""
+    from mygpt.model import param_shapes
+    from mygpt.parity import tiny_config
+    from mygpt.parity.model_checks import FAMILY_FEATURES
+
+    for name, (mlp, features) in FAMILY_FEATURES.items():
+        cfg = tiny_config("rms", "rope", "gqa", mlp=mlp, **features)
+        plain = tiny_config("rms", "rope", "gqa", mlp=mlp)
+        assert cfg != plain and (cfg.layer_types is not None or name not in ("window", "gemma"))
+        if name == "olmo2":
+            assert "blocks.0.ln1.weight" not in param_shapes(cfg)
+            assert "blocks.0.ln2_post.weight" in param_shapes(cfg)
 
 
 def test_real_model_rows_have_their_features():
@@ -39,6 +56,8 @@ def test_real_model_rows_have_their_features():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("check", MODEL_CHECKS, ids=lambda c: c.name.split(" ", 1)[1])
 def test_model_forward_and_grads(check, dtype, cross_pair, check_rows):
+    if dtype not in check.dtypes:
+        pytest.skip(f"{check.name} is checked in {', '.join(check.dtypes)} only (see registry)")
     rows = run_check(check, *cross_pair, dtype)
     check_rows(rows)
     assert {r.name.rsplit(" ", 1)[1] for r in rows} == {"logits", "loss", "grads"}

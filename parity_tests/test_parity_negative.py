@@ -29,16 +29,13 @@ class Broken:
         return getattr(self.inner, name)
 
 
-def _unscaled_rope(ops, x, offset, base, inv_freq=None, rotated=None):
+def _unscaled_rope(ops, x, offset, base, inv_freq=None):
     """Ignore Llama 3's rescaled frequencies (plain RoPE at the same base)."""
-    return ops.rope(x, offset, base, rotated=rotated)
+    return ops.rope(x, offset, base)
 
 
-def _half_split_rope(ops, x, offset, base, inv_freq=None, rotated=None):
+def _half_split_rope(ops, x, offset, base, inv_freq=None):
     """Rotate pairs (i, i + D/2) (the GPT-NeoX layout) instead of (2i, 2i+1)."""
-    if rotated is not None and rotated < x.shape[1]:  # the model's Q|K|V: V passes
-        turned = _half_split_rope(ops, x[:, :rotated], offset, base, inv_freq)
-        return ops.concat([turned, x[:, rotated:]], axis=1)
     B, H, T, D = x.shape
     # interleave the halves, rotate with the real kernel, and undo: all through the interface so
     # it still differentiates on both backends
@@ -177,9 +174,9 @@ def _rows_leak(ops, q, k, v, scale, dropout=0.0, mask=None):
     return ops.attention(q, k, v, scale, dropout, mask)
 
 
-def _row_zero_positions(ops, kv, x, rows, at):
+def _row_zero_positions(ops, kv, k, v, rows, at):
     """A decode step that writes every row's key and value at index 0 (ignores the positions)."""
-    return ops.write_kv(kv, x, rows, Positions(np.zeros_like(at.start), at.length))
+    return ops.write_kv(kv, k, v, rows, Positions(np.zeros_like(at.start), at.length))
 
 
 @pytest.mark.parametrize("broken", [dict(attention=_rows_leak),

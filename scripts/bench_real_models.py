@@ -1,7 +1,7 @@
 """Real-model shapes on this machine: load time, generation and training speed, peak memory.
 
-Random-weight models of SmolLM2-135M's and Qwen2.5-0.5B's exact shapes (bf16 safetensors, as
-their Hub files are) are written once to a scratch directory; then, each in a fresh process so
+Random-weight models of SmolLM2-135M's, Qwen2.5-0.5B's, GPT-2's (124M) and Gemma-3-270M's
+exact shapes (bf16 safetensors, as their Hub files are) are written once to a scratch directory; then, each in a fresh process so
 its peak memory is its own:
 
 - ``infer``: ``mygpt.load(DIR)`` time (read, widen bf16 -> fp32, permute, move to the backend),
@@ -49,6 +49,23 @@ SHAPES = {
         num_hidden_layers=24, vocab_size=151936, rope_theta=1000000.0, rms_norm_eps=1e-6,
         max_position_embeddings=32768, tie_word_embeddings=True, hidden_act="silu",
     ),
+    # openai-community/gpt2 (124M): Conv1D weights, learned positions, the tanh GELU, biases
+    "gpt2": dict(
+        model_type="gpt2", architectures=["GPT2LMHeadModel"], n_embd=768, n_head=12, n_layer=12,
+        n_positions=1024, vocab_size=50257, activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+    ),
+    # google/gemma-3-270m: 5 sliding (512) to 1 full layer, a rope base each, head_dim 256
+    "gemma3-270m": dict(
+        model_type="gemma3_text", architectures=["Gemma3ForCausalLM"], hidden_size=640,
+        intermediate_size=2048, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+        num_hidden_layers=18, vocab_size=262144, max_position_embeddings=32768,
+        sliding_window=512, query_pre_attn_scalar=256, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, rope_local_base_freq=10000.0, tie_word_embeddings=True,
+        hidden_activation="gelu_pytorch_tanh",
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                     for i in range(18)],
+    ),
 }  # fmt: skip
 
 
@@ -73,7 +90,7 @@ def build(name: str, root: Path) -> Path:
         scale = 0.02 if len(shape) > 1 else 0.1
         params[k] = (torch.randn(shape, generator=gen) * scale).numpy()
     tensors = ARCHITECTURES[arch.model_type].to_hf(cfg, params)
-    save_file({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()},
+    save_file({k: torch.from_numpy(v).contiguous().to(torch.bfloat16) for k, v in tensors.items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
     (out / "config.json").write_text(json.dumps(hf))
     from tests.real_models import build_tokenizer

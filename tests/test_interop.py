@@ -200,7 +200,7 @@ def mlx_lm():
 
 def test_which_architectures_mlx_lm_computes_exactly():
     exact = {a.model_type for a in ARCHITECTURES.values() if a.mlx_lm_exact}
-    assert exact == {"starcoder2", "llama", "mistral", "qwen2", "qwen3"}
+    assert exact == {"starcoder2", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"}
 
 
 @pytest.mark.parametrize("name", MLX_EXACT)

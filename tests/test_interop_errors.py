@@ -164,7 +164,7 @@ def _edit_tensors(hfdir, fn):
     "edit, feature",
     [
         (lambda d: _edit_config(d, model_type="gpt_neox"), "architecture is 'gpt_neox'"),
-        (lambda d: _edit_config(d, activation_function="gelu_new"), "tanh"),
+        (lambda d: _edit_config(d, activation_function="quick_gelu"), "'quick_gelu'"),
         (lambda d: _edit_config(d, tie_word_embeddings=False), "not tied"),
         (
             lambda d: _edit_tensors(d, lambda t: t["h.0.attn.c_attn.bias"].__setitem__(3, 0.5)),
@@ -182,7 +182,7 @@ def _edit_tensors(hfdir, fn):
         ),
         (lambda d: _edit_config(d, mygpt_num_kv_heads=2), "not 2 identical copies"),
     ],
-    ids=["architecture", "tanh-gelu", "untied-config", "attn-bias", "untied-head", "gated", "kv"],
+    ids=["architecture", "quick-gelu", "untied-config", "attn-bias", "untied-head", "gated", "kv"],
 )
 def test_an_unimportable_model_is_refused_naming_the_feature(
     edit, feature, exported, tmp_path, capsys

@@ -33,27 +33,26 @@ def test_the_import_contracts_hold():
     assert "4 kept, 0 broken" in result.stdout
 
 
-def test_a_core_module_importing_a_feature_breaks_a_contract(tmp_path):
+def _lint_with(tmp_path, module: str, line: str) -> subprocess.CompletedProcess:
+    """``lint-imports`` on a copy of the package with ``line`` appended to ``module``."""
     root = tmp_path / "copy"
     shutil.copytree(
         REPO / "mygpt", root / "mygpt", symlinks=False, ignore=shutil.ignore_patterns("__pycache__")
     )
-    config = root / "mygpt" / "config.py"
-    config.write_text(config.read_text() + "\nfrom mygpt.train import TrainConfig  # noqa\n")
-    result = _lint(root)
+    path = root / "mygpt" / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
+    return _lint(root)
+
+
+def test_a_core_module_importing_a_feature_breaks_a_contract(tmp_path):
+    result = _lint_with(tmp_path, "config.py", "from mygpt.train import TrainConfig")
     assert result.returncode != 0
     assert "the core imports nothing above it BROKEN" in result.stdout
     assert "mygpt.config -> mygpt.train" in result.stdout
 
 
 def test_the_model_importing_a_checkpoint_module_breaks_its_contract(tmp_path):
-    root = tmp_path / "copy"
-    shutil.copytree(
-        REPO / "mygpt", root / "mygpt", symlinks=False, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    cache = root / "mygpt" / "cache.py"
-    cache.write_text(cache.read_text() + "\nfrom mygpt.checkpoint import load_checkpoint  # noqa\n")
-    result = _lint(root)
+    result = _lint_with(tmp_path, "cache.py", "from mygpt.checkpoint import load_checkpoint")
     assert result.returncode != 0
     assert (
         "the model is the model: it imports no checkpoint, feature or CLI BROKEN" in result.stdout

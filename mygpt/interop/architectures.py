@@ -10,8 +10,12 @@ Each mygpt combination maps to one architecture that ``transformers`` loads with
 | rms norm + rope, gelu                 | ``arcee``      | Llama with a non-gated MLP, MLP biases |
 | rms norm + rope, swiglu               | ``llama``      | exactly a Llama                        |
 
-Real models add ``mistral``, ``qwen2`` (q/k/v biases) and ``qwen3`` (q/k norms); with
-``head_dim``, biases, an untied head and llama3 rope scaling they share the Llama weight map.
+Real models add ``mistral`` (a sliding window), ``qwen2`` (q/k/v biases), ``qwen3`` (q/k norms),
+``gemma3_text`` (sandwich and (1 + w) norms, GeGLU, scaled embeddings, sliding and full layers)
+and ``olmo2`` (norms after each sublayer, q/k norms over all heads): with ``head_dim``, biases,
+an untied head and rope scaling they share the Llama weight map, its norms named by
+:func:`block_norm_names`; ``phi3`` fuses its Q|K|V and gate|up; ``gpt2`` also holds GPT-2's own
+biases and tanh GELU. Which one holds a model is :data:`FEATURES` arithmetic (``_fits``).
 Export writes back the architecture a model was imported from (``hf_model_type``) when it holds
 the model's features (``Architecture.fits``), else the first standard one that does.
 
@@ -47,7 +51,7 @@ class Architecture:
     hf_class: str
     norm: str
     position: str
-    mlp: str
+    mlps: tuple[str, ...]  # the MLP kinds it holds (llama: swiglu, and geglu by its hidden_act)
     to_hf: Callable[[ModelConfig, Tensors], Tensors]
     from_hf: Callable[[ModelConfig, Tensors], Tensors]
     mlx_lm_exact: bool  # whether mlx-lm's implementation of it computes the same function
@@ -110,6 +114,9 @@ def _gpt2_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
         out[f"{h}.attn.c_attn.bias"] = np.zeros(3 * C, np.float32)
         out[f"{h}.attn.c_proj.weight"] = p[f"{b}.mha.W_O.weight"].T
         out[f"{h}.attn.c_proj.bias"] = np.zeros(C, np.float32)
+        if cfg.attn_bias:  # real GPT-2 (checked equal K/V heads: attn_bias is MHA-only here)
+            out[f"{h}.attn.c_attn.bias"] = np.concatenate([p[f"{b}.mha.W_{n}.bias"] for n in "QKV"])
+            out[f"{h}.attn.c_proj.bias"] = p[f"{b}.mha.W_O.bias"]
         for ln, hf_ln in (("ln1", "ln_1"), ("ln2", "ln_2")):
             out[f"{h}.{hf_ln}.weight"] = p[f"{b}.{ln}.weight"]
             out[f"{h}.{hf_ln}.bias"] = p[f"{b}.{ln}.bias"]
@@ -126,8 +133,13 @@ def _gpt2_from_hf(cfg: ModelConfig, t: Tensors) -> Tensors:
     p["position_embedding.weight"] = t["wpe.weight"]
     for i in range(cfg.num_layers):
         b, h = f"blocks.{i}", f"h.{i}"
-        for name in (f"{h}.attn.c_attn.bias", f"{h}.attn.c_proj.bias"):
-            require_zero(t[name], name, "non-zero attention biases")
+        if cfg.attn_bias:  # GPT-2's own biases (a mygpt export's are zeros: attn_bias False)
+            for n, bias in zip("QKV", np.split(t[f"{h}.attn.c_attn.bias"], 3)):
+                p[f"{b}.mha.W_{n}.bias"] = bias
+            p[f"{b}.mha.W_O.bias"] = t[f"{h}.attn.c_proj.bias"]
+        else:
+            for name in (f"{h}.attn.c_attn.bias", f"{h}.attn.c_proj.bias"):
+                require_zero(t[name], name, "non-zero attention biases")
         q, k, v = np.split(t[f"{h}.attn.c_attn.weight"].T, 3, axis=0)
         p[f"{b}.mha.W_Q.weight"] = q
         p[f"{b}.mha.W_K.weight"] = unrepeat_kv(k, cfg, f"layer {i} W_K")
@@ -166,9 +178,26 @@ def _attn_to_hf(cfg: ModelConfig, p: Tensors, b: str, a: str) -> Tensors:
     elif cfg.norm == "layer":
         out[f"{a}.o_proj.bias"] = np.zeros(C, np.float32)
     if cfg.qk_norm:  # the norm's weight follows its features into the half-split order
-        out[f"{a}.q_norm.weight"] = _rope_rows(p[f"{b}.mha.q_norm.weight"], 1, D)
-        out[f"{a}.k_norm.weight"] = _rope_rows(p[f"{b}.mha.k_norm.weight"], 1, D)
+        for n in "qk":
+            w = p[f"{b}.mha.{n}_norm.weight"]
+            out[f"{a}.{n}_norm.weight"] = _rope_rows(w, len(w) // D, D)
     return out
+
+
+def block_norm_names(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """(mygpt, HF) names of a block's norms. Llama: input_layernorm before attention and
+    post_attention_layernorm before the MLP; Gemma's sandwich adds a norm after each sublayer
+    (then "post_attention" is after attention and pre_feedforward before the MLP); OLMo 2 keeps
+    only the norms after."""
+    names = [("ln1", "input_layernorm")] if cfg.pre_norm else []
+    if cfg.sandwich_norm:
+        names.append(("ln1_post", "post_attention_layernorm"))
+    if cfg.pre_norm:
+        names.append(("ln2", "pre_feedforward_layernorm" if cfg.sandwich_norm
+                      else "post_attention_layernorm"))  # fmt: skip
+    if cfg.sandwich_norm:
+        names.append(("ln2_post", "post_feedforward_layernorm"))
+    return names
 
 
 def _llama_family_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
@@ -177,7 +206,7 @@ def _llama_family_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
     for i in range(cfg.num_layers):
         b, h = f"blocks.{i}", f"model.layers.{i}"
         out.update(_attn_to_hf(cfg, p, b, f"{h}.self_attn"))
-        for ln, hf_ln in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
+        for ln, hf_ln in block_norm_names(cfg):
             out[f"{h}.{hf_ln}.weight"] = p[f"{b}.{ln}.weight"]
             if layer_norm:
                 out[f"{h}.{hf_ln}.bias"] = p[f"{b}.{ln}.bias"]
@@ -192,7 +221,7 @@ def _llama_family_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
 
 def _mlp_names(cfg: ModelConfig) -> list[tuple[str, str]]:
     """(mygpt name, HF name) of the MLP's tensors under a block."""
-    if cfg.mlp == "swiglu":
+    if cfg.gated:
         kinds = ("weight", "bias") if cfg.mlp_bias else ("weight",)
         return [(f"{n}.{w}", f"{n}_proj.{w}") for n in ("gate", "up", "down") for w in kinds]
     fc1, fc2 = ("c_fc", "c_proj") if cfg.norm == "layer" else ("up_proj", "down_proj")
@@ -217,9 +246,10 @@ def _attn_from_hf(cfg: ModelConfig, t: Tensors, b: str, a: str) -> Tensors:
             p[f"{b}.mha.{mine}.bias"] = _rope_rows_back(bias, heads[n], D) if n in heads else bias
         elif bias is not None:
             require_zero(bias, f"{a}.{n}_proj.bias", "non-zero attention biases")
-    if cfg.qk_norm:
-        p[f"{b}.mha.q_norm.weight"] = _rope_rows_back(t[f"{a}.q_norm.weight"], 1, D)
-        p[f"{b}.mha.k_norm.weight"] = _rope_rows_back(t[f"{a}.k_norm.weight"], 1, D)
+    if cfg.qk_norm:  # per head (D,) or over all heads (OLMo 2: H*D, Hkv*D)
+        for n in "qk":
+            w = t[f"{a}.{n}_norm.weight"]
+            p[f"{b}.mha.{n}_norm.weight"] = _rope_rows_back(w, len(w) // D, D)
     return p
 
 
@@ -229,7 +259,7 @@ def _llama_family_from_hf(cfg: ModelConfig, t: Tensors) -> Tensors:
     for i in range(cfg.num_layers):
         b, h = f"blocks.{i}", f"model.layers.{i}"
         p.update(_attn_from_hf(cfg, t, b, f"{h}.self_attn"))
-        for ln, hf_ln in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
+        for ln, hf_ln in block_norm_names(cfg):
             p[f"{b}.{ln}.weight"] = t[f"{h}.{hf_ln}.weight"]
             if layer_norm:
                 p[f"{b}.{ln}.bias"] = t[f"{h}.{hf_ln}.bias"]
@@ -251,88 +281,185 @@ def require_zero(x: np.ndarray, name: str, feature: str) -> None:
         )
 
 
-def _plain_only(cfg: ModelConfig) -> str | None:
-    """What a book-style architecture (gpt2, starcoder2, arcee) can't hold of ``cfg``."""
-    if cfg.head_dim * cfg.num_heads != cfg.embed_dim:
-        return "a head_dim other than embed_dim / num_heads"
-    for name, what in (("attn_bias", "attention biases"), ("attn_out_bias", "an output bias"),
-                       ("qk_norm", "q/k norms"), ("rope_scaling", "rope scaling")):  # fmt: skip
-        if getattr(cfg, name):
-            return what
-    return None if cfg.tie_embeddings else "an untied output head"
+#: what a model has beyond the book's GPT and a plain Llama, by key, as a refusal names it
+FEATURES = {
+    "norm_offset": "(1 + w) norm weights", "scale_embeddings": "scaled embeddings",
+    "attn_scale": "an attention scale other than 1/sqrt(head_dim)",
+    "sandwich_norm": "norms after each sublayer", "no_pre_norm": "no norms before the sublayers",
+    "qk_norm": "q/k norms per head", "qk_norm_full": "q/k norms over all heads",
+    "gelu_tanh": "the tanh GELU", "sliding": "a sliding attention window",
+    "window_pattern": "sliding and full attention layers",
+    "rope_local_base": "a rope base of its own for sliding layers",
+    "rope_llama3": "llama3 rope scaling", "rope_linear": "linear rope scaling",
+    "attn_bias": "q/k/v biases", "attn_out_bias": "an output-projection bias",
+    "mlp_bias": "MLP biases", "untied": "an untied output head",
+    "head_dim": "a head_dim other than embed_dim / num_heads",
+}  # fmt: skip
 
 
-def _llama_fits(cfg: ModelConfig) -> str | None:
-    if cfg.qk_norm:
-        return "q/k norms (Qwen3)"
+def features(cfg: ModelConfig) -> set[str]:
+    """The :data:`FEATURES` keys ``cfg`` has."""
+    have = {k for k, on in (
+        ("norm_offset", cfg.norm_offset != 0), ("scale_embeddings", cfg.scale_embeddings),
+        ("attn_scale", cfg.query_pre_attn_scalar not in (None, cfg.head_dim)),
+        ("sandwich_norm", cfg.sandwich_norm), ("no_pre_norm", not cfg.pre_norm),
+        ("qk_norm", cfg.qk_norm and cfg.qk_norm_per_head),
+        ("qk_norm_full", cfg.qk_norm and not cfg.qk_norm_per_head),
+        ("gelu_tanh", cfg.activation == "gelu_tanh"),
+        ("rope_local_base", cfg.rope_local_base is not None),
+        ("attn_bias", cfg.attn_bias), ("attn_out_bias", cfg.attn_out_bias),
+        ("mlp_bias", cfg.mlp_bias), ("untied", not cfg.tie_embeddings),
+        ("head_dim", cfg.head_dim * cfg.num_heads != cfg.embed_dim),
+    ) if on}  # fmt: skip
+    types = set(cfg.layer_types or ())
+    if "sliding" in types:
+        have.add("sliding" if types == {"sliding"} else "window_pattern")
+    if cfg.rope_scaling:
+        have.add("rope_" + cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")))
+    return have
+
+
+def _fits(
+    allowed: str = "", required: str = "", check: Callable[[ModelConfig], str | None] | None = None
+) -> Callable[[ModelConfig], str | None]:
+    """An architecture's ``fits``: the features it may have and those it must have (space-separated
+    :data:`FEATURES` keys), and a check of anything else."""
+    need = set(required.split())
+    may = set(allowed.split()) | need
+
+    def fits(cfg: ModelConfig) -> str | None:
+        have = features(cfg)
+        missing = sorted(need - have)
+        if missing:
+            return f"no {FEATURES[missing[0]]}"
+        extra = sorted(have - may)
+        if extra:
+            return FEATURES[extra[0]]
+        return check(cfg) if check is not None else None
+
+    return fits
+
+
+def _same_biases(cfg: ModelConfig) -> str | None:
     if cfg.attn_bias != cfg.attn_out_bias:
-        return "biases on q/k/v but not on the output projection (Qwen2)"
+        return "biases on q/k/v but not on the output projection (Qwen2), or the reverse"
     return None
 
 
-def _mistral_fits(cfg: ModelConfig) -> str | None:
-    if cfg.attn_bias or cfg.attn_out_bias or cfg.mlp_bias or cfg.qk_norm:
-        return "biases or q/k norms"
-    return "rope scaling" if cfg.rope_scaling else None
+def _gpt2_biases(cfg: ModelConfig) -> str | None:
+    if cfg.attn_bias and cfg.num_kv_heads != cfg.num_heads:
+        return "attention biases with grouped K/V heads"
+    return _same_biases(cfg)
 
 
-def _qwen2_fits(cfg: ModelConfig) -> str | None:
-    if not cfg.attn_bias or cfg.attn_out_bias:
-        return "no q/k/v biases, or an output bias"
-    if cfg.mlp_bias or cfg.qk_norm:
-        return "MLP biases or q/k norms"
-    return "rope scaling" if cfg.rope_scaling else None
+def _no_output_bias(cfg: ModelConfig) -> str | None:
+    return "an output-projection bias" if cfg.attn_out_bias else None
 
 
-def _qwen3_fits(cfg: ModelConfig) -> str | None:
-    if not cfg.qk_norm:
-        return "no q/k norms"
-    if cfg.attn_bias != cfg.attn_out_bias or cfg.mlp_bias:
-        return "biases on q/k/v but not the output, or MLP biases"
-    return "rope scaling" if cfg.rope_scaling else None
+# --- Phi-3: the Llama names with Q|K|V and gate|up fused -----------------------------------
+
+
+def _phi3_to_hf(cfg: ModelConfig, p: Tensors) -> Tensors:
+    out = _llama_family_to_hf(cfg, p)
+    for i in range(cfg.num_layers):
+        a, m = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        qkv = [out.pop(f"{a}.{n}_proj.weight") for n in "qkv"]
+        out[f"{a}.qkv_proj.weight"] = np.concatenate(qkv)
+        # gate_up_proj(x).chunk(2): the first half of its rows is the gate
+        gate_up = [out.pop(f"{m}.{n}_proj.weight") for n in ("gate", "up")]
+        out[f"{m}.gate_up_proj.weight"] = np.concatenate(gate_up)
+    return out
+
+
+def _phi3_from_hf(cfg: ModelConfig, t: Tensors) -> Tensors:
+    t = dict(t)
+    kv = cfg.num_kv_heads * cfg.head_dim
+    for i in range(cfg.num_layers):
+        a, m = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        qkv = np.split(t.pop(f"{a}.qkv_proj.weight"), [cfg.attn_dim, cfg.attn_dim + kv])
+        for n, w in zip("qkv", qkv):
+            t[f"{a}.{n}_proj.weight"] = w
+        gate, up = np.split(t.pop(f"{m}.gate_up_proj.weight"), 2)
+        t[f"{m}.gate_proj.weight"], t[f"{m}.up_proj.weight"] = gate, up
+    return _llama_family_from_hf(cfg, t)
 
 
 _LLAMA = (_llama_family_to_hf, _llama_family_from_hf)
+_BIASES = "attn_bias attn_out_bias"
+_GEMMA = "norm_offset scale_embeddings sandwich_norm qk_norm"
 ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a
     for a in (
         Architecture(
-            "gpt2", "GPT2LMHeadModel", "layer", "learned", "gelu", _gpt2_to_hf, _gpt2_from_hf,
-            False, "mlx-lm's gpt2.py hard-codes the tanh-approximate GELU", _plain_only,
+            "gpt2", "GPT2LMHeadModel", "layer", "learned", ("gelu",), _gpt2_to_hf, _gpt2_from_hf,
+            False, "mlx-lm's gpt2.py hard-codes the tanh-approximate GELU (exact for gelu_tanh)",
+            _fits(f"gelu_tanh {_BIASES}", check=_gpt2_biases),
         ),
         Architecture(
-            "starcoder2", "Starcoder2ForCausalLM", "layer", "rope", "gelu", *_LLAMA, True,
-            "exact (erf) nn.gelu", _plain_only,
+            "starcoder2", "Starcoder2ForCausalLM", "layer", "rope", ("gelu",), *_LLAMA, True,
+            "exact (erf) nn.gelu", _fits("gelu_tanh"),
         ),
         Architecture(
-            "arcee", "ArceeForCausalLM", "rms", "rope", "gelu", *_LLAMA, False,
-            "mlx-lm has no arcee model (its llama.py hard-codes SiLU)", _plain_only,
+            "arcee", "ArceeForCausalLM", "rms", "rope", ("gelu",), *_LLAMA, False,
+            "mlx-lm has no arcee model (its llama.py hard-codes SiLU)", _fits("gelu_tanh"),
         ),
         Architecture(
-            "llama", "LlamaForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "plain llama",
-            _llama_fits,
+            "llama", "LlamaForCausalLM", "rms", "rope", ("swiglu", "geglu"), *_LLAMA, True,
+            "plain llama (mlx-lm's llama.py hard-codes SiLU: not a geglu model)",
+            _fits(f"{_BIASES} mlp_bias untied head_dim rope_llama3 rope_linear gelu_tanh",
+                  check=_same_biases),
         ),
         Architecture(
-            "qwen2", "Qwen2ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
-            _qwen2_fits,
+            "qwen2", "Qwen2ForCausalLM", "rms", "rope", ("swiglu",), *_LLAMA, True,
+            "exact on mygpt's export (a top-level rope_theta)",
+            _fits("untied head_dim", "attn_bias", check=_no_output_bias),
         ),
         Architecture(
-            "qwen3", "Qwen3ForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
-            _qwen3_fits,
+            "qwen3", "Qwen3ForCausalLM", "rms", "rope", ("swiglu",), *_LLAMA, True,
+            "exact on mygpt's export (a top-level rope_theta)",
+            _fits(f"{_BIASES} untied head_dim", "qk_norm", check=_same_biases),
         ),
         Architecture(
-            "mistral", "MistralForCausalLM", "rms", "rope", "swiglu", *_LLAMA, True, "exact on mygpt's export (a top-level rope_theta)",
-            _mistral_fits,
+            "mistral", "MistralForCausalLM", "rms", "rope", ("swiglu",), *_LLAMA, True,
+            "exact on mygpt's export (a top-level rope_theta)", _fits("untied head_dim sliding"),
+        ),
+        Architecture(
+            "phi3", "Phi3ForCausalLM", "rms", "rope", ("swiglu",), _phi3_to_hf, _phi3_from_hf,
+            True, "exact without a window (its phi3.py ignores sliding_window)",
+            _fits("untied sliding"),
+        ),
+        Architecture(
+            "olmo2", "Olmo2ForCausalLM", "rms", "rope", ("swiglu",), *_LLAMA, True,
+            "exact (its olmo2.py)", _fits(f"{_BIASES} untied rope_llama3 rope_linear",
+                                       "sandwich_norm no_pre_norm qk_norm_full", _same_biases),
+        ),
+        Architecture(
+            "gemma3_text", "Gemma3ForCausalLM", "rms", "rope", ("geglu",), *_LLAMA, False,
+            "mlx-lm's gemma3_text.py hard-codes the tanh GELU (exact for --activation gelu_tanh)",
+            _fits(f"{_BIASES} untied head_dim attn_scale gelu_tanh sliding window_pattern "
+                  "rope_local_base rope_linear rope_llama3", _GEMMA, _same_biases),
         ),
     )
 }  # fmt: skip
 
 
+def mlx_lm_verdict(arch: Architecture, cfg: ModelConfig) -> str:
+    """What mlx-lm computes of ``cfg`` exported as ``arch``, for the model card. Measured on
+    tiny random models: its gpt2, gemma3_text and olmo2 files match transformers within 2.1e-5,
+    its llama (Mistral) and phi3 files ignore a sliding window (logits off by 4.4 past it)."""
+    if cfg.layer_types is not None and arch.model_type in ("mistral", "phi3"):
+        return "its model ignores the sliding window, so it differs past the window"
+    if arch.model_type in ("gpt2", "gemma3_text") and cfg.activation == "gelu_tanh":
+        return "computes this model (its tanh GELU) exactly"
+    return "computes this model exactly" if arch.mlx_lm_exact else arch.mlx_lm_note
+
+
 def exportable() -> str:
     """The exportable combinations, as flags, for error messages."""
-    seen = {}
+    seen: dict[tuple[str, str, str], str] = {}
     for a in ARCHITECTURES.values():
-        seen.setdefault((a.norm, a.position, a.mlp), a.model_type)
+        for mlp in a.mlps:
+            seen.setdefault((a.norm, a.position, mlp), a.model_type)
     return "; ".join(f"--norm {n} --position {p} --mlp {m} ({t})" for (n, p, m), t in seen.items())
 
 
@@ -342,8 +469,10 @@ def architecture_for(cfg: ModelConfig) -> Architecture:
     The one the model was imported from wins (a Mistral exports as a Mistral), else the first
     standard one that holds every feature of the model.
     """
-    same = (cfg.norm, cfg.position, cfg.mlp)
-    candidates = [a for a in ARCHITECTURES.values() if (a.norm, a.position, a.mlp) == same]
+    candidates = [
+        a for a in ARCHITECTURES.values()
+        if (a.norm, a.position) == (cfg.norm, cfg.position) and cfg.mlp in a.mlps
+    ]  # fmt: skip
     if not candidates:
         raise MygptError(
             f"no standard Hugging Face architecture computes --norm {cfg.norm} --position "
@@ -365,7 +494,6 @@ def architecture_for(cfg: ModelConfig) -> Architecture:
 
 def hf_config(cfg: ModelConfig, arch: Architecture, special: dict[str, Any]) -> dict[str, Any]:
     """config.json: every value written explicitly (the libraries' defaults differ)."""
-    C = cfg.embed_dim
     common = {
         "architectures": [arch.hf_class],
         "model_type": arch.model_type,
@@ -381,33 +509,78 @@ def hf_config(cfg: ModelConfig, arch: Architecture, special: dict[str, Any]) -> 
         "mygpt_hf_model_type": cfg.hf_model_type,
     }
     if arch.model_type == "gpt2":
-        return {
-            **common,
-            "n_embd": C,
-            "n_head": cfg.num_heads,
-            "n_layer": cfg.num_layers,
-            "n_positions": cfg.max_seq_len,
-            "n_ctx": cfg.max_seq_len,  # mlx-lm's gpt2 reads this name
-            "n_inner": cfg.mlp_hidden,
-            "activation_function": "gelu",  # erf GELU; "gelu_new" would be the tanh one
-            "layer_norm_epsilon": cfg.norm_eps,
-            "resid_pdrop": 0.0,
-            "embd_pdrop": 0.0,
-            "attn_pdrop": 0.0,
-            "scale_attn_weights": True,
-            "scale_attn_by_inverse_layer_idx": False,
-            "reorder_and_upcast_attn": False,
-        }
+        return {**common, **_gpt2_config(cfg)}
+    out = {**common, **_rope_config(cfg), **_llama_shape(cfg)}
+    kind = arch.model_type
+    tanh = cfg.activation == "gelu_tanh"
+    if kind == "starcoder2":
+        out.update(
+            hidden_act="gelu_pytorch_tanh" if tanh else "gelu", use_bias=True,
+            norm_epsilon=cfg.norm_eps, residual_dropout=0.0, embedding_dropout=0.0,
+            sliding_window=None,
+        )  # fmt: skip
+        return out
+    act = "silu" if cfg.mlp == "swiglu" else "gelu_pytorch_tanh" if tanh else "gelu"
+    out.update(hidden_act=act, rms_norm_eps=cfg.norm_eps)
+    if kind in ("llama", "arcee"):
+        out.update(mlp_bias=cfg.mlp == "gelu" or cfg.mlp_bias, attention_bias=cfg.attn_bias,
+                   pretraining_tp=1)  # fmt: skip
+    elif kind in ("mistral", "phi3"):
+        out.update(sliding_window=cfg.sliding_window)
+        if kind == "phi3":  # no head_dim field: it is hidden_size / heads (fits checks)
+            out.pop("head_dim")
+            out.update(resid_pdrop=0.0, embd_pdrop=0.0,
+                       original_max_position_embeddings=cfg.max_seq_len)  # fmt: skip
+    elif kind == "olmo2":
+        out.pop("head_dim")
+        out["attention_bias"] = cfg.attn_bias
+    elif kind == "gemma3_text":
+        out.update(_gemma3_config(cfg))
+    else:  # qwen2 (q/k/v biases built in), qwen3 (attention_bias; q/k norms built in)
+        if kind == "qwen3":
+            out["attention_bias"] = cfg.attn_bias
+        out.update(use_sliding_window=False, sliding_window=None,
+                   max_window_layers=cfg.num_layers,
+                   layer_types=["full_attention"] * cfg.num_layers)  # fmt: skip
+    return out
+
+
+def _gpt2_config(cfg: ModelConfig) -> dict[str, Any]:
+    return {
+        "n_embd": cfg.embed_dim,
+        "n_head": cfg.num_heads,
+        "n_layer": cfg.num_layers,
+        "n_positions": cfg.max_seq_len,
+        "n_ctx": cfg.max_seq_len,  # mlx-lm's gpt2 reads this name
+        "n_inner": cfg.mlp_hidden,
+        # "gelu" is the exact (erf) GELU, "gelu_new" the tanh one
+        "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
+        "layer_norm_epsilon": cfg.norm_eps,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+    }
+
+
+def _rope_params(cfg: ModelConfig, base: float, scaling: dict | None) -> dict[str, Any]:
+    return {**(scaling or {"rope_type": "default"}), "rope_theta": base}
+
+
+def _rope_config(cfg: ModelConfig) -> dict[str, Any]:
     scaling = dict(cfg.rope_scaling) if cfg.rope_scaling else None
-    rope = {
+    return {
         "rope_theta": cfg.rope_base,  # top level: mlx-lm reads only this
-        "rope_parameters": {**(scaling or {"rope_type": "default"}), "rope_theta": cfg.rope_base},
+        "rope_parameters": _rope_params(cfg, cfg.rope_base, scaling),
         "rope_scaling": scaling,
     }
-    out = {
-        **common,
-        **rope,
-        "hidden_size": C,
+
+
+def _llama_shape(cfg: ModelConfig) -> dict[str, Any]:
+    return {
+        "hidden_size": cfg.embed_dim,
         "intermediate_size": cfg.mlp_hidden,
         "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads,
@@ -416,25 +589,37 @@ def hf_config(cfg: ModelConfig, arch: Architecture, special: dict[str, Any]) -> 
         "max_position_embeddings": cfg.max_seq_len,
         "attention_dropout": 0.0,
     }
-    if arch.model_type == "starcoder2":
-        out.update(
-            hidden_act="gelu", use_bias=True, norm_epsilon=cfg.norm_eps, residual_dropout=0.0,
-            embedding_dropout=0.0, sliding_window=None,
-        )  # fmt: skip
-        return out
-    out.update(
-        hidden_act="silu" if cfg.mlp == "swiglu" else "gelu",
-        rms_norm_eps=cfg.norm_eps,
-    )
-    if arch.model_type in ("llama", "arcee"):
-        out.update(mlp_bias=cfg.mlp == "gelu" or cfg.mlp_bias, attention_bias=cfg.attn_bias,
-                   pretraining_tp=1)  # fmt: skip
-    elif arch.model_type == "mistral":
-        out.update(sliding_window=None)
-    else:  # qwen2 (q/k/v biases built in), qwen3 (attention_bias; q/k norms built in)
-        if arch.model_type == "qwen3":
-            out["attention_bias"] = cfg.attn_bias
-        out.update(use_sliding_window=False, sliding_window=None,
-                   max_window_layers=cfg.num_layers,
-                   layer_types=["full_attention"] * cfg.num_layers)  # fmt: skip
+
+
+def _gemma3_config(cfg: ModelConfig) -> dict[str, Any]:
+    """Gemma 3's own keys: its activation's name, its layer types with a rope per type."""
+    scaling = dict(cfg.rope_scaling) if cfg.rope_scaling else None
+    full = _rope_params(cfg, cfg.rope_base, scaling)
+    local = full if cfg.rope_local_base is None else _rope_params(cfg, cfg.rope_local_base, None)
+    types = cfg.layer_types or ("full",) * cfg.num_layers
+    out = {
+        "hidden_activation": "gelu_pytorch_tanh" if cfg.activation == "gelu_tanh" else "gelu",
+        "query_pre_attn_scalar": cfg.query_pre_attn_scalar or cfg.head_dim,
+        "sliding_window": cfg.sliding_window,
+        "layer_types": [f"{t}_attention" for t in types],
+        "rope_parameters": {"full_attention": full, "sliding_attention": local},
+        "rope_local_base_freq": local["rope_theta"],  # mlx-lm's name for the sliding layers' base
+        "attention_bias": cfg.attn_bias,
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+        "use_bidirectional_attention": False,
+    }
+    pattern = _pattern_of(types)
+    if pattern is not None:  # mlx-lm reads the pattern, not layer_types
+        out["sliding_window_pattern"] = pattern
     return out
+
+
+def _pattern_of(types: tuple[str, ...]) -> int | None:
+    """N when every Nth layer is full and the others sliding (Gemma 3's rule), else None."""
+    full = [i for i, t in enumerate(types) if t == "full"]
+    if not full:
+        return len(types) + 1
+    n = full[0] + 1
+    want = tuple("full" if (i + 1) % n == 0 else "sliding" for i in range(len(types)))
+    return n if want == tuple(types) else None

@@ -31,6 +31,7 @@ from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import architecture_for, hf_config
 from mygpt.interop.gguf_export import GGUF_DTYPES
 from mygpt.interop.model_card import model_card
+from mygpt.quant import refuse_quantized
 
 FILES = (  # and chat_template.jinja where the model has a chat template
     "config.json",
@@ -152,6 +153,9 @@ def export_hf(
     outdir, dropped = _check_outdir(outdir, force)  # before loading anything
     # a checkpoint, a Hugging Face directory, a Hub id, or an adapter (merged into its base)
     ckpt = load_source(ckpt_path, base=base)
+    refuse_quantized(
+        ckpt.params, str(ckpt_path), "the Hugging Face format (--mlx writes an mlx-lm directory)"
+    )
     cfg = ckpt.config
     arch = architecture_for(cfg)  # refuse an inexact export before touching OUTDIR
     tok_files = tokenizer_files(ckpt.tokenizer)
@@ -169,6 +173,30 @@ def export_hf(
         d.write_text("README.md", model_card(ckpt, arch, source))
     if dropped:
         click.echo(f"--force: removed with the old {outdir}: {', '.join(dropped)}", err=True)
+    return outdir
+
+
+def export_mlx(
+    ckpt_path: str | os.PathLike, outdir: str | os.PathLike, force: bool = False
+) -> Path:
+    """A quantized checkpoint as an mlx-lm directory (see ``export_mlx``), written as a whole
+    as the Hugging Face export is; returns its path."""
+    from mygpt.interop.export_mlx import mlx_tensors
+    from mygpt.interop.sources import load_source
+
+    outdir, _ = _check_outdir(Path(outdir), force)
+    ckpt = load_source(ckpt_path)
+    arch = architecture_for(ckpt.config)
+    tensors, bits = mlx_tensors(ckpt, arch)
+    special = {**special_token_ids(ckpt.tokenizer), "pad_token_id": None}
+    config = {**hf_config(ckpt.config, arch, special),
+              "quantization": {"group_size": 32, "bits": bits}}  # fmt: skip
+    with atomic_directory(outdir, "OUTDIR") as d:
+        d.write_text("config.json", _json(config))
+        d.write_text("generation_config.json", _json(generation_config(ckpt.tokenizer)))
+        d.write_bytes("model.safetensors", safetensors_bytes(tensors, "float32", {"format": "mlx"}))
+        for name, text in tokenizer_files(ckpt.tokenizer).items():
+            d.write_text(name, text)
     return outdir
 
 
@@ -198,9 +226,14 @@ def export_hf(
 @click.option(
     "--base", default=None, metavar="MODEL", help="An adapter's base, if not where it was trained."
 )
+@click.option(
+    "--mlx", "mlx", is_flag=True,
+    help="A quantized checkpoint: write an mlx-lm directory (its Q8_0/Q4_0 blocks as MLX's "
+    "affine groups of 32, exactly).",
+)  # fmt: skip
 def export(
     ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, dtype: str,
-    peft: bool, base: str | None,
+    peft: bool, base: str | None, mlx: bool = False,
 ) -> None:  # fmt: skip
     """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...), or as
     one GGUF file for llama.cpp and Ollama when OUTDIR ends in .gguf; a LoRA adapter checkpoint
@@ -219,8 +252,13 @@ def export(
         check_repo_id(repo)  # a bad name fails before the export, not after it
     if peft and dtype != "float32":
         raise MygptError("--peft writes the adapter in float32 (it is small) — drop --dtype")
+    if mlx and (peft or dtype != "float32" or base):
+        raise MygptError("--mlx writes a quantized model as it is — drop --peft, --dtype, --base")
     if peft:
         out = _export_peft(ckpt, outdir, force, base)
+    elif mlx:
+        out = export_mlx(ckpt, outdir, force=force)
+        click.echo(f"exported {ckpt} as an mlx-lm quantized model to {out}", err=True)
     else:
         out = export_hf(ckpt, outdir, force=force, dtype=dtype, base=base)
         arch = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]

@@ -1,12 +1,13 @@
 """``mygpt import HFDIR OUT.safetensors``: a Hugging Face model directory as a mygpt checkpoint.
 
 The reverse of ``mygpt export`` (gpt2, starcoder2, arcee, llama as it writes them), and real
-open-weight models: Llama (llama3 rope scaling, untied heads, a free head_dim, attention and MLP
-biases), Mistral (no sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms), with their own
-tokenizer.json, chat template and EOS ids. A model is imported only if mygpt computes exactly the
-same function: every feature mygpt lacks (an approximate GELU, another rope scaling, a sliding
-window, mixture-of-experts, ...) is a one-line refusal naming it. Export then import gives back
-the same bits.
+open-weight models: Llama (llama3 or linear rope scaling, untied heads, a free head_dim, attention
+and MLP biases), Mistral (its sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms), GPT-2
+(its biases and tanh GELU), Gemma 3 (docs/families.md), Phi-3 (fused projections) and OLMo 2
+(norms after each sublayer), with their own tokenizer.json, chat template and EOS ids. A model is
+imported only if mygpt computes exactly the same function: every feature mygpt lacks (another
+rope scaling, logit soft-capping, mixture-of-experts, ...) is a one-line refusal naming it.
+Export then import gives back the same bits.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mygpt.checkpoint import Checkpoint
-from mygpt.config import LLAMA3_ROPE_KEYS, ModelConfig, check_rope_scaling
+from mygpt.config import LLAMA3_ROPE_KEYS, ROPE_SCALINGS, ModelConfig, check_rope_scaling
 from mygpt.errors import MygptError
 from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import ARCHITECTURES, Architecture
@@ -53,22 +54,30 @@ def _read_config(hfdir: Path) -> dict[str, Any]:
     return cfg
 
 
-def _rope(hf: dict, where: Path) -> tuple[float, dict | None]:
-    """(rope_theta, the llama3 scaling or None); any other scaling is refused by name."""
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+def _rope(hf: dict, where: Path, params: Any = None) -> tuple[float, dict | None]:
+    """(rope_theta, the llama3 or linear scaling or None); any other scaling is refused by name.
+    ``params``: one layer type's rope parameters (Gemma 3), else the model's."""
+    if params is None:
+        params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if not isinstance(params, dict):
         raise _fail(where, f"its rope parameters are {params!r}")
     kind = params.get("rope_type", params.get("type", "default"))
     if float(hf.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0))) != 1.0:
         raise _fail(where, "it rotates only part of each head (partial_rotary_factor)")
     theta = params.get("rope_theta")
-    default = 100000.0 if hf.get("model_type") == "starcoder2" else 10000.0
-    theta = float(theta if theta is not None else hf.get("rope_theta", default))
+    theta = float(theta if theta is not None else hf.get("rope_theta", _DEFAULT_THETA.get(
+        hf.get("model_type"), 10000.0)))  # fmt: skip
     if kind == "default":
         return theta, None
-    if kind != "llama3":
-        raise _fail(where, f"it uses rope scaling {kind!r} (mygpt computes only 'llama3')")
-    scaling = {"rope_type": "llama3", **{k: params.get(k) for k in LLAMA3_ROPE_KEYS}}
+    if kind in ("longrope", "su") or (kind == "yarn" and hf.get("model_type") == "phi3"):
+        raise _fail(
+            where, f"its rope scaling is {kind!r} (Phi-3's longrope switches its frequencies with "
+            "the sequence length); mygpt computes Phi-3 models without it, such as Phi-3-mini-4k",
+        )  # fmt: skip
+    if kind not in ROPE_SCALINGS:
+        raise _fail(where, f"it uses rope scaling {kind!r} (mygpt computes 'llama3' and 'linear')")
+    keys = LLAMA3_ROPE_KEYS if kind == "llama3" else ("factor",)
+    scaling = {"rope_type": kind, **{k: params.get(k) for k in keys}}
     try:
         check_rope_scaling(scaling)
     except MygptError as e:
@@ -76,61 +85,144 @@ def _rope(hf: dict, where: Path) -> tuple[float, dict | None]:
     return theta, scaling
 
 
-def _check_act(hf: dict, key: str, want: str, where: Path) -> None:
-    act = hf.get(key, "gelu_new" if key == "activation_function" else None)
-    if act == want:
-        return
-    if isinstance(act, str) and ("tanh" in act or act in ("gelu_new", "gelu_fast", "quick_gelu")):
-        raise _fail(
-            where, f"its activation is {act!r}, an approximate (tanh) GELU, not exact erf GELU"
-        )
-    if want == "gelu" and act == "silu":
+#: transformers' rope_theta default per architecture, for a config.json without one
+_DEFAULT_THETA = {"starcoder2": 100000.0, "gemma3_text": 1_000_000.0}
+#: the exact GELU and the tanh one under each of their names in transformers' ACT2FN
+_GELUS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+          "gelu_fast": "gelu_tanh"}  # fmt: skip
+#: the config key and default of each architecture's activation
+_ACT_KEYS = {"gpt2": ("activation_function", "gelu_new"),
+             "gemma3_text": ("hidden_activation", "gelu_pytorch_tanh")}  # fmt: skip
+
+
+def _activation(hf: dict, kind: str, where: Path) -> tuple[str, str]:
+    """(mlp, activation) from the config: a gated MLP's SiLU is swiglu, its GELU geglu (Llama,
+    Gemma 3); the plain MLP's GELU (gpt2, starcoder2, arcee), exact or tanh."""
+    key, default = _ACT_KEYS.get(kind, ("hidden_act", "silu"))
+    act = hf.get(key, default)
+    plain, gelus = kind in ("gpt2", "starcoder2", "arcee"), kind in ("llama", "gemma3_text")
+    if act in _GELUS and (plain or gelus):
+        return ("gelu" if plain else "geglu"), _GELUS[act]
+    if act == "silu" and not plain and kind != "gemma3_text":
+        return "swiglu", "gelu"
+    if plain and act == "silu":
         raise _fail(where, "its MLP is gated (SiLU) where its config asks for a plain GELU MLP")
-    raise _fail(where, f"its activation is {act!r} (mygpt computes {want!r} here)")
+    raise _fail(where, f"its activation is {act!r} (mygpt computes SiLU and GELU, exact or tanh)")
 
 
 #: transformers' tie_word_embeddings default per architecture, for a config.json that omits it
-_TIED_BY_DEFAULT = {"gpt2": True, "starcoder2": True}
+_TIED_BY_DEFAULT = {"gpt2": True, "starcoder2": True, "gemma3_text": True}
+#: transformers' rms_norm_eps default per architecture (1e-6 for the others)
+_EPS_BY_DEFAULT = {"olmo2": 1e-5, "phi3": 1e-5}
 #: what the architectures mygpt refuses have that it lacks, to name it in the refusal
 _KNOWN_FEATURES = {
     "mixtral": "mixture-of-experts layers", "qwen2_moe": "mixture-of-experts layers",
     "qwen3_moe": "mixture-of-experts layers", "olmoe": "mixture-of-experts layers",
     "gemma": "(1 + w) norm weights and scaled embeddings", "gemma2": "(1 + w) norm weights, "
-    "scaled embeddings and logit soft-capping", "gemma3_text": "(1 + w) norm weights and "
-    "sliding-window layers", "phi": "a parallel residual", "phi3": "fused qkv and rope scaling",
-    "gpt_neox": "a parallel residual and partial rotary", "olmo2": "norms after each sublayer",
+    "scaled embeddings and logit soft-capping", "gemma3": "an image encoder (import its "
+    "text model, gemma3_text)", "phi": "a parallel residual",
+    "gpt_neox": "a parallel residual and partial rotary",
 }  # fmt: skip
+
+
+def _window(hf: dict, kind: str, where: Path) -> dict[str, Any]:
+    """The sliding window: Mistral's and Phi-3's on every layer, Gemma 3's on its sliding
+    layers; a window no shorter than the context is no window."""
+    ctx, window = hf["max_position_embeddings"], hf.get("sliding_window")
+    types = hf.get("layer_types") or []
+    if kind == "gemma3_text":
+        if hf.get("use_bidirectional_attention"):
+            raise _fail(where, "its attention is bidirectional (use_bidirectional_attention)")
+        if not types:  # transformers' rule: every sliding_window_pattern-th layer is full
+            n = hf.get("sliding_window_pattern", 6)
+            types = ["full_attention" if (i + 1) % n == 0 else "sliding_attention"
+                     for i in range(hf["num_hidden_layers"])]  # fmt: skip
+        if window is None and "sliding_attention" in types:
+            window = 4096  # Gemma3TextConfig's default
+        if not any(t == "sliding_attention" for t in types):
+            return {}
+        return dict(sliding_window=window,
+                    layer_types=tuple(t.removesuffix("_attention") for t in types))  # fmt: skip
+    sliding = (
+        kind in ("starcoder2", "mistral", "phi3")
+        or hf.get("use_sliding_window")
+        or any(t == "sliding_attention" for t in types)
+    )
+    if not (sliding and window and window < ctx):
+        return {}
+    if kind not in ("mistral", "phi3"):
+        raise _fail(where, f"it uses sliding-window attention (window {window} < context {ctx})")
+    return dict(sliding_window=window, layer_types=("sliding",) * hf["num_hidden_layers"])
+
+
+def _gemma3_fields(hf: dict, where: Path) -> dict[str, Any]:
+    """Gemma 3's features: (1 + w) norms, scaled embeddings, sandwich norms, per-head q/k norms,
+    its attention scale and a rope of its own for the sliding layers."""
+    for cap in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if hf.get(cap) is not None:
+            raise _fail(where, f"it soft-caps its logits ({cap})")
+    params = hf.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise _fail(where, f"its rope parameters are {params!r}")
+    base, scaling = _rope(hf, where, params.get("full_attention") or hf.get("rope_scaling") or {})
+    local = params.get("sliding_attention") or {
+        "rope_theta": hf.get("rope_local_base_freq", 10000.0)
+    }
+    local_base, local_scaling = _rope(hf, where, local)
+    if local_scaling is not None:
+        raise _fail(where, "its sliding layers scale their rope")
+    return dict(
+        rope_base=base, rope_scaling=scaling, rope_local_base=local_base, norm_offset=1.0,
+        scale_embeddings=True, sandwich_norm=True, qk_norm=True,
+        query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256),
+        head_dim=hf.get("head_dim", 256),
+    )  # fmt: skip
 
 
 def _llama_family_fields(hf: dict, kind: str, where: Path) -> dict[str, Any]:
     C, H = hf["hidden_size"], hf["num_attention_heads"]
-    ctx = hf["max_position_embeddings"]
-    window = hf.get("sliding_window")
-    sliding = (
-        kind in ("starcoder2", "mistral")
-        or hf.get("use_sliding_window")
-        or any(t == "sliding_attention" for t in hf.get("layer_types") or [])
-    )
-    if sliding and window and window < ctx:
-        raise _fail(where, f"it uses sliding-window attention (window {window} < context {ctx})")
-    _check_act(hf, "hidden_act", "gelu" if kind in ("starcoder2", "arcee") else "silu", where)
-    theta, scaling = _rope(hf, where)
+    mlp, activation = _activation(hf, kind, where)
+    theta, scaling = _rope(hf, where) if kind != "gemma3_text" else (10000.0, None)
     bias = bool(hf.get("attention_bias", False))
-    if kind == "starcoder2":
-        bias = False  # its use_bias biases must be zero (checked on the weights)
+    if kind in ("starcoder2", "mistral", "phi3"):
+        bias = False  # starcoder2's use_bias biases must be zero (checked on the weights)
+    eps_key = "norm_epsilon" if kind == "starcoder2" else "rms_norm_eps"
     fields = dict(
-        embed_dim=C, num_heads=H, num_layers=hf["num_hidden_layers"], max_seq_len=ctx,
-        num_kv_heads=hf.get("num_key_value_heads") or H, head_dim=hf.get("head_dim") or C // H,
-        norm_eps=hf.get("norm_epsilon" if kind == "starcoder2" else "rms_norm_eps", 1e-6),
-        rope_base=theta, rope_scaling=scaling, mlp_hidden=hf["intermediate_size"],
+        embed_dim=C, num_heads=H, num_layers=hf["num_hidden_layers"],
+        max_seq_len=hf["max_position_embeddings"], num_kv_heads=hf.get("num_key_value_heads") or H,
+        head_dim=hf.get("head_dim") or C // H,
+        norm_eps=hf.get(eps_key, _EPS_BY_DEFAULT.get(kind, 1e-6)), rope_base=theta,
+        rope_scaling=scaling, mlp_hidden=hf["intermediate_size"], mlp=mlp, activation=activation,
         attn_bias=kind == "qwen2" or bias, attn_out_bias=bias if kind != "qwen2" else False,
-        qk_norm=kind == "qwen3",
+        qk_norm=kind == "qwen3", **_window(hf, kind, where),
     )  # fmt: skip
     if kind in ("llama", "mistral", "qwen2", "qwen3"):
         fields["mlp_bias"] = bool(hf.get("mlp_bias", False))
-    if kind == "mistral":
-        fields.update(attn_bias=False, attn_out_bias=False)
+    if kind in ("phi3", "olmo2"):  # no head_dim field: hidden_size / heads
+        fields["head_dim"] = C // H
+    if kind == "olmo2":  # norms after each sublayer only, q/k norms over all heads
+        fields.update(pre_norm=False, sandwich_norm=True, qk_norm=True, qk_norm_per_head=False)
+    if kind == "gemma3_text":
+        fields.update(_gemma3_fields(hf, where))
     return fields
+
+
+def _gpt2_fields(hf: dict, where: Path) -> dict[str, Any]:
+    mlp, activation = _activation(hf, "gpt2", where)
+    if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
+        raise _fail(where, "its attention scores are not scaled by 1/sqrt(head_dim)")
+    if hf.get("reorder_and_upcast_attn"):
+        raise _fail(where, "it rescales its attention scores per layer (reorder_and_upcast_attn)")
+    if hf.get("add_cross_attention"):
+        raise _fail(where, "it has cross-attention")
+    C, H = hf["n_embd"], hf["n_head"]
+    # GPT-2's own attention biases; a model mygpt trained and exported has zeros there (checked)
+    bias = _origin(hf, "gpt2") == "gpt2"
+    return dict(embed_dim=C, num_heads=H, num_layers=hf["n_layer"], mlp=mlp,
+                activation=activation, max_seq_len=hf["n_positions"],
+                norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp_hidden=hf.get("n_inner") or 4 * C,
+                num_kv_heads=hf.get("mygpt_num_kv_heads") or H, attn_bias=bias,
+                attn_out_bias=bias)  # fmt: skip
 
 
 def _origin(hf: dict, kind: str) -> str | None:
@@ -145,25 +237,13 @@ def config_from_hf(hf: dict, where: Path) -> tuple[Architecture, ModelConfig]:
     if arch is None:
         feature = _KNOWN_FEATURES.get(kind)
         raise _fail(where, f"its architecture is {kind!r}" + (f" ({feature})" if feature else ""))
-    if kind == "gpt2":
-        _check_act(hf, "activation_function", "gelu", where)
-        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
-            raise _fail(where, "its attention scores are not scaled by 1/sqrt(head_dim)")
-        if hf.get("add_cross_attention"):
-            raise _fail(where, "it has cross-attention")
-        C, H = hf["n_embd"], hf["n_head"]
-        fields = dict(embed_dim=C, num_heads=H, num_layers=hf["n_layer"],
-                      max_seq_len=hf["n_positions"], norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                      mlp_hidden=hf.get("n_inner") or 4 * C,
-                      num_kv_heads=hf.get("mygpt_num_kv_heads") or H)  # fmt: skip
-    else:
-        fields = _llama_family_fields(hf, kind, where)
+    fields = _gpt2_fields(hf, where) if kind == "gpt2" else _llama_family_fields(hf, kind, where)
     tied = hf.get("tie_word_embeddings", _TIED_BY_DEFAULT.get(kind, False))
     if kind == "gpt2" and not tied:
         raise _fail(where, "its output head is not tied to the token embedding")
     try:
         cfg = ModelConfig(
-            vocab_size=hf["vocab_size"], norm=arch.norm, position=arch.position, mlp=arch.mlp,
+            vocab_size=hf["vocab_size"], norm=arch.norm, position=arch.position,
             tie_embeddings=bool(tied), hf_model_type=_origin(hf, kind), **fields,
         )  # fmt: skip
     except MygptError as e:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from mygpt.checkpoint import Checkpoint
-from mygpt.interop.architectures import Architecture
+from mygpt.interop.architectures import Architecture, mlx_lm_verdict
 
 # the training settings worth a reader's time, in the order a run is described
 _SETTINGS = (
@@ -85,7 +85,7 @@ def model_card(ckpt: Checkpoint, arch: Architecture, source: Path) -> str:
         "",
         "## Notes",
         "",
-        f"- mlx-lm: {'computes this model exactly' if arch.mlx_lm_exact else arch.mlx_lm_note}.",
+        f"- mlx-lm: {mlx_lm_verdict(arch, ckpt.config)}.",
         "- Past the context length mygpt crops the prompt to the last max_seq_len tokens, as the "
         "book does; transformers and mlx-lm do not, so long generations differ from there on.",
         "",

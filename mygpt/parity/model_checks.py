@@ -18,7 +18,7 @@ from mygpt.parity.compare import (
     f64,
     flat,
 )
-from mygpt.parity.core import GRAD_TOL, NUMPY, ParityCheck, Row, label
+from mygpt.parity.core import DTYPES, GRAD_TOL, NUMPY, ParityCheck, Row, label
 from mygpt.parity.inputs import device_params, snap, snap_all, tiny_config, token_batch
 from mygpt.parity.reference import NumpyAdamW, np_clip_grad_norm
 
@@ -62,13 +62,45 @@ REAL_FEATURES: dict[str, dict] = {
 }
 ALL_REAL = {k: v for f in REAL_FEATURES.values() for k, v in f.items()}
 
+#: what GPT-2, Gemma 3, Mistral's window and OLMo 2 add: (the MLP, the features), one row each
+FAMILY_FEATURES: dict[str, tuple[str, dict]] = {
+    "gelu-tanh": ("gelu", dict(activation="gelu_tanh")),  # GPT-2's gelu_new
+    "window": ("swiglu", dict(sliding_window=3)),  # Mistral: every layer within the window
+    "gemma": (
+        "geglu",
+        dict(
+            activation="gelu_tanh",
+            norm_offset=1.0,
+            scale_embeddings=True,
+            sandwich_norm=True,
+            qk_norm=True,
+            query_pre_attn_scalar=12,
+            sliding_window=3,
+            window_pattern=2,
+            rope_base=1e6,
+            rope_local_base=10000.0,
+        ),
+    ),  # fmt: skip
+    "olmo2": (
+        "swiglu",
+        dict(pre_norm=False, sandwich_norm=True, qk_norm=True, qk_norm_per_head=False),
+    ),  # fmt: skip
+}
+
+
+def _features(feature: str | None) -> dict:
+    if feature is None:
+        return {}
+    return REAL_FEATURES[feature] if feature in REAL_FEATURES else FAMILY_FEATURES[feature][1]
+
 
 def model_check(
-    norm: str, position: str, kv: str, mlp: str = "gelu", feature: str | None = None
-) -> ParityCheck:
+    norm: str, position: str, kv: str, mlp: str = "gelu", feature: str | None = None,
+    dtypes: tuple[str, ...] = DTYPES,
+) -> ParityCheck:  # fmt: skip
     name = f"model {norm}/{position}/{kv}" + ("" if mlp == "gelu" else f"/{mlp}")
     name += f" +{feature}" if feature else ""
-    features = REAL_FEATURES.get(feature, {}) if feature else {}
+    features = _features(feature)
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         if ref is None:
@@ -86,20 +118,24 @@ def model_check(
         ]
 
     quick = (norm, position, kv, mlp) in _QUICK_MODELS and feature is None
-    return ParityCheck(name, check, quick=quick, kind="model")
+    return ParityCheck(name, check, dtypes, quick=quick, kind="model")
 
 
-def kv_cache_check(position: str, kv: str, mlp: str = "gelu", real: bool = False) -> ParityCheck:
+def kv_cache_check(
+    position: str, kv: str, mlp: str = "gelu", real: bool = False, family: str | None = None
+) -> ParityCheck:
     """Prefix with a cache, then a 3-token chunk, then token by token == one full forward.
 
     ``real``: with every feature of ``REAL_FEATURES`` at once (biases, q/k norm, llama3 rope,
-    untied head, a wider head)."""
+    untied head, a wider head); ``family``: a ``FAMILY_FEATURES`` row (its own MLP)."""
+    mlp = FAMILY_FEATURES[family][0] if family else mlp
     name = f"kv-cache decode {position}/{kv}" + ("" if mlp == "gelu" else f"/{mlp}")
-    name += " +real" if real else ""
+    name += " +real" if real else f" +{family}" if family else ""
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         norm = "rms" if position == "rope" else "layer"
-        cfg = tiny_config(norm, position, kv, mlp=mlp, **(ALL_REAL if real else {}))
+        features = ALL_REAL if real else _features(family)
+        cfg = tiny_config(norm, position, kv, mlp=mlp, **features)
         params = init_params(cfg, seed=6)
         x, _ = token_batch(cfg, seed=7, B=2, T=12)
         P = {k: cand.asarray(v) for k, v in params.items()}
@@ -118,14 +154,16 @@ def kv_cache_check(position: str, kv: str, mlp: str = "gelu", real: bool = False
     return ParityCheck(name, check, quick=(position == "rope"), kind="cache")
 
 
-def batched_decode_check(position: str, kv: str) -> ParityCheck:
+def batched_decode_check(position: str, kv: str, family: str | None = None) -> ParityCheck:
     """The fixed-shape decoder (a RowCache step: per-row rope, write_kv, length mask) == one full forward, and
-    streams decoded together == each decoded alone, bit for bit (what ``mygpt serve`` needs)."""
-    name = f"batched decode {position}/{kv}"
+    streams decoded together == each decoded alone, bit for bit (what ``mygpt serve`` needs).
+    ``family``: a ``FAMILY_FEATURES`` row (a sliding window: its rows keep a ring of it)."""
+    name = f"batched decode {position}/{kv}" + (f" +{family}" if family else "")
 
     def check(ref: Ops | None, cand: Ops, dtype: str) -> list[Row]:
         norm = "rms" if position == "rope" else "layer"
-        cfg = tiny_config(norm, position, kv)
+        mlp, features = FAMILY_FEATURES[family] if family else ("gelu", {})
+        cfg = tiny_config(norm, position, kv, mlp=mlp, **features)
         params = init_params(cfg, seed=8)
         x, _ = token_batch(cfg, seed=9, B=1, T=12)
         P = {k: cand.asarray(v) for k, v in params.items()}

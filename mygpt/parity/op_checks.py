@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mygpt.backends.base import Ops
+from mygpt.backends.base import Mask, Ops
 from mygpt.parity.compare import compare_close, compare_loss, f64
 from mygpt.parity.core import NUMPY, Check, ParityCheck, Row, label
 from mygpt.parity.inputs import rng_for, round_to_dtype, snap
@@ -15,6 +15,7 @@ from mygpt.parity.reference import (
     np_attention,
     np_cross_entropy,
     np_gelu,
+    np_gelu_tanh,
     np_layer_norm,
     np_masked_cross_entropy,
     np_rms_norm,
@@ -68,9 +69,16 @@ def op_check(
     return ParityCheck(name, check, kind="op")
 
 
-def attention_check(H: int, Hkv: int, Tq: int, Tk: int) -> ParityCheck:
-    D, B = 8, 2
+def attention_check(
+    H: int, Hkv: int, Tq: int, Tk: int, lengths: tuple[int, ...] | None = None,
+    window: int | None = None,
+) -> ParityCheck:  # fmt: skip
+    """The one attention op under one mask kind: causal (``lengths`` None), causal per row
+    (each row its own number of valid keys: batched decoding), with a sliding ``window``."""
+    D, B = 8, 2 if lengths is None else len(lengths)
     scale = 1.0 / math.sqrt(D)
+    kind = "" if lengths is None else f" lengths {','.join(map(str, lengths))}"
+    kind += "" if window is None else f" window {window}"
 
     def make(rng):
         return {
@@ -79,11 +87,17 @@ def attention_check(H: int, Hkv: int, Tq: int, Tk: int) -> ParityCheck:
             "v": rng.standard_normal((B, Hkv, Tk, D)),
         }
 
+    def run(ops, a):
+        mask = None
+        if lengths is not None or window is not None:
+            mask = Mask(lengths=None if lengths is None else np.array(lengths), window=window)
+        return ops.attention(a["q"], a["k"], a["v"], scale, mask=mask)
+
     return op_check(
-        f"attention H{H}/kv{Hkv} Tq{Tq}/Tk{Tk}",
+        f"attention H{H}/kv{Hkv} Tq{Tq}/Tk{Tk}{kind}",
         make,
-        lambda ops, a: ops.attention(a["q"], a["k"], a["v"], scale),
-        lambda i: np_attention(i["q"], i["k"], i["v"], scale),
+        run,
+        lambda i: np_attention(i["q"], i["k"], i["v"], scale, lengths, window),
     )
 
 
@@ -138,6 +152,12 @@ def _pointwise_checks(C: int = 48) -> list[ParityCheck]:
             lambda i: np_gelu(i["x"]),
         ),
         op_check(
+            "gelu_tanh",  # GPT-2's gelu_new, Gemma's gelu_pytorch_tanh (--activation gelu_tanh)
+            lambda r: {"x": r.uniform(-6.0, 6.0, (4, 257))},
+            lambda ops, a: ops.gelu_tanh(a["x"]),
+            lambda i: np_gelu_tanh(i["x"]),
+        ),
+        op_check(
             "silu",  # SwiGLU's gate (--mlp swiglu)
             lambda r: {"x": r.uniform(-8.0, 8.0, (4, 257))},
             lambda ops, a: ops.silu(a["x"]),
@@ -188,6 +208,10 @@ def op_checks() -> list[ParityCheck]:
         attention_check(4, 1, 6, 6),  # MQA
         attention_check(4, 2, 3, 8),  # a cached chunk: Tq < Tk, mask aligned to the last key
         attention_check(4, 1, 1, 9),  # one decode step
+        attention_check(4, 2, 1, 9, lengths=(3, 9, 1)),  # a batched decode step: keys per row
+        attention_check(4, 2, 2, 9, lengths=(4, 9)),  # two tokens a row, per-row lengths
+        attention_check(4, 2, 6, 6, window=3),  # a sliding window
+        attention_check(4, 2, 1, 9, lengths=(5, 9), window=4),  # a window in a decode step
         *_pointwise_checks(),
     ]
 

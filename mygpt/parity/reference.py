@@ -42,19 +42,24 @@ def np_rope(x, offset: int, base: float) -> np.ndarray:
     return out
 
 
-def np_attention(q, k, v, scale: float) -> np.ndarray:
-    """Causal GQA attention, head h reading K/V head h // (H / Hkv), mask aligned to the last key."""
+def np_attention(q, k, v, scale: float, lengths=None, window: int | None = None) -> np.ndarray:
+    """Causal GQA attention, head h reading K/V head h // (H / Hkv), mask aligned to the last key
+    (or to each row's ``lengths`` valid keys); ``window``: only the last ``window`` keys."""
     q, k, v = f64(q), f64(k), f64(v)
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     group = H // Hkv
     out = np.empty((B, H, Tq, v.shape[-1]))
-    # query i sits at absolute position (Tk - Tq) + i and sees keys 0 .. that position
-    allowed = np.arange(Tk)[None, :] <= (Tk - Tq + np.arange(Tq))[:, None]
+    # query i of row b sits at position lengths[b] - Tq + i and sees keys 0 .. that position
+    lengths = np.full(B, Tk) if lengths is None else np.asarray(lengths)
+    last = (lengths[:, None] - Tq + np.arange(Tq))[:, :, None]  # (B, Tq, 1)
+    allowed = np.arange(Tk) <= last
+    if window is not None:
+        allowed &= np.arange(Tk) > last - window
     for h in range(H):
         kh, vh = k[:, h // group], v[:, h // group]
         s = np.einsum("btd,bsd->bts", q[:, h], kh) * scale
-        s = np.where(allowed[None], s, -np.inf)
+        s = np.where(allowed, s, -np.inf)
         out[:, h] = np.einsum("bts,bsd->btd", np_softmax(s, -1), vh)
     return out
 
@@ -78,6 +83,12 @@ def np_gelu(x) -> np.ndarray:
     """The exact GELU, ``x * Phi(x)`` with the error function (not the tanh approximation)."""
     x = f64(x)
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def np_gelu_tanh(x) -> np.ndarray:
+    """The tanh-approximated GELU (GPT-2's ``gelu_new``), in float64."""
+    x = f64(x)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def np_cross_entropy(logits, targets) -> float:

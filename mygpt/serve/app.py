@@ -135,7 +135,7 @@ def _within_context(model, ids: list[int]) -> list[int]:
 
 
 def gen_requests(
-    info: ServerInfo, model, req, prompts: list[str | list[int]], extra_stops: list[str],
+    info: ServerInfo, model, req, prompts: list[str | list[int]], extra_stops: list[str], *,
     logprobs: int | None = None, echo: bool = False, special: bool = True,
 ) -> list[GenRequest]:  # fmt: skip
     """Check a validated body against this server and model; the engine's requests, one per

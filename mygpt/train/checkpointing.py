@@ -13,6 +13,7 @@ from mygpt.checkpoint import (
     writes_book_format,
 )
 from mygpt.errors import MygptError
+from mygpt.quant import refuse_quantized
 from mygpt.train.config import TrainConfig
 from mygpt.train.data import RunData
 from mygpt.train.setup import Run
@@ -33,6 +34,8 @@ def load_resumable(path: str | os.PathLike) -> Checkpoint:
 
 def require_resumable(ckpt: Checkpoint) -> Checkpoint:
     """``ckpt`` itself, if it holds the training state a resume needs."""
+    if ckpt.adapter is None:  # a QLoRA adapter resumes on its quantized base; nothing else does
+        refuse_quantized(ckpt.params, str(ckpt.path), "train --resume")
     if ckpt.train_state is None:
         raise MygptError(
             f"{ckpt.path} holds weights only (no optimizer state or step) — resume from a "

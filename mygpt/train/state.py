@@ -19,6 +19,7 @@ from mygpt.console import console
 from mygpt.data.cache import _read_sidecar as read_sidecar
 from mygpt.errors import MygptError
 from mygpt.optim.muon import make_optimizer
+from mygpt.quant import QuantizedTensor, is_quantized
 from mygpt.train.config import TrainConfig
 from mygpt.train.data import RunData
 from mygpt.train.setup import Run
@@ -84,6 +85,11 @@ def init_state(
     else:
         cfg = tc.model_config(rd.tokenizer.vocab_size)
         np_params = model.init_params(cfg, seed=tc.seed, init=tc.init)
+    if is_quantized(np_params) and not (tc.lora_rank or getattr(ckpt, "adapter", None)):
+        raise MygptError(
+            f"{source.path} is quantized: its weights can't be trained directly — train LoRA "
+            "adapters on it (--lora-rank R: QLoRA), or start from the float checkpoint"
+        )
     if tc.seq_len > cfg.max_seq_len:
         raise MygptError(
             f"--seq-len {tc.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len} — lower --seq-len"
@@ -91,7 +97,7 @@ def init_state(
     extra: dict[str, Any] = {}
     if tc.lora_rank or getattr(ckpt, "adapter", None) is not None:
         extra = _lora_start(tc, cfg, np_params, ckpt, init)
-        base = {k: ops.asarray(v) for k, v in np_params.items()}  # frozen: no grads, no moments
+        base = {k: to_backend(ops, v) for k, v in np_params.items()}  # frozen: no grads, no moments
         np_params, extra["base"] = extra.pop("adapters"), base
     check_ranks_agree(run, tc, rd, np_params)
     params = ops.trainable({k: ops.asarray(v) for k, v in np_params.items()})
@@ -127,6 +133,11 @@ def init_state(
         console.status(f"lora: rank {tc.lora_rank} on {tc.lora_targets} · {n:,} trainable parameters "
                        f"({n / model.count_params(cfg):.2%}) · base frozen")  # fmt: skip
     return TrainState(cfg, params, opt, start_step, **extra)
+
+
+def to_backend(ops: Any, value: Any) -> Any:
+    """A base weight on the backend: float arrays as they are, ggml blocks kept quantized."""
+    return ops.quantized(value) if isinstance(value, QuantizedTensor) else ops.asarray(value)
 
 
 def _load_optimizer(opt: Any, steps: int, tensors: dict) -> None:
