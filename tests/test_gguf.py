@@ -45,6 +45,7 @@ HF = {  # name: (transformers family, overrides)
     "qwen2": ("qwen2", {}),
     "qwen3": ("qwen3", {}),
     "qwen2_wide_heads": ("qwen2", {"head_dim": 24}),
+    "llama_linear_rope": ("llama_tied", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
 }
 NATIVE = ("recipe_llama", "llama_bytebpe")
 MODELS = (*HF, *NATIVE)
@@ -422,9 +423,8 @@ def test_mygpt_quantize_then_export_writes_the_checkpoints_blocks(name, checkpoi
     export; the file's blocks are the checkpoint's bytes (qwen2's Q/K rows reordered whole) and
     equal the float model quantized at export, tensor for tensor."""
     pytest.importorskip("mygpt.quant", reason="mygpt quantize (the quantization branch) not merged")
-    from mygpt.interop.quantize import quantize_checkpoint
-
     from mygpt.interop.architectures import interleaved_to_half
+    from mygpt.interop.quantize import quantize_checkpoint
 
     q = tmp_path / "q4.safetensors"
     quantize_checkpoint(checkpoints[name], q, 4)
@@ -559,6 +559,30 @@ def test_what_llama_cpp_computes_differently_is_refused_in_one_line(tmp_path):
     assert "newline" in _refusal(_save(tmp_path, no_newline, **swiglu), tmp_path)
     accents = train_tokenizer("char", "héllo wörld\n")  # llama.cpp hangs on "è" with this one
     assert "non-ASCII" in _refusal(_save(tmp_path, accents, **swiglu), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("features", "named"),
+    [
+        (dict(mlp="gelu", activation="gelu_tanh", norm="layer", position="learned"), "plain GELU"),
+        (dict(mlp="geglu", activation="gelu_tanh"), "GeGLU"),
+        (dict(sliding_window=8), "sliding attention window"),
+        (dict(norm_offset=1.0, scale_embeddings=True), "(offset + w)"),
+        (dict(sandwich_norm=True), "norms after the sublayers"),
+        (dict(query_pre_attn_scalar=64.0), "attention scale"),
+        (dict(qk_norm=True, qk_norm_per_head=False), "all heads at once"),
+    ],
+)
+def test_the_families_features_llama_cpp_lacks_are_refused(features, named):
+    """Gemma's, OLMo 2's, GPT-2's and Mistral's window features are named, not exported."""
+    from mygpt.interop.gguf_export import gguf_arch
+
+    base = dict(vocab_size=10, embed_dim=32, num_heads=4, num_layers=1, max_seq_len=16,
+                norm="rms", position="rope", mlp="swiglu")  # fmt: skip
+    with pytest.raises(MygptError) as e:
+        gguf_arch(ModelConfig(**{**base, **features}))
+    assert named in str(e.value) and "\n" not in str(e.value)
+    assert gguf_arch(ModelConfig(**base)) == ("llama", [])
 
 
 def test_an_unknown_pre_tokenizer_is_refused(checkpoints, tmp_path):

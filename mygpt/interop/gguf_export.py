@@ -52,24 +52,42 @@ GGUF_DTYPES = ("float32", "float16", "bfloat16", "q8_0", "q4_0")
 QK = 32  # weights per Q8_0/Q4_0 block
 
 
+def _scaling_kind(cfg: ModelConfig) -> str | None:
+    s = cfg.rope_scaling
+    return None if s is None else s.get("rope_type", s.get("type"))
+
+
+#: (what mygpt computes, what llama.cpp's llama/qwen2/qwen3 graphs do instead), by config test
+_UNLIKE_LLAMA_CPP: tuple[tuple[Any, str], ...] = (
+    (lambda c: c.mlp == "gelu" and c.activation == "gelu",
+     "the book's erf-GELU MLP (llama.cpp's plain-GELU graphs, gpt2 and starcoder2, use the tanh "
+     "approximation)"),
+    (lambda c: c.mlp == "gelu" and c.activation != "gelu",
+     "a plain GELU MLP (llama.cpp's gpt2 graph has one, but this export writes the llama, qwen2 "
+     "and qwen3 graphs only)"),
+    (lambda c: c.mlp == "geglu", "a GeGLU MLP (Gemma; not written by this export)"),
+    (lambda c: c.norm == "layer", "LayerNorm (llama.cpp's llama/qwen graphs use RMSNorm)"),
+    (lambda c: c.position == "learned", "learned positions (llama.cpp's llama/qwen graphs use RoPE)"),
+    (lambda c: c.sandwich_norm or not c.pre_norm,
+     "norms after the sublayers (llama.cpp's llama/qwen graphs norm only their inputs)"),
+    (lambda c: c.norm_offset != 0, "(offset + w) norm weights (Gemma)"),
+    (lambda c: c.scale_embeddings, "scaled embeddings (Gemma)"),
+    (lambda c: c.query_pre_attn_scalar not in (None, c.head_dim),
+     "an attention scale other than 1/sqrt(head_dim)"),
+    (lambda c: c.sliding_window is not None,
+     "a sliding attention window (llama.cpp's llama/qwen graphs attend to every earlier token)"),
+    (lambda c: c.qk_norm and not c.qk_norm_per_head,
+     "q/k norms over all heads at once (OLMo 2; llama.cpp's qwen3 norms each head)"),
+    (lambda c: c.qk_norm and (c.attn_out_bias or c.mlp_bias),
+     "q/k norms with an output or MLP bias (llama.cpp's qwen3 has neither)"),
+    (lambda c: c.qk_norm and _scaling_kind(c) == "llama3",
+     "q/k norms with llama3 rope scaling (llama.cpp's qwen3 reads no rope_freqs)"),
+)  # fmt: skip
+
+
 def _refusal(cfg: ModelConfig) -> str | None:
     """What llama.cpp computes differently from ``cfg`` (None: nothing)."""
-    diffs = []
-    if cfg.mlp == "gelu":
-        diffs.append(
-            "the book's erf-GELU MLP (llama.cpp's plain-GELU graphs, gpt2 and starcoder2, use "
-            "the tanh approximation)"
-        )
-    if cfg.norm == "layer":
-        diffs.append("LayerNorm (llama.cpp's llama/qwen graphs use RMSNorm)")
-    if cfg.position == "learned":
-        diffs.append("learned positions (llama.cpp's llama/qwen graphs use RoPE)")
-    if cfg.qk_norm:
-        if cfg.attn_out_bias or cfg.mlp_bias:
-            diffs.append("q/k norms with an output or MLP bias (llama.cpp's qwen3 has neither)")
-        if cfg.rope_scaling:
-            diffs.append("q/k norms with rope scaling (llama.cpp's qwen3 reads no rope_freqs)")
-    return "; ".join(diffs) or None
+    return "; ".join(why for unlike, why in _UNLIKE_LLAMA_CPP if unlike(cfg)) or None
 
 
 def gguf_arch(cfg: ModelConfig) -> tuple[str, list[str]]:
@@ -108,7 +126,7 @@ def float_tensors(cfg: ModelConfig, params: dict[str, np.ndarray], arch: str) ->
     """The model's float32 weights under llama.cpp's names and layout (plus ``rope_freqs``)."""
     hf = ARCHITECTURES["llama"].to_hf(cfg, params)  # every Llama-family map is the same one
     out = {}
-    if cfg.rope_scaling is not None:
+    if _scaling_kind(cfg) == "llama3":
         out["rope_freqs.weight"] = rope_freq_factors(cfg)
     for name, w in hf.items():
         heads = _rope_heads(name, cfg)
@@ -191,6 +209,11 @@ def _hparams(w: Any, cfg: ModelConfig, dtype: str) -> None:
     w.add_value_length(cfg.head_dim)
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_rope_freq_base(float(cfg.rope_base))
+    if _scaling_kind(cfg) == "linear":  # llama.cpp: positions times 1/factor, as mygpt
+        from gguf import RopeScalingType
+
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
     w.add_layer_norm_rms_eps(float(cfg.norm_eps))
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(_file_type(dtype))

@@ -57,7 +57,6 @@ _REFUSED_KEYS = {
     "logit_scale": "scaled logits",
     "embedding_scale": "scaled embeddings",
     "final_logit_softcapping": "logit soft-capping",
-    "rope.scaling.factor": "rope scaling other than llama3's rope_freqs",
 }
 
 
@@ -191,6 +190,17 @@ def _fitted_llama3(factors: np.ndarray, d: int, base: float) -> list[dict]:
     return out
 
 
+def _linear_scaling(meta: dict, arch: str, path: Path) -> dict | None:
+    """``{"rope_type": "linear", "factor": f}`` of a file that scales positions linearly."""
+    factor = meta.get(f"{arch}.rope.scaling.factor")
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    if kind in (None, "none") and factor in (None, 1.0):
+        return None
+    if not isinstance(factor, (int, float)) or factor <= 0:
+        raise _fail(path, f"its rope scaling factor is {factor!r}")
+    return {"rope_type": "linear", "factor": float(factor)}
+
+
 def _check_keys(meta: dict, arch: str, path: Path) -> None:
     for key, what in _REFUSED_KEYS.items():
         value = meta.get(f"{arch}.{key}")
@@ -200,8 +210,8 @@ def _check_keys(meta: dict, arch: str, path: Path) -> None:
             continue
         raise _fail(path, f"it has {what} ({arch}.{key} = {value})")
     kind = meta.get(f"{arch}.rope.scaling.type")
-    if kind not in (None, "none"):
-        raise _fail(path, f"it uses rope scaling {kind!r} (mygpt computes llama3's rope_freqs)")
+    if kind not in (None, "none", "linear"):
+        raise _fail(path, f"it uses rope scaling {kind!r} (mygpt reads linear and llama3's)")
     for key in ("attention.head_count", "attention.head_count_kv", "feed_forward_length"):
         if isinstance(meta.get(f"{arch}.{key}"), list):
             raise _fail(path, f"its layers differ in shape ({arch}.{key} per layer)")
@@ -228,8 +238,18 @@ def config_from_gguf(meta: dict, tensors: dict, path: Path) -> ModelConfig:
     if "token_embd.weight" not in tensors:
         raise MygptError(f"{path} has no token_embd.weight — the file is incomplete")
     base = float(key("rope.freq_base", 10000.0))
-    scaling = None
+    scaling = _linear_scaling(meta, arch, path)
+    hint = stored.get("rope_scaling")
+    if (
+        scaling is not None
+        and isinstance(hint, dict)
+        and hint.get("rope_type") == "linear"
+        and np.float32(hint.get("factor")) == np.float32(scaling["factor"])
+    ):
+        scaling = dict(hint)  # the factor before GGUF's float32
     if "rope_freqs.weight" in tensors:
+        if scaling is not None:
+            raise _fail(path, "it has both linear rope scaling and rope_freqs")
         factors = np.asarray(tensors["rope_freqs.weight"][1], dtype=np.float32)
         scaling = _llama3_scaling(factors, D, base, stored.get("rope_scaling"))
         if scaling is None:
