@@ -239,7 +239,8 @@ def export(
     one GGUF file for llama.cpp and Ollama when OUTDIR ends in .gguf; a LoRA adapter checkpoint
     exports merged into its base, or alone with --peft."""
     if outdir.endswith(".gguf"):
-        _export_gguf(ckpt, outdir, dtype, base, {"--peft": peft, "--push-to-hub": repo is not None})
+        flags = {"--peft": peft, "--push-to-hub": repo is not None, "--mlx": mlx}
+        _export_gguf(ckpt, outdir, dtype, base, flags)
         return
     if dtype not in EXPORT_DTYPES:
         raise MygptError(
@@ -276,9 +277,7 @@ def _export_gguf(ckpt: str, out: str, dtype: str, base: str | None, bad_flags: d
 
     given = [flag for flag, on in bad_flags.items() if on]
     if given:
-        raise MygptError(
-            f"{', '.join(given)} is for Hugging Face directories — drop it for OUT.gguf"
-        )
+        raise MygptError(f"{', '.join(given)} is for directories — drop it for OUT.gguf")
     path, arch, notes = export_gguf(ckpt, out, dtype=dtype, base=base)
     for note in notes:
         click.echo(note, err=True)
