@@ -9,11 +9,9 @@ llama.cpp loads each file once.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -375,16 +373,6 @@ def test_quantized_logits_are_close_to_mygpt_on_the_dequantized_weights(
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.85
 
 
-@dataclass(eq=False)
-class _Blocks:
-    """A quantized parameter as a ``mygpt quantize``d checkpoint holds it (the quantization
-    issue's ``mygpt.quant.QuantizedTensor``: ggml's block bytes, its type and logical shape)."""
-
-    kind: str
-    shape: tuple[int, int]
-    blocks: np.ndarray
-
-
 @pytest.mark.parametrize("name", ["qwen2", "llama"])
 def test_a_quantized_checkpoint_goes_out_with_its_own_blocks(name, checkpoints, exported):
     """Blocks are written byte for byte, never re-quantized: the file equals, tensor for
@@ -394,12 +382,15 @@ def test_a_quantized_checkpoint_goes_out_with_its_own_blocks(name, checkpoints, 
 
     from mygpt.interop import gguf_export as ge
     from mygpt.interop.gguf_tokenizer import gguf_vocab
+    from mygpt.quant import QuantizedTensor
 
     ckpt = load_checkpoint(checkpoints[name])
     cfg, params = ckpt.config, dict(ckpt.params)
     for k, v in ckpt.params.items():
         if v.ndim == 2 and v.shape[1] % 32 == 0:
-            params[k] = _Blocks("Q4_0", v.shape, quantize(v, gguf.GGMLQuantizationType.Q4_0))
+            params[k] = QuantizedTensor(
+                "Q4_0", v.shape, quantize(v, gguf.GGMLQuantizationType.Q4_0)
+            )
     quantized = type(ckpt)(cfg, params, ckpt.tokenizer, path=ckpt.path)
     arch, _ = ge.gguf_arch(cfg)
     w = ge._writer(cfg, arch, "q4_0", gguf_vocab(ckpt.tokenizer, cfg.vocab_size), quantized)
@@ -419,10 +410,8 @@ def test_a_quantized_checkpoint_goes_out_with_its_own_blocks(name, checkpoints, 
 @pytest.mark.parametrize("name", ["qwen2", "llama"])
 def test_mygpt_quantize_then_export_writes_the_checkpoints_blocks(name, checkpoints, exported,
                                                                   tmp_path):  # fmt: skip
-    """The real thing once the quantization branch is on main: `mygpt quantize --bits 4`, then
-    export; the file's blocks are the checkpoint's bytes (qwen2's Q/K rows reordered whole) and
+    """`mygpt quantize --bits 4`, then export; the file's blocks are the checkpoint's bytes (qwen2's Q/K rows reordered whole) and
     equal the float model quantized at export, tensor for tensor."""
-    pytest.importorskip("mygpt.quant", reason="mygpt quantize (the quantization branch) not merged")
     from mygpt.interop.architectures import interleaved_to_half
     from mygpt.interop.quantize import quantize_checkpoint
 
@@ -516,8 +505,8 @@ def test_cli_export_import_and_load(checkpoints, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mygpt", "import", str(out), str(ck)],
                        capture_output=True, text=True, env=subprocess_env())  # fmt: skip
     assert r.returncode == 0, r.stderr
-    keeps_blocks = importlib.util.find_spec("mygpt.quant") is not None  # the quantization branch
-    assert ("Q8_0 weights dequantized to float32" in r.stderr) != keeps_blocks
+    assert "dequantized" not in r.stderr  # Q8_0 stays mygpt's blocks
+    assert any(hasattr(v, "blocks") for v in load_checkpoint(ck).params.values())
     r = subprocess.run([sys.executable, "-m", "mygpt", "export", str(checkpoints["qwen2"]),
                         str(tmp_path / "hfdir"), "--dtype", "q8_0"],
                        capture_output=True, text=True, env=subprocess_env())  # fmt: skip

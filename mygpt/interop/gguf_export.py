@@ -47,6 +47,7 @@ from mygpt.interop.gguf_layout import (
     rope_freq_factors,
 )
 from mygpt.interop.gguf_tokenizer import MYGPT_TOKENIZER_KEY, GGUFVocab, gguf_vocab
+from mygpt.quant import QuantizedTensor
 
 GGUF_DTYPES = ("float32", "float16", "bfloat16", "q8_0", "q4_0")
 QK = 32  # weights per Q8_0/Q4_0 block
@@ -156,21 +157,16 @@ def _file_type(dtype: str) -> int:
             "q8_0": F.MOSTLY_Q8_0, "q4_0": F.MOSTLY_Q4_0}[dtype]  # fmt: skip
 
 
-def checkpoint_blocks(ckpt: Checkpoint) -> dict[str, Any]:
+def checkpoint_blocks(ckpt: Checkpoint) -> dict[str, QuantizedTensor]:
     """A ``mygpt quantize``d checkpoint's own Q8_0/Q4_0 weights, by mygpt parameter name, to be
-    written byte for byte (never re-quantized, never dequantized).
-
-    The agreed storage (the quantization issue): a quantized parameter is a record with ``kind``
-    ("Q8_0"/"Q4_0"), its logical ``shape`` and ``blocks``, uint8 (rows, cols/32*34) or
-    (rows, cols/32*18): ggml's block bytes exactly, which is what GGUF holds for the tensor.
-    Recognised by those fields, so this works as soon as checkpoints load with blocks."""
-    return {
-        k: v for k, v in ckpt.params.items()
-        if getattr(v, "kind", None) in ("Q8_0", "Q4_0") and hasattr(v, "blocks")
-    }  # fmt: skip
+    written byte for byte (never re-quantized, never dequantized): ggml's block bytes, which is
+    what GGUF holds for the tensor."""
+    return {k: v for k, v in ckpt.params.items() if isinstance(v, QuantizedTensor)}
 
 
-def _block_tensor(cfg: ModelConfig, name: str, q: Any, arch: str) -> tuple[np.ndarray, Any]:
+def _block_tensor(
+    cfg: ModelConfig, name: str, q: QuantizedTensor, arch: str
+) -> tuple[np.ndarray, Any]:
     """A quantized weight's blocks under llama.cpp's layout: Q/K rows reordered to the
     half-split layout for qwen2/qwen3 (whole rows of blocks move; no byte changes)."""
     from gguf import GGMLQuantizationType as T

@@ -2,10 +2,9 @@
 file as a mygpt checkpoint.
 
 Reads the ``llama`` (Llama, Mistral), ``qwen2`` and ``qwen3`` architectures with F32, F16 and
-BF16 tensors (widened to float32 exactly) and Q8_0/Q4_0: kept as mygpt's quantized blocks, byte
-for byte, where this mygpt holds quantized weights (``mygpt.quant``, the quantization branch),
-else dequantized to float32 with ``gguf.quants.dequantize`` and said so in one line, as any other
-type ``gguf.quants`` dequantizes (K-quants included) always is.
+BF16 tensors (widened to float32 exactly) and Q8_0/Q4_0, kept as mygpt's quantized blocks byte
+for byte (``mygpt.quant``; what ``mygpt quantize`` writes); any other type ``gguf.quants``
+dequantizes (K-quants included) becomes float32, said in one line.
 Q/K rows of a ``llama`` file are un-permuted to Hugging Face's layout (the inverse of llama.cpp's
 converter), then mapped to mygpt's as ``mygpt import`` maps a Hugging Face model.
 
@@ -19,7 +18,6 @@ import gives back the same float32 weights, bit for bit.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -46,6 +44,7 @@ from mygpt.interop.gguf_tokenizer import (
     USER_DEFINED,
     rwkv_unescape,
 )
+from mygpt.quant import BLOCK, BLOCK_BYTES, QuantizedTensor
 
 GGUF_ARCHS = ("llama", "qwen2", "qwen3")
 #: metadata (after the architecture's prefix) that changes the function mygpt would compute
@@ -279,18 +278,9 @@ def config_from_gguf(meta: dict, tensors: dict, path: Path) -> ModelConfig:
 # --- the weights ---------------------------------------------------------------------------------
 
 
-def _quant() -> Any:
-    """``mygpt.quant`` (ggml blocks held as they are) where this mygpt has it, else None.
-    Looked up at run time: the quantization branch adds it; until then blocks are dequantized."""
-    try:
-        return importlib.import_module("mygpt.quant")
-    except ImportError:
-        return None
-
-
 def _kept_blocks(
-    cfg: ModelConfig, arch: str, name: str, qtype: Any, data: np.ndarray, quant: Any
-) -> tuple[str, Any]:
+    cfg: ModelConfig, arch: str, name: str, qtype: Any, data: np.ndarray
+) -> tuple[str, QuantizedTensor]:
     """(mygpt name, its quantized record) of a Q8_0/Q4_0 tensor, blocks unchanged: only whole
     rows move (qwen2/qwen3 Q/K from the half-split layout back to mygpt's)."""
     from mygpt.interop.architectures import interleaved_to_half
@@ -303,21 +293,21 @@ def _kept_blocks(
         back[interleaved_to_half(heads, cfg.head_dim)] = blocks
         blocks = back
     rows = blocks.shape[0]
-    cols = blocks.shape[1] // quant.BLOCK_BYTES[qtype.name] * quant.BLOCK
-    return mine, quant.QuantizedTensor(qtype.name, (rows, cols), blocks)
+    cols = blocks.shape[1] // BLOCK_BYTES[qtype.name] * BLOCK
+    return mine, QuantizedTensor(qtype.name, (rows, cols), blocks)
 
 
 def params_from_gguf(
     cfg: ModelConfig, arch: str, tensors: dict, path: Path
 ) -> tuple[dict[str, Any], set[str]]:
     """mygpt's weights (and the quantized types that were dequantized): float32, and Q8_0/Q4_0
-    kept as their blocks where this mygpt holds quantized weights."""
+    kept as their blocks (``mygpt.quant``)."""
     from gguf import GGMLQuantizationType as T
 
     from mygpt.interop.architectures import ARCHITECTURES
     from mygpt.interop.import_ import params_from_hf
 
-    quant, kept = _quant(), {}
+    kept: dict[str, QuantizedTensor] = {}
     hf, dequantized = {}, set()
     for name, (qtype, data) in tensors.items():
         if name == "rope_freqs.weight":
@@ -326,8 +316,8 @@ def params_from_gguf(
             hname = hf_name(name)
         except (KeyError, ValueError):
             raise _fail(path, f"it has a tensor mygpt does not compute ({name!r})") from None
-        if quant is not None and qtype in (T.Q8_0, T.Q4_0):
-            mine, record = _kept_blocks(cfg, arch, name, qtype, data, quant)
+        if qtype in (T.Q8_0, T.Q4_0):
+            mine, record = _kept_blocks(cfg, arch, name, qtype, data)
             kept[mine] = record
             hf[hname] = np.zeros(record.shape, np.float32)  # checked for shape, then replaced
             continue
