@@ -171,6 +171,12 @@ class Ops(abc.ABC):
         """``x`` converted to the framework dtype ``target``."""
 
     @abc.abstractmethod
+    def quantized(self, qt: Any) -> Any:
+        """A ``mygpt.quant.QuantizedTensor`` (ggml's Q8_0/Q4_0 blocks) on this device, kept in its
+        blocks: a weight that ``cast``, ``concat`` (rows), ``linear``, ``residual_linear``,
+        ``embedding`` and ``to_numpy`` take wherever they take a float one."""
+
+    @abc.abstractmethod
     def _host_numpy(self, x: Array) -> np.ndarray:
         """A numpy copy of a float32 (or integer) array: a snapshot, never a view."""
 
