@@ -305,12 +305,11 @@ def test_llama_qk_rows_are_mygpts_own_and_qwen_rows_are_hf_half_split(checkpoint
             assert np.array_equal(got["blk.0.attn_q.weight"], hf_q)
 
 
-@pytest.mark.parametrize("name", ["llama_tied", "qwen2"])
+@pytest.mark.parametrize("name", ["llama_tied", "mistral", "qwen2"])
 def test_transformers_reads_the_gguf_as_mygpt_computes_it(name, checkpoints, exported, torch_ops):
     """transformers' own GGUF loader (from_pretrained(gguf_file=)) as a second oracle, on the
     models it reads exactly: it ignores key_length (a free head_dim), rope_freqs and biases,
-    so the llama/qwen3 files here are llama.cpp's alone (and it takes a file whose
-    general.name contains "mistral" for an architecture gguf-py doesn't know)."""
+    so the llama/qwen3 files here are llama.cpp's alone."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     path, _ = exported[name, "float32"]
@@ -572,6 +571,30 @@ def test_the_families_features_llama_cpp_lacks_are_refused(features, named):
         gguf_arch(ModelConfig(**{**base, **features}))
     assert named in str(e.value) and "\n" not in str(e.value)
     assert gguf_arch(ModelConfig(**base)) == ("llama", [])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma3_text", "mistral_window", "phi3", "olmo2"])
+def test_imported_families_llama_cpp_computes_otherwise_are_refused(family, tmp_path):
+    from tests.real_models import build_family
+
+    ckpt = import_hf(build_family(tmp_path / family, family))
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, ckpt.config, ckpt.params, ckpt.tokenizer)
+    assert "llama.cpp computes this model differently" in _refusal(path, tmp_path)
+
+
+def test_a_phi3_without_a_window_is_a_llama(tmp_path, torch_ops):
+    """Phi-3's fused Q|K|V and gate|up are a Llama's weights side by side: exact as llama."""
+    from tests.real_models import build_family
+
+    ckpt = import_hf(build_family(tmp_path / "phi3", "phi3", sliding_window=None))
+    path = tmp_path / "phi3.safetensors"
+    save_checkpoint(path, ckpt.config, ckpt.params, ckpt.tokenizer)
+    out, arch, _ = export_gguf(path, tmp_path / "phi3.gguf")
+    assert arch == "llama"
+    ids = _ids(ckpt)
+    got, want = _llama_logits(_llama(out), ids), _mygpt(ckpt, torch_ops).logits(ids)
+    assert np.abs(got - want).max() < F32_TOL
 
 
 def test_an_unknown_pre_tokenizer_is_refused(checkpoints, tmp_path):

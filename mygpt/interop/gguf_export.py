@@ -218,9 +218,10 @@ def _hparams(w: Any, cfg: ModelConfig, dtype: str) -> None:
 def _writer(cfg: ModelConfig, arch: str, dtype: str, vocab: GGUFVocab, ckpt: Checkpoint) -> Any:
     import gguf
 
+    # no general.name: llama.cpp changes how special tokens tokenize when the name contains
+    # "phi3" (and fails to load without "</s>"), transformers' GGUF loader picks an architecture
+    # by "mistral" in it; a checkpoint's file name must not change the model
     w = gguf.GGUFWriter(None, arch)
-    name = ckpt.path.stem if ckpt.path is not None else "mygpt"
-    w.add_name(name)
     _hparams(w, cfg, dtype)
     vocab.write(w)
     # what GGUF can't say (the origin architecture, llama3 scaling's parameters, the tokenizer
