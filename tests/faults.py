@@ -206,6 +206,28 @@ def _export_argv(inp: Path, out: Path) -> list[str]:
     return ["export", str(inp / "src1.safetensors"), str(out / "hf"), "--force"]
 
 
+_LLAMA = ["--norm", "rms", "--position", "rope", "--mlp", "swiglu"]
+
+
+def _gguf_setup(inp: Path, out: Path) -> None:
+    _corpus(inp)
+    for seed in ("0", "1"):
+        _cli(["train", str(inp / "corpus0.txt"), "--output", str(inp / f"src{seed}.safetensors"),
+              "--steps", "1", "--seed", seed, "--cache-dir", str(inp / "cache"), *TINY,
+              *_LLAMA])  # fmt: skip
+    _cli(["export", str(inp / "src0.safetensors"), str(out / "model.gguf")])
+
+
+def _gguf_argv(inp: Path, out: Path) -> list[str]:
+    return ["export", str(inp / "src1.safetensors"), str(out / "model.gguf")]
+
+
+def _load_gguf(p: Path) -> object:
+    from mygpt.interop.gguf_import import import_gguf
+
+    return import_gguf(p)
+
+
 def _convert_setup(inp: Path, out: Path) -> None:
     _corpus(inp)
     for seed in ("0", "1"):
@@ -231,6 +253,7 @@ CASES = [
               lambda o: o / "model.ckpt", _load_ckpt),
     # a directory: "intact" compares every file's name and bytes
     WriteCase("HF export directory", _export_setup, _export_argv, lambda o: o / "hf", _load_hf),
+    WriteCase("GGUF export", _gguf_setup, _gguf_argv, lambda o: o / "model.gguf", _load_gguf),
 ]  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from mygpt.errors import MygptError
 from mygpt.fileio import atomic_directory, check_output_dir
 from mygpt.interop import hf_tokenizer
 from mygpt.interop.architectures import architecture_for, hf_config
+from mygpt.interop.gguf_export import GGUF_DTYPES
 from mygpt.interop.model_card import model_card
 from mygpt.quant import refuse_quantized
 
@@ -213,11 +214,11 @@ def export_mlx(
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repository private.")
 @click.option(
     "--dtype",
-    type=click.Choice(EXPORT_DTYPES),
+    type=click.Choice(GGUF_DTYPES),
     default="float32",
     show_default=True,
     help="The weights' dtype: bfloat16 halves the file (rounds fp32 weights; a bf16 source's "
-    "weights come back bit for bit).",
+    "weights come back bit for bit); float16, q8_0 and q4_0 are for OUT.gguf.",
 )
 @click.option(
     "--peft", is_flag=True, help="An adapter checkpoint: write the adapter alone, in peft's format."
@@ -234,8 +235,18 @@ def export(
     ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, dtype: str,
     peft: bool, base: str | None, mlx: bool = False,
 ) -> None:  # fmt: skip
-    """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...); a
-    LoRA adapter checkpoint exports merged into its base, or alone with --peft."""
+    """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...), or as
+    one GGUF file for llama.cpp and Ollama when OUTDIR ends in .gguf; a LoRA adapter checkpoint
+    exports merged into its base, or alone with --peft."""
+    if outdir.endswith(".gguf"):
+        flags = {"--peft": peft, "--push-to-hub": repo is not None, "--mlx": mlx}
+        _export_gguf(ckpt, outdir, dtype, base, flags)
+        return
+    if dtype not in EXPORT_DTYPES:
+        raise MygptError(
+            f"--dtype {dtype} is for GGUF files — name OUTDIR something.gguf, or use "
+            f"{' or '.join(EXPORT_DTYPES)} for a Hugging Face directory"
+        )
     if repo is not None:
         from mygpt.interop.hub import check_repo_id
 
@@ -259,6 +270,19 @@ def export(
         click.echo(push(out, repo, private=private))
     else:
         click.echo(str(out))
+
+
+def _export_gguf(ckpt: str, out: str, dtype: str, base: str | None, bad_flags: dict) -> None:
+    from mygpt.interop.gguf_export import export_gguf
+
+    given = [flag for flag, on in bad_flags.items() if on]
+    if given:
+        raise MygptError(f"{', '.join(given)} is for directories — drop it for OUT.gguf")
+    path, arch, notes = export_gguf(ckpt, out, dtype=dtype, base=base)
+    for note in notes:
+        click.echo(note, err=True)
+    click.echo(f"exported {ckpt} as GGUF {arch} ({dtype}) to {path}", err=True)
+    click.echo(str(path))
 
 
 def _export_peft(ckpt_path: str, outdir: str, force: bool, base: str | None) -> Path:

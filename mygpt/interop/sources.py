@@ -6,6 +6,7 @@ the same three spellings:
 
 - a native ``.safetensors`` or a book ``.ckpt`` file;
 - a local Hugging Face model directory (``config.json``, safetensors weights, ``tokenizer.json``);
+- a GGUF file (llama.cpp's and Ollama's format; ``gguf_import``);
 - a Hub repository id such as ``HuggingFaceTB/SmolLM2-135M``, downloaded once into
   huggingface_hub's cache (safetensors and JSON files only: no pickled weights, no remote code).
 """
@@ -32,6 +33,10 @@ def load_source(
     """
     path = resolve_source(source)
     if path.is_file():
+        from mygpt.interop.gguf_import import import_gguf, is_gguf
+
+        if is_gguf(path):
+            return import_gguf(path)
         from mygpt.lora import adapter_metadata
 
         if adapter_metadata(path) is not None:
