@@ -15,6 +15,12 @@ from mygpt.backends.quant import QuantizedWeight
 from mygpt.backends.quant import concat as quantized_concat
 
 
+def _quantized(x) -> bool:
+    """Whether ``x`` is a quantized weight (a plain array answers without the ABC's slow check,
+    which a decoded token would otherwise pay at every linear)."""
+    return type(x) is not mx.array and isinstance(x, QuantizedWeight)
+
+
 def _gpu_available() -> bool:
     try:
         return mx.is_available(mx.gpu)
@@ -60,7 +66,7 @@ class MLXOps(Ops):
         return mx.array(x)
 
     def _astype(self, x: Array, target) -> Array:
-        if isinstance(x, QuantizedWeight):
+        if _quantized(x):
             return x.cast(target)
         return x.astype(target)
 
@@ -71,7 +77,7 @@ class MLXOps(Ops):
         return MLXQuantized.from_record(qt)
 
     def _host_numpy(self, x: Array) -> np.ndarray:
-        if isinstance(x, QuantizedWeight):
+        if _quantized(x):
             return x.to_numpy()
         return np.array(x)
 
@@ -79,7 +85,7 @@ class MLXOps(Ops):
         return x.transpose(axes)
 
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
-        if isinstance(xs[0], QuantizedWeight):
+        if _quantized(xs[0]):
             return quantized_concat(xs, axis)
         return mx.concatenate(list(xs), axis=axis)
 
@@ -110,14 +116,14 @@ class MLXOps(Ops):
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
-        if isinstance(weight, QuantizedWeight):
+        if _quantized(weight):
             return weight.linear(x, bias)
         if bias is None:
             return x @ weight.T
         return mx.addmm(bias, x, weight.T)
 
     def embedding(self, weight: Array, ids: Array) -> Array:
-        if isinstance(weight, QuantizedWeight):
+        if _quantized(weight):
             return weight.embedding(ids)
         return weight[ids]
 

@@ -23,6 +23,12 @@ from mygpt.backends.quant import concat as quantized_concat
 _CPU_MATH_ATTENTION_MAX_LEN = 128
 
 
+def _quantized(x) -> bool:
+    """Whether ``x`` is a quantized weight (a plain array answers without the ABC's slow check,
+    which a decoded token would otherwise pay at every linear)."""
+    return type(x) is not torch.Tensor and isinstance(x, QuantizedWeight)
+
+
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
@@ -112,7 +118,7 @@ class TorchOps(Ops):
         return torch.tensor(x, device=self._dev)
 
     def _astype(self, x: Array, target) -> Array:
-        if isinstance(x, QuantizedWeight):
+        if _quantized(x):
             return x.cast(target)
         return x.to(target)
 
@@ -123,7 +129,7 @@ class TorchOps(Ops):
         return TorchQuantized.from_record(qt, self._dev)
 
     def _host_numpy(self, x: Array) -> np.ndarray:
-        if isinstance(x, QuantizedWeight):
+        if _quantized(x):
             return x.to_numpy()
         return (
             x.detach().cpu().numpy().copy()
@@ -133,7 +139,7 @@ class TorchOps(Ops):
         return x.permute(*axes)
 
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
-        if isinstance(xs[0], QuantizedWeight):
+        if _quantized(xs[0]):
             return quantized_concat(xs, axis)
         return torch.cat(list(xs), dim=axis)
 
@@ -160,21 +166,21 @@ class TorchOps(Ops):
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
-        if isinstance(weight, QuantizedWeight):
+        if _quantized(weight):
             return weight.linear(x, bias)
         return F.linear(x, weight, bias)
 
     def residual_linear(
         self, residual: Array, x: Array, weight: Array, bias: Array | None = None
     ) -> Array:
-        if isinstance(weight, QuantizedWeight):
+        if _quantized(weight):
             return residual + weight.linear(x, bias)
         if bias is None and x.dim() == 2:  # the matmul adds into the residual (decode rows)
             return torch.addmm(residual, x, weight.t())
         return residual + F.linear(x, weight, bias)
 
     def embedding(self, weight: Array, ids: Array) -> Array:
-        if isinstance(weight, QuantizedWeight):
+        if _quantized(weight):
             return weight.embedding(ids)
         return torch.embedding(weight, ids)  # F.embedding's kernel without its Python wrapper
 

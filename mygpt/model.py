@@ -215,6 +215,8 @@ class Block:
     k_norm: Array | None = None
     ln1_post: Norm | None = None  # the sandwich's norms of each sublayer's output (Gemma, OLMo 2)
     ln2_post: Norm | None = None
+    kind: str = "full"  # the layer type: "full" or "sliding" (its mask and rotation)
+    window: int | None = None  # how many keys a sliding layer's queries see
 
 
 @dataclass
@@ -287,6 +289,7 @@ def prepare(
             q_norm=norm_w(f"{b}.mha.q_norm.weight"), k_norm=norm_w(f"{b}.mha.k_norm.weight"),
             ln1_post=norm(f"{b}.ln1_post", cfg.sandwich_norm),
             ln2_post=norm(f"{b}.ln2_post", cfg.sandwich_norm),
+            kind=cfg.layer_type(i), window=cfg.window(i),
         ))  # fmt: skip
     emb = params["token_embedding.embedding.weight"]
     head = ops.cast(emb, dtype) if cfg.tie_embeddings else get("lm_head.weight")
@@ -308,6 +311,7 @@ class _Pass:
     ropes: dict[str, tuple[float, np.ndarray | None] | None]
     dropout: float
     train: bool
+    scale: float  # the attention scores' scale
 
 
 def _layer_kinds(cfg: ModelConfig, mask: Mask | None, cache: Cache | None) -> tuple[dict, dict]:
@@ -363,7 +367,8 @@ def forward(
     _check_length(cfg, positions, cache)
     masks, ropes = _layer_kinds(cfg, mask, cache)
     # The book's only dropout is on the attention probabilities, after the softmax.
-    ps = _Pass(positions, masks, cache, ropes, cfg.dropout if train else 0.0, train)
+    ps = _Pass(positions, masks, cache, ropes, cfg.dropout if train else 0.0, train,
+               cfg.attn_scale)  # fmt: skip
     x = ops.embedding(w.embedding, ids)
     if w.position is not None:
         x = x + _position_rows(ops, w.position, positions)
@@ -380,7 +385,7 @@ def forward(
         else:  # the sandwich: the output projection's result normed before the residual add
             x = x + _norm(ops, cfg, blk.ln1_post, blk.o(ops, h, train))
         h = _mlp(ops, cfg, blk, _norm(ops, cfg, blk.ln2, x), train)
-        x = x + _norm(ops, cfg, blk.ln2_post, h)
+        x = x + (h if blk.ln2_post is None else _norm(ops, cfg, blk.ln2_post, h))
     if cache is not None:
         cache.end(T)
     logits = w.head(ops, _norm(ops, cfg, w.final_norm, x))  # tied head: logits = x @ E^T
@@ -425,7 +430,7 @@ def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pas
     from (B, C) when decoding one token a row."""
     B, T = x.shape[0], ps.positions.length
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    kind = cfg.layer_type(layer)
+    kind = blk.kind
     qkv = blk.qkv(ops, x, ps.train)
     if cfg.qk_norm and not cfg.qk_norm_per_head:  # OLMo 2: over all of Q and all of K
         A, kv = cfg.attn_dim, Hkv * D
@@ -444,10 +449,10 @@ def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pas
         qk = ops.rope(qk, ps.positions, *ps.ropes[kind])
     q, k = qk[:, :H], qk[:, H:]
     if ps.cache is not None:
-        k, v = ps.cache.update(ops, layer, k, v, cfg.window(layer))
+        k, v = ps.cache.update(ops, layer, k, v, blk.window)
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
-    out = ops.attention(q, k, v, cfg.attn_scale, dropout=ps.dropout, mask=ps.masks[kind])
+    out = ops.attention(q, k, v, ps.scale, dropout=ps.dropout, mask=ps.masks[kind])
     if T == 1:
         return ops.reshape(out, (B, H * D))
     return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, H * D))
