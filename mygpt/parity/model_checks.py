@@ -154,6 +154,25 @@ def kv_cache_check(
     return ParityCheck(name, check, quick=(position == "rope"), kind="cache")
 
 
+def decode_rows(name: str, cand: Ops, cfg: ModelConfig, P: dict, x, dtype: str) -> list[Row]:
+    """The fixed-shape decoder stepped through ``x`` (1, 12) == one full forward, and streams
+    decoded together == each decoded alone, bit for bit (what ``mygpt serve`` needs)."""
+    full = cand.to_numpy(forward(cand, cfg, P, cand.asarray(x), dtype=dtype))[0]
+    dec = Decoder(cand, cfg, P, DECODE_ROWS, dtype)
+    stream = Stream(list(x[0, :6]), temperature=0)
+    row = dec.add(stream)
+    stepped = [dec.logits([row])[row]]
+    for t in range(6, x.shape[1]):
+        stream.ids.append(int(x[0, t]))
+        stepped.append(dec.logits([row])[row])
+    drift = batch_invariance_check(cand, cfg, P, dtype, steps=3)
+    solo = Row(
+        f"{name}: batched == solo", dtype, label(cand), drift, drift, "bit-exact",
+        drift == 0.0, "itself, decoded alone",
+    )  # fmt: skip
+    return [compare_logits(name, dtype, cand, "full forward", np.stack(stepped), full[5:]), solo]
+
+
 def batched_decode_check(position: str, kv: str, family: str | None = None) -> ParityCheck:
     """The fixed-shape decoder (a RowCache step: per-row rope, write_kv, length mask) == one full forward, and
     streams decoded together == each decoded alone, bit for bit (what ``mygpt serve`` needs).
@@ -167,21 +186,7 @@ def batched_decode_check(position: str, kv: str, family: str | None = None) -> P
         params = init_params(cfg, seed=8)
         x, _ = token_batch(cfg, seed=9, B=1, T=12)
         P = {k: cand.asarray(v) for k, v in params.items()}
-        full = cand.to_numpy(forward(cand, cfg, P, cand.asarray(x), dtype=dtype))[0]
-        dec = Decoder(cand, cfg, P, DECODE_ROWS, dtype)
-        stream = Stream(list(x[0, :6]), temperature=0)
-        row = dec.add(stream)
-        stepped = [dec.logits([row])[row]]
-        for t in range(6, 12):
-            stream.ids.append(int(x[0, t]))
-            stepped.append(dec.logits([row])[row])
-        drift = batch_invariance_check(cand, cfg, P, dtype, steps=3)
-        solo = Row(
-            f"{name}: batched == solo", dtype, label(cand), drift, drift, "bit-exact",
-            drift == 0.0, "itself, decoded alone",
-        )  # fmt: skip
-        got = np.stack(stepped)
-        return [compare_logits(name, dtype, cand, "full forward", got, full[5:]), solo]
+        return decode_rows(name, cand, cfg, P, x, dtype)
 
     return ParityCheck(name, check, quick=(position == "rope"), kind="cache")
 

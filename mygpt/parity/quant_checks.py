@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from mygpt.backends.base import Ops
-from mygpt.generate import DECODE_ROWS, Decoder, Stream, batch_invariance_check
 from mygpt.lora import LoraConfig, adapter_shapes
 from mygpt.model import LoraWeights, forward, init_params, loss_fn
 from mygpt.parity.compare import compare_logits, compare_loss, compare_rel_max
 from mygpt.parity.core import GRAD_TOL, ParityCheck, Row, label
 from mygpt.parity.inputs import device_params, snap, snap_all, tiny_config, token_batch
+from mygpt.parity.model_checks import decode_rows
 from mygpt.quant import QuantizedTensor, quantize_params
 
 LORA = LoraConfig(rank=4, alpha=8.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
@@ -88,21 +88,7 @@ def quant_decode_check(bits: int) -> ParityCheck:
         cfg, params, _ = _model(bits)
         x, _ = token_batch(cfg, seed=24, B=1, T=12)
         P = on_backend(cand, params)
-        full = cand.to_numpy(forward(cand, cfg, P, cand.asarray(x), dtype=dtype))[0]
-        dec = Decoder(cand, cfg, P, DECODE_ROWS, dtype)
-        stream = Stream(list(x[0, :6]), temperature=0)
-        row = dec.add(stream)
-        stepped = [dec.logits([row])[row]]
-        for t in range(6, 12):
-            stream.ids.append(int(x[0, t]))
-            stepped.append(dec.logits([row])[row])
-        got = np.stack(stepped)
-        drift = batch_invariance_check(cand, cfg, P, dtype, steps=3)
-        solo = Row(
-            f"{name}: batched == solo", dtype, label(cand), drift, drift, "bit-exact",
-            drift == 0.0, "itself, decoded alone",
-        )  # fmt: skip
-        return [compare_logits(name, dtype, cand, "full forward", got, full[5:]), solo]
+        return decode_rows(name, cand, cfg, P, x, dtype)
 
     return ParityCheck(name, check, quick=bits == 4, kind="quant")
 
