@@ -89,6 +89,18 @@ class Mask:
     window: int | None = None
     tables: dict = field(default_factory=dict)
 
+    def sees(self, batch: int, tq: int, tk: int) -> np.ndarray:
+        """The mask as booleans, (batch, 1, tq, tk): True where query i of row b sees key j
+        (no ``lengths``: every row has all ``tk`` keys)."""
+        lengths = np.full(batch, tk) if self.lengths is None else self.lengths
+        last = np.asarray(lengths, dtype=np.int64)[:, None, None, None] - tq
+        last = last + np.arange(tq)[:, None]  # (B, 1, tq, 1): each query's last key
+        keys = np.arange(tk)
+        seen = keys <= last
+        if self.window is not None:
+            seen &= keys > last - self.window
+        return seen
+
 
 class Ops(abc.ABC):
     """One backend: a framework plus the device it computes on (thinc style: a concrete base).

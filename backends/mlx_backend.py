@@ -158,14 +158,7 @@ class MLXOps(Ops):
         """``mask`` as a boolean (B, 1, tq, tk) array (True: the key is seen), made once per step."""
         sees = mask.tables.get((tq, tk))
         if sees is None:
-            lengths = np.full(batch, tk) if mask.lengths is None else mask.lengths
-            last = np.asarray(lengths, dtype=np.int64)[:, None, None, None] - tq
-            last = last + np.arange(tq)[:, None]
-            keys = np.arange(tk)
-            seen = keys <= last
-            if mask.window is not None:
-                seen &= keys > last - mask.window
-            sees = mask.tables[(tq, tk)] = mx.array(seen)
+            sees = mask.tables[(tq, tk)] = mx.array(mask.sees(batch, tq, tk))
         return sees
 
     def attention(

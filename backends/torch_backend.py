@@ -292,17 +292,12 @@ class TorchOps(Ops):
         idx = positions[:, None] + torch.arange(t, device=positions.device)
         return table[idx][:, None]  # (B, 1, t, d/2)
 
-    def _mask_bias(self, mask: Mask, tq: int, tk: int) -> Array:
+    def _mask_bias(self, mask: Mask, batch: int, tq: int, tk: int) -> Array:
         """``mask`` as an additive (B, 1, tq, tk) bias (0 or -inf), made once per step."""
         if mask.window is None and tq == 1:  # a decode step: rows of one cached table
             seen = torch.from_numpy(np.asarray(mask.lengths, dtype=np.int64))
             return self._mask_rows(tk)[seen][:, None, None]
-        last = np.asarray(mask.lengths, dtype=np.int64)[:, None] - tq + np.arange(tq)
-        keys = np.arange(tk)
-        sees = keys <= last[:, :, None]
-        if mask.window is not None:
-            sees &= keys > last[:, :, None] - mask.window
-        bias = np.where(sees, np.float32(0), np.float32(-np.inf))[:, None]
+        bias = np.where(mask.sees(batch, tq, tk), np.float32(0), np.float32(-np.inf))
         return torch.as_tensor(bias, device=self._dev)
 
     def _mask_rows(self, tk: int) -> Array:
@@ -325,8 +320,6 @@ class TorchOps(Ops):
         if mask is not None and (mask.lengths is not None or mask.window is not None):
             if dropout > 0:
                 raise ValueError("a length or window mask is for inference: no dropout")
-            if mask.lengths is None:  # a window over an ordinary causal stream
-                mask.lengths = np.full(q.shape[0], tk)
             return self._attention_masked(q, k, v, scale, mask)
         gqa = q.shape[1] != k.shape[1]
         if tq == tk:
@@ -356,7 +349,7 @@ class TorchOps(Ops):
         rep = H // hkv
         bias = mask.tables.get(("grouped", tq, tk, hkv))
         if bias is None:  # one (row, K/V head) matrix each, made by the step's first layer
-            bias = self._mask_bias(mask, tq, tk)[:, :, None].expand(B, hkv, rep, tq, tk)
+            bias = self._mask_bias(mask, B, tq, tk)[:, :, None].expand(B, hkv, rep, tq, tk)
             bias = bias.reshape(B * hkv, rep * tq, tk)
             mask.tables[("grouped", tq, tk, hkv)] = mask.tables["grouped"] = bias
         out = _grouped_attention(q.reshape(B * hkv, rep * tq, D), k.reshape(B * hkv, tk, D),
