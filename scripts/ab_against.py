@@ -47,7 +47,9 @@ def extract(rev: str) -> Path:
     shutil.copytree(out / "tree" / "mygpt", out / "mygpt_base", symlinks=False)
     for f in (out / "mygpt_base").rglob("*.py"):
         text = f.read_text()
-        f.write_text(re.sub(r"\bmygpt(?=[. ])", "mygpt_base", text.replace('"mygpt"', '"mygpt_base"')))
+        f.write_text(
+            re.sub(r"\bmygpt(?=[. ])", "mygpt_base", text.replace('"mygpt"', '"mygpt_base"'))
+        )
     return out
 
 
@@ -143,8 +145,9 @@ def main() -> None:
     ap.add_argument("--what", nargs="+", default=["decode", "generate", "decoder", "train"])
     args = ap.parse_args()
     sys.path.insert(0, str(extract(args.base)))
-    import mygpt
     import mygpt_base
+
+    import mygpt
 
     print(f"against {args.base}, {args.rounds} interleaved rounds, medians of process CPU time")
     print("| what | before | after | change |\n|---|---|---|---|")
