@@ -877,9 +877,12 @@ def test_ollama_modelfile_for_the_test_models_template(checkpoints, tmp_path):
     assert (fmt.turn.name, fmt.prefix, fmt.default_system, fmt.trims) == (
         "ChatML", "<|begin_of_text|>", None, True)  # fmt: skip
     assert len(notes) == 1 and "strips whitespace" in notes[0]
+    llm = _llama(out)
     for chat in CHATS:
-        want = _hf_render(tmp_path / "hf", chat)
-        assert "<|begin_of_text|>" + ollama_prompt(mf["template"][0], chat) == want
+        prompt = ollama_prompt(mf["template"][0], chat)
+        assert "<|begin_of_text|>" + prompt == _hf_render(tmp_path / "hf", chat)
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        assert ids == _hf_render(tmp_path / "hf", chat, tokenize=True)
     # the one difference: the model's template trims, Ollama's keeps the whitespace
     padded, plain = [{"role": "user", "content": "  hi \n"}], [{"role": "user", "content": "hi"}]
     assert "<|begin_of_text|>" + ollama_prompt(mf["template"][0], plain) == _hf_render(
