@@ -221,8 +221,6 @@ class Modelfile:
     """What ``--ollama`` writes, and what to say about it."""
 
     text: str
-    format: str  # the chat format's name, or "plain completion"
-    stops: list[str]
     notes: list[str]
 
 
@@ -283,5 +281,4 @@ def build_modelfile(
     if cfg.max_seq_len <= OLLAMA_DEFAULT_CTX:
         lines.append(f"PARAMETER num_ctx {cfg.max_seq_len}")
     notes = [] if fmt is None else _notes(fmt, vocab, bos)
-    name = "plain completion" if fmt is None else fmt.turn.name
-    return Modelfile("\n".join(lines) + "\n", name, stops, notes)
+    return Modelfile("\n".join(lines) + "\n", notes)
