@@ -255,21 +255,24 @@ class Ops(abc.ABC):
 
     @abc.abstractmethod
     def rope(
-        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
-    ) -> Array:
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None,
+        heads: int | None = None,
+    ) -> Array:  # fmt: skip
         """Rotary embedding on (B, H, T, D), interleaved pairs (2i, 2i+1), at ``positions`` (an
         int: every row's tokens at offset..offset+T).
 
         ``inv_freq`` (D/2 float32, e.g. Llama 3's scaled frequencies) replaces ``base ** (-2i/D)``.
+        ``heads``: rotate only the first ``heads`` of axis 1 and return the rest as they are (the
+        model's Q|K|V heads: Q and K turn, V does not, and K|V stay one array for the cache).
         """
 
     @abc.abstractmethod
-    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
+    def write_kv(self, buf: Array, kv: Array, rows: Sequence[int], at: Positions) -> Array:
         """Write new keys and values into a (2, B, Hkv, T, D) buffer (keys, then values) and
         return it (MLX's may be a new array; torch writes in place).
 
-        ``k`` and ``v`` are (n, Hkv, t, D); their row i lands in buffer row ``rows[i]`` at
-        positions ``at.start[i] .. at.start[i] + t - 1``."""
+        ``kv`` is (n, 2 Hkv, t, D), the keys' heads then the values'; its row i lands in buffer
+        row ``rows[i]`` at positions ``at.start[i] .. at.start[i] + t - 1``."""
 
     @abc.abstractmethod
     def attention(

@@ -97,22 +97,23 @@ class MLXOps(Ops):
         buf[index] = x
         return buf
 
-    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
-        n, hkv, t, _ = k.shape
+    def write_kv(self, buf: Array, kv: Array, rows: Sequence[int], at: Positions) -> Array:
+        n, heads, t, d = kv.shape
+        hkv = heads // 2
         if t == 1:  # a decode step: one scatter for every row, keys and values
             index = at.tables.get("kv")
-            if index is None:  # the step's indices, made by its first layer
-                half = mx.array(np.repeat(np.arange(2, dtype=np.int32), n))
-                r = mx.array(np.tile(np.asarray(rows, np.int32), 2))
-                s = mx.array(np.tile(np.asarray(at.start, np.int32), 2))
+            if index is None:  # the step's indices, made by its first layer: row i's keys,
+                half = mx.array(np.tile(np.arange(2, dtype=np.int32), n))  # then its values
+                r = mx.array(np.repeat(np.asarray(rows, np.int32), 2))
+                s = mx.array(np.repeat(np.asarray(at.start, np.int32), 2))
                 index = at.tables["kv"] = (half, r, s)
             half, r, s = index
-            kv[half, r, :, s] = mx.concatenate([k[:, :, 0], v[:, :, 0]], axis=0)
-            return kv
+            buf[half, r, :, s] = kv.reshape(2 * n, hkv, d)
+            return buf
         for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
-            kv[0, r, :, s : s + t] = k[i]
-            kv[1, r, :, s : s + t] = v[i]
-        return kv
+            buf[0, r, :, s : s + t] = kv[i, :hkv]
+            buf[1, r, :, s : s + t] = kv[i, hkv:]
+        return buf
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
@@ -134,8 +135,12 @@ class MLXOps(Ops):
         return mx.fast.rms_norm(x, weight, eps)
 
     def rope(
-        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
-    ) -> Array:
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None,
+        heads: int | None = None,
+    ) -> Array:  # fmt: skip
+        if heads is not None and heads < x.shape[1]:
+            turned = self.rope(x[:, :heads], positions, base, inv_freq)
+            return mx.concatenate([turned, x[:, heads:]], axis=1)
         offset = positions
         if isinstance(positions, Positions):
             offset = positions.start

@@ -135,6 +135,9 @@ class TorchOps(Ops):
             x.detach().cpu().numpy().copy()
         )  # a snapshot, not a view of a tensor that will change
 
+    def reshape(self, x: Array, shape: Sequence[int]) -> Array:
+        return x.reshape(*shape)  # (a tuple argument takes torch's slower parsing: ~0.5 us a call)
+
     def transpose(self, x: Array, axes: Sequence[int]) -> Array:
         return x.permute(*axes)
 
@@ -150,30 +153,29 @@ class TorchOps(Ops):
         buf.narrow(axis, start, x.shape[axis]).copy_(x)
         return buf
 
-    def write_kv(self, kv: Array, k: Array, v: Array, rows: Sequence[int], at: Positions) -> Array:
+    def write_kv(self, buf: Array, kv: Array, rows: Sequence[int], at: Positions) -> Array:
         index = at.tables.get("kv")  # a decode step's flat indices, made by its first layer
-        if index is None and k.shape[2] == 1 and kv.is_contiguous():  # (every layer's buffer
-            index = self._kv_indices(kv.shape, rows, self._positions(at))  # has one shape)
-            index = at.tables["kv"] = index[:, :, None]  # (rows, 2 Hkv, 1): as k|v come
+        if index is None and kv.shape[2] == 1 and buf.is_contiguous():  # (every layer's buffer
+            index = self._kv_indices(buf.shape, rows, self._positions(at))  # has one shape)
+            index = at.tables["kv"] = index[:, :, None]  # (rows, 2 Hkv, 1): as K|V come
         if index is not None:  # one index_put_ for every row and head
-            kv.view(-1, kv.shape[-1]).index_put_((index,), torch.cat([k, v], 1))
-            return kv
-        t = k.shape[2]
+            buf.view(-1, buf.shape[-1]).index_put_((index,), kv)
+            return buf
+        t, hkv = kv.shape[2], buf.shape[2]
         for i, (r, s) in enumerate(zip(rows, np.asarray(at.start))):
-            kv[0, r, :, s : s + t] = k[i]
-            kv[1, r, :, s : s + t] = v[i]
-        return kv
+            buf[:, r, :, s : s + t] = kv[i].unflatten(0, (2, hkv))
+        return buf
 
     # --- layers ----------------------------------------------------------------------------
     def linear(self, x: Array, weight: Array, bias: Array | None = None) -> Array:
-        if _quantized(weight):
+        if type(weight) is not torch.Tensor and _quantized(weight):
             return weight.linear(x, bias)
         return F.linear(x, weight, bias)
 
     def residual_linear(
         self, residual: Array, x: Array, weight: Array, bias: Array | None = None
     ) -> Array:
-        if _quantized(weight):
+        if type(weight) is not torch.Tensor and _quantized(weight):
             return residual + weight.linear(x, bias)
         if bias is None and x.dim() == 2:  # the matmul adds into the residual (decode rows)
             return torch.addmm(residual, x, weight.t())
@@ -201,7 +203,10 @@ class TorchOps(Ops):
                 if constants is None:
                     constants = (self._constant(eps), self._constant(1 / x.shape[-1]))
                     self._norm_constants[(eps, x.shape[-1])] = constants
-                mean_square = torch.addcmul(constants[0], x.square().sum(-1, keepdim=True),
+                # (x * x: the same products as square(), a little cheaper to call; square's
+                # backward is kept for training, whose gradients must not move)
+                squares = x.square() if x.requires_grad else x * x
+                mean_square = torch.addcmul(constants[0], squares.sum(-1, keepdim=True),
                                             constants[1])  # fmt: skip
                 return x * torch.rsqrt(mean_square) * weight
             return F.rms_norm(x, (x.shape[-1],), weight, eps)
@@ -240,21 +245,24 @@ class TorchOps(Ops):
         return table
 
     def rope(
-        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None
-    ) -> Array:
+        self, x: Array, positions: Positions | int, base: float, inv_freq: np.ndarray | None = None,
+        heads: int | None = None,
+    ) -> Array:  # fmt: skip
         # Interleaved pairs (2i, 2i+1) are the real and imaginary parts of one complex number, so
         # the rotation is a single complex multiply (faster than slicing and stacking halves).
-        if type(positions) is Positions:
-            # (a model's layers may differ in base and scaling: Gemma 3's sliding and full ones;
-            # a layer type's inv_freq is one cached array, so its id names it)
-            key = (base, id(inv_freq))
+        if type(positions) is Positions and positions.per_row:  # a batched decoding step
+            # its rotations are made by the first layer and found by the others (a model's layers
+            # may differ in base and scaling, Gemma 3's sliding and full ones; a layer type's
+            # inv_freq is one cached array, so its id names it)
+            key = (base, id(inv_freq), heads, x.shape[1])
             rotations = positions.tables.get(key)
-            if rotations is not None:  # a batched decoding step's, made by its first layer
-                return _rotate(x, rotations)
-            if positions.per_row:
+            if rotations is None:
                 rotations = positions.tables[key] = self._rotations(x.shape, positions, base,
-                                                                    inv_freq)  # fmt: skip
-                return _rotate(x, rotations)
+                                                                    inv_freq, heads)  # fmt: skip
+            return _rotate(x, rotations)
+        if heads is not None and heads < x.shape[1]:
+            turned = self.rope(x[:, :heads], positions, base, inv_freq)
+            return torch.cat([turned, x[:, heads:]], 1)
         offset = positions.start if isinstance(positions, Positions) else positions
         t, d = x.shape[-2], x.shape[-1]
         rot = self._rope_table(offset + t, d, base, inv_freq)[offset : offset + t]
@@ -282,21 +290,34 @@ class TorchOps(Ops):
             self._tables[("kv", shape, rows)] = first
         return first + starts[:, None]
 
-    def _rotations(self, shape, at: Positions, base, inv_freq) -> Array:
-        """Row b's rotations ``e^(i (at.start[b] + t) inv_freq)``, (B, 1, t, d/2)."""
+    def _rotations(self, shape, at: Positions, base, inv_freq, rotated: int | None) -> Array:
+        """Row b's rotations ``e^(i (at.start[b] + t) inv_freq)``, (B, heads, t, d/2); heads from
+        ``rotated`` on get 1 + 0i, which leaves them as they are: the one complex multiply of the
+        step's Q|K|V heads turns Q and K, and K|V stay one array for the cache's one write."""
         t, d = shape[-2], shape[-1]
-        table = self._rope_table(int(at.start.max()) + t, d, base, inv_freq)
+        n = max(at.start.tolist()) + t  # (numpy's max of a few numbers costs more)
+        rotated = shape[1] if rotated is None else min(rotated, shape[1])
+        heads = shape[1]  # (not one broadcast row: torch's complex multiply rounds differently
+        # when it broadcasts, and a head must turn the same whatever the others do)
+        key = ("rope", heads, d, base, None if inv_freq is None else inv_freq.tobytes(), rotated)
+        table = self._tables.get(key)
+        if table is None or table.shape[0] < n:  # (positions, heads, d/2), grown by doubling
+            one_head = self._rope_table(n, d, base, inv_freq)
+            table = torch.ones((one_head.shape[0], heads, d // 2), dtype=one_head.dtype,
+                               device=one_head.device)  # fmt: skip
+            table[:, :rotated] = one_head[:, None]
+            self._tables[key] = table
         positions = self._positions(at)
-        if t == 1:
-            return table[positions][:, None, None]
+        if t == 1:  # (index_select: advanced indexing's general machinery costs more)
+            return torch.index_select(table, 0, positions).unsqueeze(2)
         idx = positions[:, None] + torch.arange(t, device=positions.device)
-        return table[idx][:, None]  # (B, 1, t, d/2)
+        return table[idx].transpose(1, 2)  # (B, heads, t, d/2)
 
     def _mask_bias(self, mask: Mask, batch: int, tq: int, tk: int) -> Array:
         """``mask`` as an additive (B, 1, tq, tk) bias (0 or -inf), made once per step."""
         if mask.window is None and tq == 1:  # a decode step: rows of one cached table
             seen = torch.from_numpy(np.asarray(mask.lengths, dtype=np.int64))
-            return self._mask_rows(tk)[seen][:, None, None]
+            return torch.index_select(self._mask_rows(tk), 0, seen).view(batch, 1, 1, tk)
         bias = np.where(mask.sees(batch, tq, tk), np.float32(0), np.float32(-np.inf))
         return torch.as_tensor(bias, device=self._dev)
 

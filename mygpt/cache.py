@@ -6,8 +6,8 @@ questions for each forward pass (the ``Cache`` protocol):
 - ``begin(T)``: at which positions are these T new tokens, and which mask do they attend under?
   (``Positions`` and ``Mask`` from ``mygpt.backends.base``; the backend keeps the step's tables,
   rotations, write indices and masks, inside them, made once per step and used by every layer.)
-- ``update(ops, layer, k, v)``: store this layer's new keys and values, and return the keys and
-  values to attend to.
+- ``update(ops, layer, kv)``: store this layer's new keys and values (one array, K heads then V
+  heads), and return the keys and values to attend to.
 - ``end(T)``: the pass is over (advance the offset).
 
 The kinds:
@@ -37,7 +37,7 @@ class Cache(Protocol):
     def begin(self, T: int) -> tuple[Positions, Mask | None]: ...
 
     def update(
-        self, ops, layer: int, k: Array, v: Array, window: int | None = None
+        self, ops, layer: int, kv: Array, window: int | None = None
     ) -> tuple[Array, Array]: ...
 
     def end(self, T: int) -> None: ...
@@ -80,14 +80,15 @@ class GrowingCache:
             "generator refills its cache from the cropped window; use a SlidingCache to rotate"
         )
 
-    def update(
-        self, ops, layer: int, k: Array, v: Array, window: int | None = None
-    ) -> tuple[Array, Array]:
-        """Append (B, Hkv, T, D) keys and values; return those attention sees (<= max_len).
+    def update(self, ops, layer: int, kv: Array, window: int | None = None) -> tuple[Array, Array]:
+        """Append (B, 2 Hkv, T, D) keys|values; return the (B, Hkv, ., D) keys and values
+        attention sees (<= max_len).
 
         A sliding layer's (``window``) returns the new keys and the ``window - 1`` before them,
         and its buffer keeps no more than that plus room to grow: what its window has left is
         dropped (moved out once per buffer's worth of tokens)."""
+        h = kv.shape[1] // 2
+        k, v = kv[:, :h], kv[:, h:]
         if window is not None and 1 < window <= self.max_len and not self.rotates:
             return self._update_window(ops, layer, k, v, window - 1)
         t, n = k.shape[2], self.max_len
@@ -178,6 +179,10 @@ class RowCache:
     next: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     _views: dict = field(default_factory=dict)  # layer -> (buffer, its keys, its values)
 
+    def __post_init__(self) -> None:
+        #: the sliding layers' ring length (one window per model), None if every layer is full
+        self.ring = next((n for n in self.rings if n is not None), None)
+
     @staticmethod
     def _rings(cfg: ModelConfig) -> list[int | None]:
         return [min(w, cfg.max_seq_len) if (w := cfg.window(i)) is not None else None
@@ -211,7 +216,7 @@ class RowCache:
         decode step."""
         positions = np.array(positions, dtype=np.int64)
         writes = positions
-        if any(n is not None for n in self.rings):
+        if self.ring is not None:
             live = positions == self.next
             writes = np.where(live, positions, np.minimum(self.next, self.capacity - 1))
             self.next = np.where(live, positions + 1, self.next)
@@ -230,7 +235,7 @@ class RowCache:
                 k = cache.keys[i][:, :, first - base : stop - base]
                 v = cache.values[i][:, :, first - base : stop - base]
                 start = Positions(np.array([at], dtype=np.int64), 0)
-                self.kv[i] = ops.write_kv(self.kv[i], k, v, [row], start)
+                self.kv[i] = ops.write_kv(self.kv[i], ops.concat([k, v], axis=1), [row], start)
                 first = stop
 
 
@@ -242,7 +247,7 @@ class RowStep:
         self.cache, self.positions = cache, positions
         self.rows: Sequence[int] = range(cache.rows)
         self.mask = Mask(lengths=positions + 1)
-        ring = next((n for n in cache.rings if n is not None), None)
+        ring = cache.ring
         #: the sliding layers' mask and write positions: the entries written so far of the ring
         self.window_mask = None if ring is None else Mask(
             lengths=np.minimum(positions + 1, ring), window=ring)  # fmt: skip
@@ -254,13 +259,11 @@ class RowStep:
         self.at = Positions(self.positions, T)
         return self.at, self.mask
 
-    def update(
-        self, ops, layer: int, k: Array, v: Array, window: int | None = None
-    ) -> tuple[Array, Array]:
-        rings = self.cache.rings  # (a sliding layer's ring is its window: made at allocation)
-        at = self.ring_at if rings and rings[layer] is not None else self.at
-        kv = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], k, v, self.rows, at)
-        return self.cache.keys_values(ops, layer, kv)
+    def update(self, ops, layer: int, kv: Array, window: int | None = None) -> tuple[Array, Array]:
+        # (a sliding layer's ring is its window: made at allocation)
+        at = self.at if self.ring_at is None or self.cache.rings[layer] is None else self.ring_at
+        buf = self.cache.kv[layer] = ops.write_kv(self.cache.kv[layer], kv, self.rows, at)
+        return self.cache.keys_values(ops, layer, buf)
 
     def end(self, T: int) -> None:
         return None

@@ -16,6 +16,7 @@ same ``forward`` runs on MLX and on PyTorch, which is what makes the two compara
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,6 +218,7 @@ class Block:
     ln2_post: Norm | None = None
     kind: str = "full"  # the layer type: "full" or "sliding" (its mask and rotation)
     window: int | None = None  # how many keys a sliding layer's queries see
+    rope: tuple[float, np.ndarray | None] | None = None  # (base, inv_freq) of a rotary layer
 
 
 @dataclass
@@ -289,7 +291,7 @@ def prepare(
             q_norm=norm_w(f"{b}.mha.q_norm.weight"), k_norm=norm_w(f"{b}.mha.k_norm.weight"),
             ln1_post=norm(f"{b}.ln1_post", cfg.sandwich_norm),
             ln2_post=norm(f"{b}.ln2_post", cfg.sandwich_norm),
-            kind=cfg.layer_type(i), window=cfg.window(i),
+            kind=cfg.layer_type(i), window=cfg.window(i), rope=_rope_of(cfg, cfg.layer_type(i)),
         ))  # fmt: skip
     emb = params["token_embedding.embedding.weight"]
     head = ops.cast(emb, dtype) if cfg.tie_embeddings else get("lm_head.weight")
@@ -297,38 +299,48 @@ def prepare(
                    Linear(head), dtype)  # fmt: skip
 
 
+def _rope_of(cfg: ModelConfig, kind: str) -> tuple[float, np.ndarray | None] | None:
+    """A layer type's rotation, ``(base, inv_freq)``; None without rope."""
+    return (rope_base_of(cfg, kind), rope_inv_freq(cfg, kind)) if cfg.position == "rope" else None
+
+
 # --- forward ---------------------------------------------------------------------------------
 
 
 @dataclass
 class _Pass:
-    """What every layer of one forward pass shares: where its tokens are, the masks, the cache;
-    by layer type ('full', 'sliding'), the mask and the rotation (``(base, inv_freq)``, rope)."""
+    """What every layer of one forward pass shares: where its tokens are, the cache, and by
+    layer type ('full', 'sliding') the mask."""
 
     positions: Positions
     masks: dict[str, Mask | None]
     cache: Cache | None
-    ropes: dict[str, tuple[float, np.ndarray | None] | None]
     dropout: float
     train: bool
     scale: float  # the attention scores' scale
+    act: Callable[[Array], Array]  # the MLP's activation
 
 
-def _layer_kinds(cfg: ModelConfig, mask: Mask | None, cache: Cache | None) -> tuple[dict, dict]:
-    """Each layer type's mask and rope. A sliding layer adds its window to the cache's mask, or
-    takes the cache's own (``window_mask``: a cache that keeps only the window)."""
-    masks, ropes = {}, {}
-    for kind in dict.fromkeys(cfg.layer_types or ("full",)):
+def _layer_masks(cfg: ModelConfig, mask: Mask | None, cache: Cache | None) -> dict:
+    """Each layer type's mask. A sliding layer adds its window to the cache's mask, or takes the
+    cache's own (``window_mask``: a cache that keeps only the window)."""
+    if cfg.layer_types is None:
+        return {"full": mask}
+    masks = {}
+    for kind in dict.fromkeys(cfg.layer_types):
         masks[kind] = mask
         if kind == "sliding":
             own = getattr(cache, "window_mask", None)
             masks[kind] = own or Mask(lengths=None if mask is None else mask.lengths,
                                       window=cfg.sliding_window)  # fmt: skip
-        if cfg.position == "rope":
-            ropes[kind] = (rope_base_of(cfg, kind), rope_inv_freq(cfg, kind))
-        else:
-            ropes[kind] = None
-    return masks, ropes
+    return masks
+
+
+def _activation(ops, cfg: ModelConfig) -> Callable[[Array], Array]:
+    """The MLP's activation: SiLU (SwiGLU), or the GELU, exact or tanh-approximated."""
+    if cfg.mlp == "swiglu":
+        return ops.silu
+    return ops.gelu_tanh if cfg.activation == "gelu_tanh" else ops.gelu
 
 
 def embedding_scale(cfg: ModelConfig, dtype: str) -> float:
@@ -365,10 +377,9 @@ def forward(
     T = ids.shape[1]
     positions, mask = cache.begin(T) if cache is not None else (Positions(0, T), None)
     _check_length(cfg, positions, cache)
-    masks, ropes = _layer_kinds(cfg, mask, cache)
     # The book's only dropout is on the attention probabilities, after the softmax.
-    ps = _Pass(positions, masks, cache, ropes, cfg.dropout if train else 0.0, train,
-               cfg.attn_scale)  # fmt: skip
+    ps = _Pass(positions, _layer_masks(cfg, mask, cache), cache, cfg.dropout if train else 0.0,
+               train, cfg.attn_scale, _activation(ops, cfg))  # fmt: skip
     x = ops.embedding(w.embedding, ids)
     if w.position is not None:
         x = x + _position_rows(ops, w.position, positions)
@@ -384,7 +395,7 @@ def forward(
             x = blk.o.residual(ops, x, h, train)
         else:  # the sandwich: the output projection's result normed before the residual add
             x = x + _norm(ops, cfg, blk.ln1_post, blk.o(ops, h, train))
-        h = _mlp(ops, cfg, blk, _norm(ops, cfg, blk.ln2, x), train)
+        h = _mlp(ops, blk, _norm(ops, cfg, blk.ln2, x), ps)
         x = x + (h if blk.ln2_post is None else _norm(ops, cfg, blk.ln2_post, h))
     if cache is not None:
         cache.end(T)
@@ -399,9 +410,11 @@ def _check_length(cfg: ModelConfig, positions: Positions, cache: Cache | None) -
             f"sequence of {T} tokens is longer than max_seq_len {cfg.max_seq_len} — "
             "use a shorter --seq-len or train with a larger --max-seq-len"
         )
+    if cfg.position != "learned":
+        return
     start = positions.start  # (no numpy on an int: a compiled training step would break there)
     end = (start if isinstance(start, int) else int(start.max())) + T
-    if cfg.position == "learned" and end > cfg.max_seq_len:
+    if end > cfg.max_seq_len:
         raise MygptError(
             f"sequence of {end} tokens is longer than max_seq_len {cfg.max_seq_len} — "
             "crop the context (generation does this) or train with a larger --max-seq-len"
@@ -430,7 +443,6 @@ def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pas
     from (B, C) when decoding one token a row."""
     B, T = x.shape[0], ps.positions.length
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    kind = blk.kind
     qkv = blk.qkv(ops, x, ps.train)
     if cfg.qk_norm and not cfg.qk_norm_per_head:  # OLMo 2: over all of Q and all of K
         A, kv = cfg.attn_dim, Hkv * D
@@ -441,35 +453,33 @@ def _attention(ops, cfg: ModelConfig, blk: Block, x: Array, layer: int, ps: _Pas
         heads = ops.reshape(qkv, (B, H + 2 * Hkv, 1, D))
     else:
         heads = ops.transpose(ops.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))
-    qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
     if cfg.qk_norm and cfg.qk_norm_per_head:  # Qwen3: RMSNorm over each head, before rope
-        qk = ops.concat([ops.rms_norm(qk[:, :H], blk.q_norm, cfg.norm_eps),
-                         ops.rms_norm(qk[:, H:], blk.k_norm, cfg.norm_eps)], axis=1)  # fmt: skip
-    if ps.ropes[kind] is not None:  # one rotary call for Q and K together
-        qk = ops.rope(qk, ps.positions, *ps.ropes[kind])
-    q, k = qk[:, :H], qk[:, H:]
+        heads = ops.concat([ops.rms_norm(heads[:, :H], blk.q_norm, cfg.norm_eps),
+                            ops.rms_norm(heads[:, H : H + Hkv], blk.k_norm, cfg.norm_eps),
+                            heads[:, H + Hkv :]], axis=1)  # fmt: skip
+    if blk.rope is not None:  # one rotary call turns Q and K; V stays beside K
+        heads = ops.rope(heads, ps.positions, *blk.rope, heads=H + Hkv)
+    q, kv = heads[:, :H], heads[:, H:]  # K|V as one array: the cache stores it in one write
     if ps.cache is not None:
-        k, v = ps.cache.update(ops, layer, k, v, blk.window)
+        k, v = ps.cache.update(ops, layer, kv, blk.window)
+    else:
+        k, v = kv[:, :Hkv], kv[:, Hkv:]
     # K/V heads are not repeated here: both backends' attention kernels read head h's K/V from
     # head h // (H / Hkv), the book's repeat_interleave order, without materialising copies.
-    out = ops.attention(q, k, v, ps.scale, dropout=ps.dropout, mask=ps.masks[kind])
+    out = ops.attention(q, k, v, ps.scale, dropout=ps.dropout, mask=ps.masks[blk.kind])
     if T == 1:
         return ops.reshape(out, (B, H * D))
     return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (B, T, H * D))
 
 
-def _mlp(ops, cfg: ModelConfig, blk: Block, h: Array, train: bool) -> Array:
+def _mlp(ops, blk: Block, h: Array, ps: _Pass) -> Array:
     """SwiGLU, ``down(silu(gate(h)) * up(h))``, GeGLU (the same with a GELU), or the book's GELU
     MLP, ``fc2(gelu(fc1(h)))``; the GELU exact or tanh-approximated (``cfg.activation``)."""
-    mlp = blk.mlp
-    if cfg.mlp == "swiglu":
-        act = ops.silu
-    else:
-        act = ops.gelu_tanh if cfg.activation == "gelu_tanh" else ops.gelu
-    if cfg.gated:
-        gated = act(mlp["gate"](ops, h, train)) * mlp["up"](ops, h, train)
+    mlp, train = blk.mlp, ps.train
+    if "gate" in mlp:
+        gated = ps.act(mlp["gate"](ops, h, train)) * mlp["up"](ops, h, train)
         return mlp["down"](ops, gated, train)
-    return mlp["fc2"](ops, act(mlp["fc1"](ops, h, train)), train)
+    return mlp["fc2"](ops, ps.act(mlp["fc1"](ops, h, train)), train)
 
 
 def loss_fn(

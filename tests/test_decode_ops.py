@@ -20,7 +20,6 @@ def test_write_kv_puts_keys_and_values_at_each_rows_positions(name, t):
     B, hkv, T, D = 4, 2, 8, 4
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 2 * hkv, t, D)).astype(np.float32)
-    k, v = ops.asarray(x[:, :hkv]), ops.asarray(x[:, hkv:])
     rows, starts = [2, 0, 3], np.array([4, 0, 1])  # a list of rows, as a prefill passes them
     want = np.zeros((2, B, hkv, T, D), np.float32)
     for i, (r, s) in enumerate(zip(rows, starts)):
@@ -28,10 +27,10 @@ def test_write_kv_puts_keys_and_values_at_each_rows_positions(name, t):
         want[1, r, :, s : s + t] = x[i, hkv:]
     at = Positions(starts, t)
     for _ in range(2):  # the second write reuses the step's tables
-        kv = ops.write_kv(ops.zeros((2, B, hkv, T, D), "float32"), k, v, rows, at)
+        kv = ops.write_kv(ops.zeros((2, B, hkv, T, D), "float32"), ops.asarray(x), rows, at)
         np.testing.assert_array_equal(ops.to_numpy(kv), want)
     moved = Positions(starts + 1, t)  # a new step's positions land elsewhere
-    kv = ops.write_kv(ops.zeros((2, B, hkv, T, D), "float32"), k, v, rows, moved)
+    kv = ops.write_kv(ops.zeros((2, B, hkv, T, D), "float32"), ops.asarray(x), rows, moved)
     assert not np.array_equal(ops.to_numpy(kv), want)
 
 
@@ -90,3 +89,17 @@ def test_attention_under_a_length_or_window_mask_matches_float64(name, tq, windo
     wide = Mask(lengths=np.full(B, tk))
     other = ops.to_numpy(ops.attention(*f32, 1 / np.sqrt(D), mask=wide))
     assert not np.allclose(other, got)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_rope_of_the_first_heads_leaves_the_others_as_they_are(name, per_row):
+    """``heads=n``: Q|K|V heads in one call, Q and K turned exactly as alone, V untouched."""
+    ops = get_backend(name, "cpu")
+    x = np.random.default_rng(2).standard_normal((3, 6, 1, 8)).astype(np.float32)
+    at = Positions(np.array([0, 7, 30]), 1) if per_row else Positions(5, 1)
+    got = ops.to_numpy(ops.rope(ops.asarray(x), at, 10000.0, heads=4))
+    alone = ops.to_numpy(ops.rope(ops.asarray(x[:, :4]), at, 10000.0))
+    np.testing.assert_array_equal(got[:, :4], alone)
+    np.testing.assert_array_equal(got[:, 4:], x[:, 4:])
+    assert not np.allclose(got[:, 1:4], x[:, 1:4])  # (position 0's first head is its own)

@@ -43,7 +43,7 @@ def _check_cache(backend, chunks, max_len):
                 v = rng.standard_normal((1, 2, t, 4)).astype(np.float32)
                 seen_k[layer] = np.concatenate([seen_k[layer], k], axis=2)
                 seen_v[layer] = np.concatenate([seen_v[layer], v], axis=2)
-                got_k, got_v = cache.update(ops, layer, ops.asarray(k), ops.asarray(v))
+                got_k, got_v = cache.update(ops, layer, ops.asarray(np.concatenate([k, v], axis=1)))
                 np.testing.assert_array_equal(ops.to_numpy(got_k), seen_k[layer][:, :, -max_len:])
                 np.testing.assert_array_equal(ops.to_numpy(got_v), seen_v[layer][:, :, -max_len:])
     assert sum(chunks) > 2 * max_len  # the buffer wrapped at least once
@@ -57,7 +57,7 @@ def test_a_growing_cache_refuses_to_pass_its_context(backend):
     rotated would give other tokens than the book's loop."""
     ops = get_backend(backend, "cpu")
     cache = GrowingCache(1, 8)
-    kv = ops.asarray(np.zeros((1, 2, 5, 4), np.float32))
-    cache.update(ops, 0, kv, kv)
+    kv = ops.asarray(np.zeros((1, 4, 5, 4), np.float32))
+    cache.update(ops, 0, kv)
     with pytest.raises(MygptError, match="context of 8"):
-        cache.update(ops, 0, kv, kv)
+        cache.update(ops, 0, kv)
