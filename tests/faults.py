@@ -228,6 +228,31 @@ def _load_gguf(p: Path) -> object:
     return import_gguf(p)
 
 
+def _ollama_setup(inp: Path, out: Path) -> None:
+    """Two models whose Modelfiles differ (num_ctx is the trained context), the first exported
+    with its Modelfile as the previous good pair."""
+    _corpus(inp)
+    for seed, ctx in (("0", "16"), ("1", "32")):
+        tiny = [*TINY]
+        tiny[tiny.index("--max-seq-len") + 1] = ctx
+        _cli(["train", str(inp / "corpus0.txt"), "--output", str(inp / f"src{seed}.safetensors"),
+              "--steps", "1", "--seed", seed, "--cache-dir", str(inp / "cache"), *tiny,
+              *_LLAMA])  # fmt: skip
+    _cli(["export", str(inp / "src0.safetensors"), str(out / "model.gguf"), "--ollama"])
+
+
+def _ollama_argv(inp: Path, out: Path) -> list[str]:
+    return ["export", str(inp / "src1.safetensors"), str(out / "model.gguf"), "--ollama"]
+
+
+def _load_modelfile(p: Path) -> object:
+    """The Modelfile parses as Ollama parses it and the GGUF it names loads."""
+    from tests.ollama import parse_modelfile
+
+    model = dict(parse_modelfile(p.read_text(encoding="utf-8")))["model"]
+    return _load_gguf(p.parent / model)
+
+
 def _convert_setup(inp: Path, out: Path) -> None:
     _corpus(inp)
     for seed in ("0", "1"):
@@ -254,6 +279,9 @@ CASES = [
     # a directory: "intact" compares every file's name and bytes
     WriteCase("HF export directory", _export_setup, _export_argv, lambda o: o / "hf", _load_hf),
     WriteCase("GGUF export", _gguf_setup, _gguf_argv, lambda o: o / "model.gguf", _load_gguf),
+    # the Modelfile beside a GGUF: written once the new GGUF is complete, before it is published
+    WriteCase("Ollama Modelfile", _ollama_setup, _ollama_argv, lambda o: o / "Modelfile",
+              _load_modelfile),
 ]  # fmt: skip
 
 

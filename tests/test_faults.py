@@ -79,3 +79,22 @@ def test_an_export_killed_into_a_new_directory_leaves_no_directory(prepared, tmp
     argv = ["export", str(inp / "src1.safetensors"), str(out / "hf")]
     assert faults.run_killed(argv, out, inp) == -9  # killed while stalled in a write
     assert list(out.iterdir()) == []
+
+
+OLLAMA = next(c for c in faults.CASES if c.name == "Ollama Modelfile")
+
+
+def test_a_modelfile_that_fails_keeps_the_previous_gguf(prepared, tmp_path):
+    """The disk fills exactly when the new GGUF is complete: the Modelfile's write fails, and
+    the GGUF is not published either, so the previous pair stays (the Modelfile names the GGUF
+    and holds that model's template)."""
+    import dataclasses
+
+    inp, golden = prepared(OLLAMA)
+    gguf_bytes = (golden / "model.gguf").read_bytes()
+    case = dataclasses.replace(OLLAMA, leave=len(gguf_bytes))  # the new GGUF's size: the same
+    o = faults.run_fault(case, "enospc", inp, golden, tmp_path / "out", real_fs=False)
+    assert o.ok, o
+    assert "no space left" in o.message, o.message
+    assert "(the previous Modelfile is unchanged)" in o.message, o.message
+    assert (tmp_path / "out" / "model.gguf").read_bytes() == gguf_bytes

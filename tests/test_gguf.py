@@ -138,9 +138,9 @@ def torch_ops():
     return get_backend("torch", "cpu")
 
 
-def _llama(path: Path) -> llama_cpp.Llama:
+def _llama(path: Path, n_ctx: int = 128) -> llama_cpp.Llama:
     return llama_cpp.Llama(str(path), logits_all=True, type_k=0, type_v=0, n_threads=1,
-                           verbose=False, n_ctx=128)  # fmt: skip
+                           verbose=False, n_ctx=n_ctx)  # fmt: skip
 
 
 def _llama_logits(llm: llama_cpp.Llama, ids: list[int]) -> np.ndarray:
@@ -370,6 +370,61 @@ def test_quantized_logits_are_close_to_mygpt_on_the_dequantized_weights(
     picked = want[np.arange(len(ids)), got.argmax(-1)]
     assert np.all(picked >= want.max(-1) - 2 * QUANT_TOL)
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.85
+
+
+@pytest.fixture(scope="module")
+def trained_llama(tmp_path_factory) -> Path:
+    """A char model trained with ``--recipe llama`` (500 steps, ~10 s on one core) to a loss
+    where most next characters are clear: on a trained model top-1 agreement means something,
+    unlike on the random models above, whose top two logits are often within 0.1."""
+    from mygpt.recipes import get_recipe
+    from mygpt.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "corpus.txt"
+    corpus.write_text(TINY_SHAKESPEARE.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    out = root / "trained.safetensors"
+    # the recipe's model and schedule; scaled init and a higher LR train it further in 500 steps
+    flags = {**get_recipe("llama").flags, "warmup": 20, "init": "scaled", "lr": 3e-3}
+    train(TrainConfig.from_flags(dict(
+        data=str(corpus), output=str(out), steps=500, batch_size=16, seq_len=64, embed_dim=64,
+        num_heads=4, num_layers=2, max_seq_len=256, print_every=1000, backend="torch",
+        device="cpu", cache_dir=str(root / "cache"), **flags,
+    )))  # fmt: skip
+    return out
+
+
+#: positions the Q8_0 agreement is measured on: 4 windows of 256 characters of text the model
+#: did not train on (the end of Tiny Shakespeare)
+TOP1_WINDOWS, TOP1_WINDOW = 4, 256
+
+
+def test_q8_0_top1_agrees_with_mygpt_on_a_trained_model(trained_llama, tmp_path, torch_ops):
+    """`mygpt quantize --bits 8`, export, then llama.cpp's logits against mygpt running the same
+    Q8_0 blocks: the top-1 token agrees on >= 95% of positions. Measured: 99.5% (1019 of 1024;
+    llama.cpp quantizes activations to Q8_0 in its matmuls, mygpt does not)."""
+    from mygpt.interop.quantize import quantize_checkpoint
+
+    q8 = tmp_path / "q8.safetensors"
+    quantize_checkpoint(trained_llama, q8, 8)
+    out, arch, _ = export_gguf(q8, tmp_path / "q8.gguf")
+    assert arch == "llama"
+    r = gguf.GGUFReader(out)
+    assert {t.tensor_type for t in r.tensors if t.name.endswith("ffn_up.weight")} == {
+        gguf.GGMLQuantizationType.Q8_0
+    }
+    ckpt = load_checkpoint(q8)
+    m, llm = _mygpt(ckpt, torch_ops), _llama(out, TOP1_WINDOW)
+    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")[-TOP1_WINDOWS * TOP1_WINDOW * 2 :]
+    ids = list(m.tokenizer.encode(text))
+    agree = []
+    for w in range(TOP1_WINDOWS):
+        window = ids[w * TOP1_WINDOW : (w + 1) * TOP1_WINDOW]
+        got, want = _llama_logits(llm, window), m.logits(window)
+        agree.append(got.argmax(-1) == want.argmax(-1))
+    rate = float(np.concatenate(agree).mean())
+    print(f"Q8_0 top-1 agreement with mygpt: {rate:.2%} of {TOP1_WINDOWS * TOP1_WINDOW}")
+    assert rate >= 0.95
 
 
 @pytest.mark.parametrize("name", ["qwen2", "llama"])
@@ -624,4 +679,257 @@ def test_damaged_gguf_input_is_one_line(exported, tmp_path):
 def test_export_into_a_missing_directory_is_refused_before_work(checkpoints, tmp_path):
     with pytest.raises(MygptError) as e:
         export_gguf(checkpoints["qwen3"], tmp_path / "nope" / "m.gguf")
+    assert "nope" in str(e.value)
+
+
+# --- Ollama: the Modelfile beside the GGUF ------------------------------------------------------
+
+#: real models' chat templates (SmolLM2-Instruct's, Qwen2.5-Instruct's, Meta-Llama-3-Instruct's)
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+QWEN25_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- message.content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""  # noqa: E501
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim "
+    "+ '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+#: conversations Ollama may send: every role, several turns, a system message in the middle,
+#: text that looks like template syntax, and a last assistant message the model continues
+CHATS = [
+    [{"role": "user", "content": "Who wrote Hamlet?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Use {{ .Prompt }} and ünïcode — {% raw %} too"}],
+    [{"role": "user", "content": "a"}, {"role": "system", "content": "Now in French."},
+     {"role": "user", "content": "b"}],
+    [{"role": "system", "content": "You rhyme."}, {"role": "user", "content": "Say hi"},
+     {"role": "assistant", "content": "Hi, I"}],
+]  # fmt: skip
+
+
+def _chat_checkpoint(root: Path, base: Path, template: str, specials: list[str], bos: bool,
+                     eos: str) -> Path:  # fmt: skip
+    """A checkpoint with ``base``'s weights and a tokenizer with ``specials`` and ``template``
+    (also saved as a Hugging Face tokenizer directory ``root/hf`` for transformers)."""
+    from mygpt.tokenizers.hf import read_hf_tokenizer
+    from tests.real_models import build_tokenizer
+
+    hf = root / "hf"
+    build_tokenizer(hf, bos=bos, specials=specials, bos_token=specials[0])
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": specials[0],
+              "eos_token": eos, "chat_template": template}  # fmt: skip
+    (hf / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tok = read_hf_tokenizer((hf / "tokenizer.json").read_text(encoding="utf-8"), config,
+                            {"eos_token_id": specials.index(eos),
+                             "bos_token_id": 0 if bos else None}, {})  # fmt: skip
+    ckpt = load_checkpoint(base)
+    path = root / "chat.safetensors"
+    save_checkpoint(path, ckpt.config, ckpt.params, tok)
+    return path
+
+
+def _hf_render(hfdir: Path, chat: list[dict], tokenize: bool = False):
+    """transformers' rendering: the generation prompt after a user turn; after an assistant turn,
+    that turn left open (continue_final_message), as Ollama continues it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hfdir))
+    last = chat[-1]["role"] == "assistant"
+    out = tok.apply_chat_template(chat, tokenize=tokenize, add_generation_prompt=not last,
+                                  continue_final_message=last)  # fmt: skip
+    return list(out["input_ids"] if hasattr(out, "keys") else out) if tokenize else out
+
+
+def _modelfile(gguf_path: Path) -> dict[str, list[str]]:
+    from tests.ollama import parse_modelfile
+
+    text = (gguf_path.parent / "Modelfile").read_text(encoding="utf-8")
+    out: dict[str, list[str]] = {}
+    for name, arg in parse_modelfile(text):
+        out.setdefault(name, []).append(arg)
+    return out
+
+
+def _check_modelfile(out: Path) -> dict[str, list[str]]:
+    """FROM names the written file (relative, as Ollama resolves it against the Modelfile's
+    directory) and every stop is a token of the GGUF's vocabulary."""
+    mf = _modelfile(out)
+    assert mf["model"] == [f"./{out.name}"]
+    assert (out.parent / mf["model"][0]).resolve() == out.resolve()
+    tokens = gguf.GGUFReader(out).fields["tokenizer.ggml.tokens"].contents()
+    assert all(s in tokens for s in mf.get("stop", [])), mf.get("stop")
+    return mf
+
+
+@pytest.mark.parametrize(
+    ("template", "specials", "bos", "eos", "name"),
+    [
+        (SMOLLM2_TEMPLATE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], False, "<|im_end|>",
+         "ChatML"),
+        (QWEN25_TEMPLATE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], False, "<|im_end|>",
+         "ChatML"),
+        (LLAMA3_TEMPLATE, LLAMA3_SPECIALS, True, "<|eot_id|>", "Llama 3"),
+    ],
+    ids=["smollm2", "qwen2.5", "llama3"],
+)  # fmt: skip
+def test_ollama_template_renders_real_models_chat_templates(
+    template, specials, bos, eos, name, checkpoints, tmp_path
+):
+    """The exact oracle: Ollama's prompt (its Go template, run by a Go-template evaluator, plus
+    the BOS llama.cpp adds) equals transformers' apply_chat_template, and llama.cpp tokenizes it
+    into transformers' ids."""
+    from tests.ollama import ollama_prompt
+
+    src = _chat_checkpoint(tmp_path, checkpoints["llama_tied"], template, specials, bos, eos)
+    out, _, notes = export_gguf(src, tmp_path / "chat.gguf", ollama=True)
+    mf = _check_modelfile(out)
+    assert eos in mf["stop"] and mf["num_ctx"] == ["64"]
+    assert any("strips whitespace" in n for n in notes) == (name == "Llama 3")
+    llm = _llama(out)
+    for chat in CHATS:
+        prompt = ollama_prompt(mf["template"][0], chat)
+        want = _hf_render(tmp_path / "hf", chat)
+        assert (specials[0] if bos else "") + prompt == want, chat
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        assert ids == _hf_render(tmp_path / "hf", chat, tokenize=True), chat
+
+
+def test_ollama_modelfile_for_the_test_models_template(checkpoints, tmp_path):
+    """The ChatML template the test models carry: BOS text first (llama.cpp adds it, so the Go
+    template leaves it out) and content trimmed (a note: Go templates can't trim)."""
+    from mygpt.interop.ollama import recognise
+    from tests.ollama import ollama_prompt
+    from tests.real_models import CHAT_TEMPLATE, build_tokenizer
+
+    build_tokenizer(tmp_path / "hf")
+    out, _, notes = export_gguf(checkpoints["llama"], tmp_path / "m.gguf", ollama=True)
+    mf = _check_modelfile(out)
+    assert mf["stop"] == ["<|im_end|>", "<|end_of_text|>"]
+    fmt = recognise(CHAT_TEMPLATE, {"bos_token": "<|begin_of_text|>"})
+    assert (fmt.turn.name, fmt.prefix, fmt.default_system, fmt.trims) == (
+        "ChatML", "<|begin_of_text|>", None, True)  # fmt: skip
+    assert len(notes) == 1 and "strips whitespace" in notes[0]
+    llm = _llama(out)
+    for chat in CHATS:
+        prompt = ollama_prompt(mf["template"][0], chat)
+        assert "<|begin_of_text|>" + prompt == _hf_render(tmp_path / "hf", chat)
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        assert ids == _hf_render(tmp_path / "hf", chat, tokenize=True)
+    # the one difference: the model's template trims, Ollama's keeps the whitespace
+    padded, plain = [{"role": "user", "content": "  hi \n"}], [{"role": "user", "content": "hi"}]
+    assert "<|begin_of_text|>" + ollama_prompt(mf["template"][0], plain) == _hf_render(
+        tmp_path / "hf", padded
+    )
+    assert "\n  hi \n<|im_end|>" in ollama_prompt(mf["template"][0], padded)
+
+
+@pytest.mark.parametrize("name", ["recipe_llama", "llama_bytebpe"])
+def test_ollama_modelfile_without_a_chat_template_is_plain_completion(name, checkpoints, tmp_path):
+    out, _, notes = export_gguf(checkpoints[name], tmp_path / "m.gguf", ollama=True)
+    mf = _check_modelfile(out)
+    assert mf["template"] == ["{{ .Prompt }}"]
+    assert mf.get("stop") == (["<|endoftext|>"] if name == "llama_bytebpe" else None)
+    assert mf["num_ctx"] == [str(load_checkpoint(checkpoints[name]).config.max_seq_len)]
+
+
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [("gemma", "refused a plain conversation"), (MISTRAL_TEMPLATE, "none of their layouts")],
+)
+def test_ollama_refuses_a_template_it_cant_write_exactly(template, why, checkpoints, tmp_path):
+    from tests.real_models import GEMMA_TEMPLATE
+
+    template = GEMMA_TEMPLATE if template == "gemma" else template
+    ckpt = load_checkpoint(checkpoints["llama_tied"])
+    tok = dict(ckpt.tokenizer, config={**ckpt.tokenizer["config"], "chat_template": template})
+    src = tmp_path / "m.safetensors"
+    save_checkpoint(src, ckpt.config, ckpt.params, tok)
+    with pytest.raises(MygptError) as e:
+        export_gguf(src, tmp_path / "out.gguf", ollama=True)
+    msg = str(e.value)
+    assert why in msg and "TEMPLATE yourself" in msg and "\n" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # nothing written
+
+
+def test_cli_ollama_flag(checkpoints, tmp_path):
+    cmd = [sys.executable, "-m", "mygpt", "export", str(checkpoints["qwen2"]),
+           str(tmp_path / "q.gguf"), "--ollama", "--dtype", "q8_0"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    assert f"ollama create NAME -f {tmp_path / 'Modelfile'}" in r.stderr
+    assert _check_modelfile(tmp_path / "q.gguf")["stop"] == ["<|im_end|>", "<|end_of_text|>"]
+    r = subprocess.run(cmd[:5] + [str(tmp_path / "hfdir"), "--ollama"], capture_output=True,
+                       text=True, env=subprocess_env())  # fmt: skip
+    assert r.returncode != 0 and r.stderr.startswith("error: --ollama writes a Modelfile beside")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "hfdir").exists()
+    with pytest.raises(MygptError) as e:  # a missing directory: refused before any work
+        export_gguf(checkpoints["qwen2"], tmp_path / "nope" / "m.gguf", ollama=True)
     assert "nope" in str(e.value)

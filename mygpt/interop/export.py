@@ -231,17 +231,24 @@ def export_mlx(
     help="A quantized checkpoint: write an mlx-lm directory (its Q8_0/Q4_0 blocks as MLX's "
     "affine groups of 32, exactly).",
 )  # fmt: skip
+@click.option(
+    "--ollama", is_flag=True,
+    help="With OUT.gguf: also write an Ollama Modelfile beside it (FROM the file, the model's chat "
+    "template in Ollama's syntax, its stop tokens), for `ollama create NAME -f Modelfile`.",
+)  # fmt: skip
 def export(
     ckpt: str, outdir: str, force: bool, repo: str | None, private: bool, dtype: str,
-    peft: bool, base: str | None, mlx: bool = False,
+    peft: bool, base: str | None, mlx: bool = False, ollama: bool = False,
 ) -> None:  # fmt: skip
     """Export a checkpoint as a Hugging Face model directory (transformers, mlx-lm, ...), or as
     one GGUF file for llama.cpp and Ollama when OUTDIR ends in .gguf; a LoRA adapter checkpoint
     exports merged into its base, or alone with --peft."""
     if outdir.endswith(".gguf"):
         flags = {"--peft": peft, "--push-to-hub": repo is not None, "--mlx": mlx}
-        _export_gguf(ckpt, outdir, dtype, base, flags)
+        _export_gguf(ckpt, outdir, dtype, base, flags, ollama)
         return
+    if ollama:
+        raise MygptError("--ollama writes a Modelfile beside a GGUF file — name OUT something.gguf")
     if dtype not in EXPORT_DTYPES:
         raise MygptError(
             f"--dtype {dtype} is for GGUF files — name OUTDIR something.gguf, or use "
@@ -272,16 +279,22 @@ def export(
         click.echo(str(out))
 
 
-def _export_gguf(ckpt: str, out: str, dtype: str, base: str | None, bad_flags: dict) -> None:
+def _export_gguf(
+    ckpt: str, out: str, dtype: str, base: str | None, bad_flags: dict, ollama: bool = False
+) -> None:
     from mygpt.interop.gguf_export import export_gguf
+    from mygpt.interop.ollama import modelfile_path
 
     given = [flag for flag, on in bad_flags.items() if on]
     if given:
         raise MygptError(f"{', '.join(given)} is for directories — drop it for OUT.gguf")
-    path, arch, notes = export_gguf(ckpt, out, dtype=dtype, base=base)
+    path, arch, notes = export_gguf(ckpt, out, dtype=dtype, base=base, ollama=ollama)
     for note in notes:
         click.echo(note, err=True)
     click.echo(f"exported {ckpt} as GGUF {arch} ({dtype}) to {path}", err=True)
+    if ollama:
+        modelfile = modelfile_path(path)
+        click.echo(f"wrote {modelfile}: ollama create NAME -f {modelfile}", err=True)
     click.echo(str(path))
 
 

@@ -22,13 +22,16 @@ the Hugging Face layout, as the converter leaves them.
 ``--dtype``: ``float32`` (exact), ``float16``/``bfloat16`` (2-D weights; norms and biases stay F32,
 as the converter does), ``q8_0``/``q4_0`` (2-D weights whose rows are whole 32-weight blocks,
 quantized by ``gguf.quants.quantize``, the reference; the rest stays F32). The file is written
-through :func:`mygpt.fileio.atomic_write`: the old file or the whole new one, never half.
+through :func:`mygpt.fileio.atomic_write`: the old file or the whole new one, never half. With
+``--ollama`` an Ollama Modelfile goes beside it (see ``ollama``), written once the new GGUF is
+complete and before it takes its name, so a failure in either keeps the previous pair.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ import numpy as np
 from mygpt.checkpoint import Checkpoint
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
-from mygpt.fileio import atomic_write, check_output_path
+from mygpt.fileio import atomic_write, atomic_write_text, check_output_path
 from mygpt.interop.architectures import ARCHITECTURES, interleaved_to_half
 from mygpt.interop.gguf_layout import (
     MYGPT_CONFIG_KEY,
@@ -47,6 +50,7 @@ from mygpt.interop.gguf_layout import (
     rope_freq_factors,
 )
 from mygpt.interop.gguf_tokenizer import MYGPT_TOKENIZER_KEY, GGUFVocab, gguf_vocab
+from mygpt.interop.ollama import MODELFILE, Modelfile, build_modelfile, modelfile_path
 from mygpt.quant import QuantizedTensor
 
 GGUF_DTYPES = ("float32", "float16", "bfloat16", "q8_0", "q4_0")
@@ -231,9 +235,13 @@ def _writer(cfg: ModelConfig, arch: str, dtype: str, vocab: GGUFVocab, ckpt: Che
     return w
 
 
-def write_gguf(path: Path, w: Any, tensors: dict[str, tuple[np.ndarray, Any]]) -> Path:
+def write_gguf(
+    path: Path, w: Any, tensors: dict[str, tuple[np.ndarray, Any]],
+    before_publish: Callable[[], None] | None = None,
+) -> Path:  # fmt: skip
     """Write header, metadata, tensor infos and data through :func:`atomic_write` (every byte by
-    ``os.write``, so the fault tests reach it)."""
+    ``os.write``, so the fault tests reach it); ``before_publish`` runs once the new file is
+    complete, before it takes ``path``'s name."""
     from gguf.gguf_writer import WriterState
 
     for name, (data, qtype) in tensors.items():
@@ -250,25 +258,39 @@ def write_gguf(path: Path, w: Any, tensors: dict[str, tuple[np.ndarray, Any]]) -
             w.write_padding(f, ti.nbytes)
         w.fout = None
 
-    return atomic_write(path, write, "OUT.gguf")
+    return atomic_write(path, write, "OUT.gguf", before_publish=before_publish)
+
+
+def _modelfile_writer(path: Path, modelfile: Modelfile | None) -> Callable[[], None] | None:
+    """Writes the Modelfile just before the GGUF takes its name: a failure writing either keeps
+    the previous pair (the Modelfile names the GGUF and its template belongs to that model)."""
+    if modelfile is None:
+        return None
+    return lambda: atomic_write_text(modelfile_path(path), modelfile.text, MODELFILE)
 
 
 def export_gguf(
     source: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32",
-    base: str | None = None,
+    base: str | None = None, ollama: bool = False,
 ) -> tuple[Path, str, list[str]]:  # fmt: skip
-    """Write ``out``; returns (its path, the GGUF architecture, notes for stderr)."""
+    """Write ``out`` (and with ``ollama`` an Ollama Modelfile beside it, see ``ollama``);
+    returns (its path, the GGUF architecture, notes for stderr)."""
     if dtype not in GGUF_DTYPES:
         raise MygptError(f"unknown GGUF dtype {dtype!r} — use one of {', '.join(GGUF_DTYPES)}")
     from mygpt.interop.sources import load_source
 
     out = check_output_path(out, "OUT.gguf")  # before loading anything
+    if ollama:
+        check_output_path(modelfile_path(out), MODELFILE)
     ckpt = load_source(source, base=base)
     cfg = ckpt.config
     arch, notes = gguf_arch(cfg)
     vocab = gguf_vocab(ckpt.tokenizer, cfg.vocab_size)
+    # the Modelfile's refusals come before any tensor work or write
+    modelfile = build_modelfile(out.name, ckpt.tokenizer, vocab, cfg) if ollama else None
     tensors = gguf_tensors(ckpt, arch, dtype)
     kinds = {q.kind.lower() for q in checkpoint_blocks(ckpt).values()}
     w = _writer(cfg, arch, kinds.pop() if len(kinds) == 1 and dtype == "float32" else dtype,
                 vocab, ckpt)  # fmt: skip
-    return write_gguf(out, w, tensors), arch, notes + vocab.notes
+    path = write_gguf(out, w, tensors, before_publish=_modelfile_writer(out, modelfile))
+    return path, arch, notes + vocab.notes + (modelfile.notes if modelfile else [])
