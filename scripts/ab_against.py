@@ -12,7 +12,10 @@ hits both alike. What is timed (one thread, ``ch27_modern.ckpt`` unless ``--chec
   ``model.forward`` on a ``RowCache`` step;
 - ``generate``: solo ``Model.stream`` tokens/s, greedy;
 - ``decoder``: a ``generate.Decoder`` step with 8 live rows (serve's batched step);
-- ``train``: a full training step at the Ch.17 and Ch.27 shapes (``bench``'s synthetic step).
+- ``train``: a full training step at the Ch.17 and Ch.27 shapes (``bench``'s synthetic step);
+- ``serve``: a ``mygpt serve`` process of each tree in turn (torch, one thread), 8 streaming
+  clients, 8 rounds of 50-token greedy completions: the server's CPU time per token (from
+  ``/proc``, which clients and scheduling noise do not touch) and the wall-clock tokens/s.
 """
 
 from __future__ import annotations
@@ -120,6 +123,59 @@ def train_step(pkg, backend: str, recipe: str) -> Callable[[int], None]:
     return lambda i: step()
 
 
+SERVE_PROMPTS = ["ROMEO:", "JULIET:", "KING:", "First Citizen:", "MENENIUS:", "All:", "O, ", "Ay, "]
+
+
+def serve_cost(tree: Path, checkpoint: Path) -> tuple[float, float]:
+    """(server CPU seconds per token, tokens/s) of ``mygpt serve`` run from ``tree``."""
+    import asyncio
+    import json
+
+    import httpx
+
+    log = Path(tempfile.mkdtemp(prefix="mygpt-ab-serve-")) / "server.log"
+    env = {**os.environ, "MYGPT_THREADS": "1", "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, "-m", "mygpt.cli", "serve", "--checkpoint", str(checkpoint), "--port",
+           "0", "--backend", "torch", "--device", "cpu", "--max-concurrent", "8"]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tree, stdout=out, stderr=out, env=env)
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def rounds(url: str, n: int) -> int:
+        async def one(client: httpx.AsyncClient, prompt: str) -> int:
+            body = {"prompt": prompt, "max_tokens": 50, "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}  # fmt: skip
+            tokens = 0
+            async with client.stream("POST", url + "/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {") and (usage := json.loads(line[6:]).get("usage")):
+                        tokens = usage["completion_tokens"]
+            return tokens
+
+        async with httpx.AsyncClient(timeout=600) as client:
+            return sum([sum(await asyncio.gather(*(one(client, p) for p in SERVE_PROMPTS)))
+                        for _ in range(n)])  # fmt: skip
+
+    try:
+        for _ in range(600):
+            found = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())
+            if found or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        if not found:
+            raise SystemExit(f"the server in {tree} did not start:\n{log.read_text()}")
+        asyncio.run(rounds(found.group(1), 2))  # warm
+        c0, t0 = cpu(), time.perf_counter()
+        tokens = asyncio.run(rounds(found.group(1), 8))
+        return (cpu() - c0) / tokens, tokens / (time.perf_counter() - t0)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def race(old: Callable[[int], None], new: Callable[[int], None], rounds: int, burst: int):
     """Median seconds per call of each, bursts alternating; returns (old, new)."""
     for f in (old, new):
@@ -142,9 +198,12 @@ def main() -> None:
                     default=ROOT.parent / "shared/fixtures/book/ch27_modern.ckpt")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--backends", nargs="+", default=["torch", "mlx"])
-    ap.add_argument("--what", nargs="+", default=["decode", "generate", "decoder", "train"])
+    ap.add_argument(
+        "--what", nargs="+", default=["decode", "generate", "decoder", "train", "serve"]
+    )
     args = ap.parse_args()
-    sys.path.insert(0, str(extract(args.base)))
+    base = extract(args.base)
+    sys.path.insert(0, str(base))
     import mygpt_base
 
     import mygpt
@@ -162,6 +221,21 @@ def main() -> None:
         print(f"| {label} | {a:,.0f} {unit} | {b:,.0f} {unit} | {100 * change:+.1f}% |", flush=True)
 
     ck = args.checkpoint
+    if "serve" in args.what:  # whole processes: each tree's own package as `mygpt`
+        runs: tuple[list, list] = ([], [])
+        for _ in range(max(3, args.rounds // 5)):
+            for tree, into in ((base / "tree", runs[0]), (ROOT, runs[1])):
+                into.append(serve_cost(tree, ck))
+        (a, ta), (b, tb) = (np.median(np.array(r), axis=0) for r in runs)
+        print(
+            f"| torch serve, 8 clients: server CPU per token | {a * 1e6:,.0f} µs | "
+            f"{b * 1e6:,.0f} µs | {100 * (b / a - 1):+.1f}% |"
+        )
+        print(
+            f"| torch serve, 8 clients: tokens/s (slower: +) | {ta:,.0f} tok/s | {tb:,.0f} tok/s "
+            f"| {100 * (ta / tb - 1):+.1f}% |",
+            flush=True,
+        )
     for backend in args.backends:
         if "decode" in args.what:
             for rows in (1, 8):
