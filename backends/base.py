@@ -197,6 +197,13 @@ class Ops(abc.ABC):
         a = self._from_numpy(np.asarray(x))
         return self.cast(a, dtype) if dtype else a
 
+    def asarray_for_one_row(self, x: np.ndarray) -> Array:
+        """A linear's (out, in) weight held the way this backend multiplies one row by it fastest:
+        the same values and shape as :meth:`asarray`'s, maybe another memory layout. A layout's
+        kernel rounds its own way, so a model is held one way for all its paths;
+        ``mygpt.api.Model`` asks for this where a model decodes one row at a time."""
+        return self.asarray(x)
+
     def to_numpy(self, x: Array) -> np.ndarray:
         """A framework array as numpy; bfloat16 comes back as float32 (numpy has no bf16)."""
         if x.dtype == self.FRAMEWORK_DTYPES["bfloat16"]:  # widen on the device first

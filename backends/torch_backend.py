@@ -117,6 +117,14 @@ class TorchOps(Ops):
             return torch.from_numpy(x if x.flags.c_contiguous else np.ascontiguousarray(x)).clone()
         return torch.tensor(x, device=self._dev)
 
+    def asarray_for_one_row(self, x: np.ndarray) -> Array:
+        if self.device != "cpu" or x.ndim != 2 or x.dtype != np.float32:
+            return self.asarray(x)
+        # Stored transposed (a column-major view): one row times it is then MKL's plain
+        # (1, in) x (in, out) product, which streams the weight at 16-23 GB/s on a 2-core EPYC
+        # against 11 GB/s for (1, in) x (out, in)^T, and a real model's decoding is that stream.
+        return torch.from_numpy(np.ascontiguousarray(x.T)).t()
+
     def _astype(self, x: Array, target) -> Array:
         if _quantized(x):
             return x.cast(target)
@@ -141,6 +149,10 @@ class TorchOps(Ops):
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
         if _quantized(xs[0]):
             return quantized_concat(xs, axis)
+        if axis == 0 and all(x.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
+                             for x in xs):  # fmt: skip
+            # weights held transposed (asarray_for_one_row) stay so: fused Q|K|V included
+            return torch.cat([x.t() for x in xs], dim=1).t()
         return torch.cat(list(xs), dim=axis)
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Array:

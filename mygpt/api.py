@@ -19,7 +19,8 @@ from mygpt.backends import Ops, get_backend
 from mygpt.backends.quant import QuantizedWeight
 from mygpt.checkpoint import Checkpoint, save_checkpoint
 from mygpt.config import ModelConfig
-from mygpt.generate import generate, generate_steps
+from mygpt.generate import generate, generate_steps, pads_to_batch
+from mygpt.model import param_shapes
 from mygpt.precision import resolve_precision
 from mygpt.quant import QuantizedTensor
 
@@ -41,17 +42,34 @@ class Model:
         # a rotary model computing in bf16 holds its weights in bf16 (half the memory of an fp32
         # copy; the forward pass casts every weight to bf16 anyway, so the logits are the same)
         held = "bfloat16" if dtype == "bfloat16" and self.config.position == "rope" else None
+        rows = self._one_row_weights(held)
         self.params = {}
         for k in list(ckpt.params):
             # consume: each host copy goes as it moves, so a 0.5B model is in memory once
             v = ckpt.params.pop(k) if consume else ckpt.params[k]
-            # quantized weights stay in their blocks on the backend (mygpt.quant)
-            self.params[k] = (
-                ops.quantized(v) if isinstance(v, QuantizedTensor) else ops.asarray(v, held)
-            )
+            if isinstance(v, QuantizedTensor):  # kept in its blocks on the backend (mygpt.quant)
+                self.params[k] = ops.quantized(v)
+            elif k in rows:
+                self.params[k] = ops.asarray_for_one_row(np.asarray(v, dtype=np.float32))
+            else:
+                self.params[k] = ops.asarray(v, held)
         stop = getattr(self.tokenizer, "stop_ids", None)
         #: token ids generation ends at (a real model's EOS ids; none for mygpt's tokenizers)
         self.stop_ids: list[int] = stop() if stop else []
+
+    def _one_row_weights(self, held: str | None) -> set[str]:
+        """The matmul weights to hold as the backend multiplies one row by them fastest: every
+        one (the tied embedding too, as it is the head) of an fp32 model that decodes alone
+        (``generate.pads_to_batch`` is False: a real model's long context), whose every path,
+        ``generate``, serve's round-robin, eval, then computes with that one layout. A model
+        that pads to the batch keeps the layout its book logits were computed with."""
+        cfg = self.config
+        if held is not None or self.dtype != "float32" or pads_to_batch(cfg, self.dtype):
+            return set()
+        shapes = param_shapes(cfg)
+        return {k for k, shape in shapes.items() if len(shape) == 2 and k.endswith(".weight")
+                and (k != "token_embedding.embedding.weight" or cfg.tie_embeddings)
+                and k != "position_embedding.weight"}  # fmt: skip
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens=False`` for text that already spells them
