@@ -29,18 +29,18 @@ class Broken:
         return getattr(self.inner, name)
 
 
-def _unscaled_rope(ops, x, offset, base, inv_freq=None):
+def _unscaled_rope(ops, x, offset, base, inv_freq=None, heads=None):
     """Ignore Llama 3's rescaled frequencies (plain RoPE at the same base)."""
-    return ops.rope(x, offset, base)
+    return ops.rope(x, offset, base, heads=heads)
 
 
-def _half_split_rope(ops, x, offset, base, inv_freq=None):
+def _half_split_rope(ops, x, offset, base, inv_freq=None, heads=None):
     """Rotate pairs (i, i + D/2) (the GPT-NeoX layout) instead of (2i, 2i+1)."""
     B, H, T, D = x.shape
     # interleave the halves, rotate with the real kernel, and undo: all through the interface so
     # it still differentiates on both backends
     y = ops.reshape(ops.transpose(ops.reshape(x, (B, H, T, 2, D // 2)), (0, 1, 2, 4, 3)), x.shape)
-    y = ops.rope(y, offset, base, inv_freq)
+    y = ops.rope(y, offset, base, inv_freq, heads=heads)  # (heads not turned: permuted and back)
     y = ops.transpose(ops.reshape(y, (B, H, T, D // 2, 2)), (0, 1, 2, 4, 3))
     return ops.reshape(y, x.shape)
 
