@@ -69,8 +69,9 @@ def check_sampling_args(
         raise MygptError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
 
 
-#: rows of every decode step: ``generate`` pads its one stream to this many rows and ``mygpt serve``
-#: decodes in groups of this many, so a stream's arithmetic is the same alone or in company
+#: rows of every batched decode step: ``mygpt serve`` decodes in groups of this many, and
+#: ``generate`` pads its one stream to as many rows as compute like them (:func:`solo_rows`), so a
+#: stream's arithmetic is the same alone or in company
 DECODE_ROWS = 8
 
 
@@ -81,11 +82,49 @@ FIXED_SHAPE_MAX_BYTES = 512 * 2**20
 
 def pads_to_batch(cfg: ModelConfig, dtype: str = "float32") -> bool:
     """The exactness policy for a lone stream, "pad to the batch": whether ``generate`` decodes it
-    in the fixed :data:`DECODE_ROWS`-row shape ``mygpt serve``'s batches run, so that its tokens
-    are the ones it gets in company. True wherever that KV buffer stays under
-    FIXED_SHAPE_MAX_BYTES; a longer context decodes alone with a growing cache, as serve's
-    round-robin scheduler does, which is exact to it by construction."""
+    in a fixed shape that computes like the :data:`DECODE_ROWS`-row one ``mygpt serve``'s batches
+    run (:func:`solo_rows` of them), so that its tokens are the ones it gets in company. True
+    wherever the batch's KV buffer stays under FIXED_SHAPE_MAX_BYTES; a longer context decodes
+    alone with a growing cache, as serve's round-robin scheduler does, which is exact to it by
+    construction."""
     return RowCache.nbytes(cfg, DECODE_ROWS, dtype) <= FIXED_SHAPE_MAX_BYTES
+
+
+_SOLO_ROWS: dict[tuple, int] = {}
+
+
+def solo_rows(ops, cfg: ModelConfig, params: dict, dtype: str = "float32") -> int:
+    """How many rows ``generate`` pads its lone stream to: the fewest of 1, 2 and 4 whose decode
+    step gives a row the same logits, bit for bit, as :data:`DECODE_ROWS` rows do, else
+    DECODE_ROWS. A BLAS picks its kernel by shape, not by value (MKL sums 1, 2-3 and 4+ rows
+    differently; MLX's CPU matmul sums every row alike), so the answer is checked once per
+    process for each backend, thread count, model shape and dtype, on a few steps of random
+    tokens with different company in the other rows."""
+    key = (ops.name, ops.device, getattr(ops, "threads", None), dtype, repr(cfg))
+    if key not in _SOLO_ROWS:
+        weights = model.prepare(ops, cfg, params, dtype)
+        batch = _row_zero_logits(ops, cfg, weights, DECODE_ROWS, dtype)
+        _SOLO_ROWS[key] = next((n for n in (1, 2, 4) if np.array_equal(
+            _row_zero_logits(ops, cfg, weights, n, dtype), batch)), DECODE_ROWS)  # fmt: skip
+    return _SOLO_ROWS[key]
+
+
+def _row_zero_logits(ops, cfg: ModelConfig, weights, rows: int, dtype: str, steps: int = 4):
+    """Row 0's logits over ``steps`` decode steps of ``rows`` rows; the other rows hold random
+    tokens at other positions (their draws depend on ``rows``: different company each time)."""
+    rng = np.random.default_rng(rows)
+    mine = np.random.default_rng(0).integers(0, cfg.vocab_size, steps)
+    cache = RowCache.allocate(ops, cfg, rows, dtype)
+    out = []
+    with ops.inference():
+        for i in range(steps):
+            tokens = rng.integers(0, cfg.vocab_size, rows)
+            positions = rng.integers(0, cfg.max_seq_len, rows)
+            tokens[0], positions[0] = mine[i], i
+            x = ops.asarray(tokens[:, None])
+            logits = model.forward(ops, cfg, weights, x, cache=cache.at(positions))
+            out.append(ops.to_numpy(logits[0, 0]))
+    return np.stack(out)
 
 
 class Stream:
@@ -133,12 +172,16 @@ class Decoder:
     weights are prepared once, here.
     """
 
-    def __init__(self, ops, cfg: ModelConfig, params: dict, capacity: int, dtype: str) -> None:
-        self.ops, self.cfg, self.params, self.dtype = ops, cfg, params, dtype
+    def __init__(
+        self, ops, cfg: ModelConfig, params: dict, capacity: int, dtype: str,
+        rows: int = DECODE_ROWS,
+    ) -> None:  # fmt: skip
+        """``rows``: the groups' shape (``generate`` runs :func:`solo_rows` of them)."""
+        self.ops, self.cfg, self.params, self.dtype, self.rows = ops, cfg, params, dtype, rows
         self.weights = model.prepare(ops, cfg, params, dtype)
-        groups = -(-capacity // DECODE_ROWS)
-        self.groups = [RowCache.allocate(ops, cfg, DECODE_ROWS, dtype) for _ in range(groups)]
-        self.streams: list[Stream | None] = [None] * (groups * DECODE_ROWS)
+        groups = -(-capacity // rows)
+        self.groups = [RowCache.allocate(ops, cfg, rows, dtype) for _ in range(groups)]
+        self.streams: list[Stream | None] = [None] * (groups * rows)
 
     @staticmethod
     def nbytes(cfg: ModelConfig, capacity: int, dtype: str) -> int:
@@ -165,7 +208,7 @@ class Decoder:
             stream.prompt_logits = self.ops.to_numpy(out[0])
         stream.fresh = False
         if len(stream.ids) < T:  # it will decode from this cache next step
-            group, r = divmod(row, DECODE_ROWS)
+            group, r = divmod(row, self.rows)
             self.groups[group].load(self.ops, r, cache)
         return self.ops.to_numpy(out[:, -1])[0]
 
@@ -177,24 +220,24 @@ class Decoder:
             if s.fresh or len(s.ids) > self.cfg.max_seq_len:
                 out[row] = self._prefill(row, s)
             else:
-                todo.setdefault(row // DECODE_ROWS, []).append(row)
+                todo.setdefault(row // self.rows, []).append(row)
         T = self.cfg.max_seq_len
         for group, members in todo.items():
             # Rows without a token this step still compute and write a key: at the last index,
             # which no live row can need (a row's entry there is written by its own last decode,
             # and every step after that refills from a fresh prefill). Never at 0: a row being
             # prefilled this step would lose its first key.
-            tokens = np.zeros(DECODE_ROWS, dtype=np.int64)
-            positions = np.full(DECODE_ROWS, T - 1, dtype=np.int64)
+            tokens = np.zeros(self.rows, dtype=np.int64)
+            positions = np.full(self.rows, T - 1, dtype=np.int64)
             for row in members:
-                s, r = self.streams[row], row % DECODE_ROWS
+                s, r = self.streams[row], row % self.rows
                 tokens[r], positions[r] = s.ids[-1], len(s.ids) - 1
             x = self.ops.asarray(tokens[:, None])
             step = model.forward(self.ops, self.cfg, self.weights, x,
                                  cache=self.groups[group].at(positions))  # fmt: skip
             step = self.ops.to_numpy(step[:, 0])
             for row in members:
-                out[row] = step[row % DECODE_ROWS]
+                out[row] = step[row % self.rows]
         return out
 
 
@@ -221,7 +264,8 @@ def generate_steps(
         return
     stream = Stream(prompt_ids, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     with ops.inference():
-        dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
+        rows = solo_rows(ops, cfg, params, dtype)
+        dec = Decoder(ops, cfg, params, rows, dtype, rows=rows)
         row = dec.add(stream)
         for _ in range(max_new_tokens):
             logits = dec.logits([row])[row]
@@ -331,13 +375,17 @@ def batch_invariance_check(
     joins = [i // 2 for i in range(n)]  # streams join at different steps, mid-decode
 
     def run(group: list[int]) -> dict[int, list[np.ndarray]]:
-        dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
+        if len(group) == 1:  # as generate decodes a lone stream
+            rows = solo_rows(ops, cfg, params, dtype)
+            dec = Decoder(ops, cfg, params, rows, dtype, rows=rows)
+        else:
+            dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
         live: dict[int, tuple[int, Stream]] = {}
         seen: dict[int, list[np.ndarray]] = {i: [] for i in group}
         step = 0
         while any(len(v) < steps for v in seen.values()):
             for i in group:
-                if joins[i] <= step and not seen[i] and i not in live and len(live) < DECODE_ROWS:
+                if joins[i] <= step and not seen[i] and i not in live and len(live) < dec.rows:
                     live[i] = (dec.add(Stream(prompts[i], temperature=0)), None)
             out = dec.logits([row for row, _ in live.values()])
             for i, (row, _) in list(live.items()):

@@ -2,8 +2,9 @@
 
 Usage: uv run python scripts/bench_decode_rows.py [--checkpoint PATH] [--backend torch]
 
-What a decoded token costs alone against in a group: ``mygpt generate`` always runs the
-8-row shape (see docs/serving.md, continuous batching), so the 8-row figure is solo generation's step.
+What a decoded token costs alone against in a group: ``mygpt generate`` pads its stream to the
+fewest rows that compute like serve's 8 (``generate.solo_rows``; 4 on torch's CPU), see
+docs/serving.md, continuous batching.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import mygpt
+from mygpt import generate as gen
 from mygpt import model
-from mygpt.backends import get_backend
+from mygpt.backends import available_backends, get_backend
 from mygpt.cache import GrowingCache
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
@@ -174,3 +175,30 @@ def test_cli_generate_bad_inputs(tmp_path, capsys):
         assert main(argv) != 0, argv
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last, (argv, last)
+
+
+@pytest.mark.parametrize("name", ["ch27_modern", "part1_ch18"])
+@pytest.mark.parametrize("backend", available_backends())
+def test_a_lone_stream_decodes_in_as_few_rows_as_compute_like_the_batch(backend, name):
+    """``solo_rows``: the fewest rows whose step gives a row the batch's logits, bit for bit.
+    Checked again here with other company in the other rows and other steps."""
+    m = mygpt.load(BOOK_FIXTURES / f"{name}.ckpt", backend=backend, device="cpu")
+    rows = gen.solo_rows(m.ops, m.config, m.params, m.dtype)
+    assert rows in (1, 2, 4, gen.DECODE_ROWS)
+    weights = model.prepare(m.ops, m.config, m.params, m.dtype)
+    batch = gen._row_zero_logits(m.ops, m.config, weights, gen.DECODE_ROWS, m.dtype, steps=7)
+    alone = gen._row_zero_logits(m.ops, m.config, weights, rows, m.dtype, steps=7)
+    np.testing.assert_array_equal(alone, batch)
+
+
+def test_solo_rows_keeps_the_batch_shape_where_fewer_rows_compute_otherwise(monkeypatch):
+    m = mygpt.load(BOOK_FIXTURES / "part1_ch18.ckpt", backend="torch", device="cpu")
+    real = gen._row_zero_logits
+
+    def drifting(ops, cfg, weights, rows, dtype, steps=4):  # every smaller shape one ulp off
+        out = real(ops, cfg, weights, rows, dtype, steps)
+        return out if rows == gen.DECODE_ROWS else np.nextafter(out, np.inf)
+
+    monkeypatch.setattr(gen, "_row_zero_logits", drifting)
+    monkeypatch.setattr(gen, "_SOLO_ROWS", {})
+    assert gen.solo_rows(m.ops, m.config, m.params, m.dtype) == gen.DECODE_ROWS

@@ -2,7 +2,7 @@
 
 - :class:`Batched` (the default where it is exact): every request is a
   :class:`mygpt.generate.Stream` in a row of one :class:`mygpt.generate.Decoder`; each step
-  decodes every active row together, in the fixed shape ``mygpt generate`` also runs
+  decodes every active row together, in the fixed shape ``mygpt generate``'s rows compute like
   (the exactness policy ``generate.pads_to_batch``), so each stream's tokens and logprobs are ``generate``'s.
 - :class:`RoundRobin`: every request owns a ``generate`` generator and gets one token per turn
   (exact by construction; the aggregate tokens/s is one stream's).
