@@ -98,9 +98,12 @@ def solo_rows(ops, cfg: ModelConfig, params: dict, dtype: str = "float32") -> in
     step gives a row the same logits, bit for bit, as :data:`DECODE_ROWS` rows do, else
     DECODE_ROWS. A BLAS picks its kernel by shape, not by value (MKL sums 1, 2-3 and 4+ rows
     differently; MLX's CPU matmul sums every row alike), so the answer is checked once per
-    process for each backend, thread count, model shape and dtype, on a few steps of random
-    tokens with different company in the other rows."""
-    key = (ops.name, ops.device, getattr(ops, "threads", None), dtype, repr(cfg))
+    process for each backend, thread count, model shape, dtype and kind of weights (float, or
+    quantized with its kernel), on a few steps of random tokens with different company in the
+    other rows."""
+    kinds = frozenset((type(w).__name__, str(getattr(w, "dtype", "")), getattr(w, "kernel", None))
+                      for w in params.values())  # fmt: skip
+    key = (ops.name, ops.device, getattr(ops, "threads", None), dtype, repr(cfg), kinds)
     if key not in _SOLO_ROWS:
         weights = model.prepare(ops, cfg, params, dtype)
         batch = _row_zero_logits(ops, cfg, weights, DECODE_ROWS, dtype)
@@ -183,6 +186,12 @@ class Decoder:
         self.groups = [RowCache.allocate(ops, cfg, rows, dtype) for _ in range(groups)]
         self.streams: list[Stream | None] = [None] * (groups * rows)
 
+    @classmethod
+    def solo(cls, ops, cfg: ModelConfig, params: dict, dtype: str) -> Decoder:
+        """A decoder for one lone stream, as ``generate`` runs it: :func:`solo_rows` rows."""
+        rows = solo_rows(ops, cfg, params, dtype)
+        return cls(ops, cfg, params, rows, dtype, rows=rows)
+
     @staticmethod
     def nbytes(cfg: ModelConfig, capacity: int, dtype: str) -> int:
         """KV memory of a decoder for ``capacity`` rows, plus one prefill's cache."""
@@ -264,8 +273,7 @@ def generate_steps(
         return
     stream = Stream(prompt_ids, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     with ops.inference():
-        rows = solo_rows(ops, cfg, params, dtype)
-        dec = Decoder(ops, cfg, params, rows, dtype, rows=rows)
+        dec = Decoder.solo(ops, cfg, params, dtype)
         row = dec.add(stream)
         for _ in range(max_new_tokens):
             logits = dec.logits([row])[row]
@@ -376,8 +384,7 @@ def batch_invariance_check(
 
     def run(group: list[int]) -> dict[int, list[np.ndarray]]:
         if len(group) == 1:  # as generate decodes a lone stream
-            rows = solo_rows(ops, cfg, params, dtype)
-            dec = Decoder(ops, cfg, params, rows, dtype, rows=rows)
+            dec = Decoder.solo(ops, cfg, params, dtype)
         else:
             dec = Decoder(ops, cfg, params, DECODE_ROWS, dtype)
         live: dict[int, tuple[int, Stream]] = {}

@@ -16,6 +16,7 @@ from mygpt.cache import GrowingCache
 from mygpt.config import ModelConfig
 from mygpt.errors import MygptError
 from mygpt.generate import generate, sample_next
+from mygpt.quant import quantize
 from tests.conftest import BOOK_FIXTURES
 
 FIXTURES = ["part1_ch18", "ch27_modern", "ch28_bpe"]
@@ -202,3 +203,15 @@ def test_solo_rows_keeps_the_batch_shape_where_fewer_rows_compute_otherwise(monk
     monkeypatch.setattr(gen, "_row_zero_logits", drifting)
     monkeypatch.setattr(gen, "_SOLO_ROWS", {})
     assert gen.solo_rows(m.ops, m.config, m.params, m.dtype) == gen.DECODE_ROWS
+
+
+def test_solo_rows_is_checked_again_for_another_kind_of_weights(monkeypatch):
+    """The same shape with quantized weights (or another kernel) sums its rows its own way: a
+    float model's answer must not be reused for it."""
+    m = mygpt.load(BOOK_FIXTURES / "part1_ch18.ckpt", backend="torch", device="cpu")
+    monkeypatch.setattr(gen, "_SOLO_ROWS", {})
+    gen.solo_rows(m.ops, m.config, m.params, m.dtype)
+    name = "blocks.0.mlp.fc1.weight"
+    blocks = quantize(m.ops.to_numpy(m.params[name]), "Q8_0")
+    gen.solo_rows(m.ops, m.config, {**m.params, name: m.ops.quantized(blocks)}, m.dtype)
+    assert len(gen._SOLO_ROWS) == 2
