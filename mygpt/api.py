@@ -42,7 +42,7 @@ class Model:
         # a rotary model computing in bf16 holds its weights in bf16 (half the memory of an fp32
         # copy; the forward pass casts every weight to bf16 anyway, so the logits are the same)
         held = "bfloat16" if dtype == "bfloat16" and self.config.position == "rope" else None
-        rows = self._one_row_weights(held)
+        rows = self._one_row_weights()
         self.params = {}
         for k in list(ckpt.params):
             # consume: each host copy goes as it moves, so a 0.5B model is in memory once
@@ -57,14 +57,14 @@ class Model:
         #: token ids generation ends at (a real model's EOS ids; none for mygpt's tokenizers)
         self.stop_ids: list[int] = stop() if stop else []
 
-    def _one_row_weights(self, held: str | None) -> set[str]:
+    def _one_row_weights(self) -> set[str]:
         """The matmul weights to hold as the backend multiplies one row by them fastest: every
         one (the tied embedding too, as it is the head) of an fp32 model that decodes alone
         (``generate.pads_to_batch`` is False: a real model's long context), whose every path,
         ``generate``, serve's round-robin, eval, then computes with that one layout. A model
         that pads to the batch keeps the layout its book logits were computed with."""
         cfg = self.config
-        if held is not None or self.dtype != "float32" or pads_to_batch(cfg, self.dtype):
+        if self.dtype != "float32" or pads_to_batch(cfg, self.dtype):
             return set()
         shapes = param_shapes(cfg)
         return {k for k, shape in shapes.items() if len(shape) == 2 and k.endswith(".weight")
