@@ -25,6 +25,21 @@ os.environ.setdefault("MYGPT_THREADS", "1")
 
 
 @pytest.fixture
+def hub_offline(monkeypatch):
+    """No download: the Hugging Face hub and transformers read only what is on disk."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def backends() -> dict:
+    """Both backends on the CPU, by name."""
+    from mygpt.backends import get_backend
+
+    return {name: get_backend(name, "cpu") for name in ("torch", "mlx")}
+
+
+@pytest.fixture
 def small_corpus(tmp_path) -> Path:
     """The first 60 kB of Tiny Shakespeare: enough text for short runs, fast to encode."""
     p = tmp_path / "small.txt"

@@ -19,13 +19,9 @@ from mygpt.interop.import_ import import_hf
 from mygpt.tokenizers import tokenizer_from_dict
 from tests.real_models import build_model
 
+pytestmark = pytest.mark.usefixtures("hub_offline")
+
 BETA = 0.1
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 def _pairs(n: int) -> list[dict]:

@@ -21,7 +21,10 @@ from mygpt.interop.import_ import import_hf
 from mygpt.model import forward
 from tests.real_models import GEMMA_TEMPLATE, NEW_FAMILIES, WINDOW, build_family, hf_model
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.usefixtures("hub_offline"),
+]
 FAMILIES = list(NEW_FAMILIES)
 IDS = [2, *range(20, 50), 7, 299, 5]  # 33 tokens: four windows of 8
 PROMPT = [2, 40, 41, 42]
@@ -29,21 +32,10 @@ NEW_TOKENS = 24  # 28 positions: the window of 8 passed three times
 SLIDING = ["gemma3_text", "mistral_window", "phi3"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("families")
     return {f: build_family(root / f, f) for f in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def backends() -> dict:
-    return {name: get_backend(name, "cpu") for name in ("torch", "mlx")}
 
 
 def _hf_logits(hfdir, ids, attn: str = "sdpa") -> np.ndarray:

@@ -21,14 +21,10 @@ from mygpt.lora import load_adapter
 from tests.conftest import TINY_SHAKESPEARE
 from tests.real_models import build_model, hf_logits
 
+pytestmark = pytest.mark.usefixtures("hub_offline")
+
 IDS = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11]
 ALL = "q,k,v,o,gate,up,down"
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

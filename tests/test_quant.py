@@ -27,6 +27,8 @@ from gguf import GGMLQuantizationType as GT  # noqa: E402
 from gguf.quants import dequantize as gguf_dequantize  # noqa: E402
 from gguf.quants import quantize as gguf_quantize  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("hub_offline")
+
 KINDS = {"Q8_0": GT.Q8_0, "Q4_0": GT.Q4_0}
 BACKENDS = ["torch", "mlx"]
 
@@ -112,12 +114,6 @@ def test_quantized_linear_matches_float64(backend, kind):
 # --- the command and the file ----------------------------------------------------------------
 
 IDS = [5, 17, 42, 99, 3, 250, 7, 64]
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import shutil
 import numpy as np
 import pytest
 
-from mygpt.backends import get_backend
 from mygpt.checkpoint import load_checkpoint, save_checkpoint
 from mygpt.cli import main
 from mygpt.interop.export import export_hf
@@ -22,7 +21,10 @@ from mygpt.model import forward
 from mygpt.tokenizers import tokenizer_from_dict
 from tests.real_models import CHAT_TEMPLATE, FAMILIES, build_model, build_tokenizer, hf_logits
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.usefixtures("hub_offline"),
+]
 IDS = [3, *range(20, 52), 7, 299, 5]  # a BOS-like special, text tokens, the last regular ids
 TEXTS = [
     "First Citizen:\nBefore we proceed any further, hear me speak.",
@@ -33,21 +35,10 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("real")
     return {f: build_model(root / f, f) for f in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def backends() -> dict:
-    return {name: get_backend(name, "cpu") for name in ("torch", "mlx")}
 
 
 def _logits(ops, cfg, params, ids) -> np.ndarray:
