@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mygpt.errors import MygptError
-from mygpt.interop.hf_tokenizer import _byte_merges, bytes_to_unicode
+from mygpt.interop.hf_tokenizer import byte_level_vocab
 from mygpt.tokenizers import ENDOFTEXT, GPT4_PATTERN, tokenizer_from_dict
 
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -202,10 +202,9 @@ def _bytebpe_vocab(tok_dict: dict) -> GGUFVocab:
             "this byte-level BPE splits with a custom pattern that no llama.cpp pre-tokenizer "
             "computes — retrain it with the default (GPT-4) pattern"
         )
-    b2u = bytes_to_unicode()
-    base = 256 + len(tok.merges)
-    tokens = ["".join(b2u[b] for b in tok.token_bytes(i)) for i in range(base)]
-    merges = [f"{tokens[a]} {tokens[b]}" for a, b in _byte_merges(tok, base)]
+    tokens, pairs = byte_level_vocab(tok)
+    base = len(tokens)
+    merges = [f"{a} {b}" for a, b in pairs]
     specials = sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
     tokens += [s for s, _ in specials]
     types = [NORMAL] * base + [CONTROL] * len(specials)

@@ -107,6 +107,16 @@ def _byte_merges(tok: ByteBPETokenizer, base: int) -> list[tuple[int, int]]:
     return out
 
 
+def byte_level_vocab(tok: ByteBPETokenizer) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every token (256 bytes, then the merges) as byte-level text, GPT-2's printable stand-ins
+    for bytes, and the merges as pairs of those texts: the vocabulary tokenizer.json and GGUF's
+    ``gpt2`` model both hold."""
+    b2u = bytes_to_unicode()
+    base = 256 + len(tok.merges)
+    texts = ["".join(b2u[b] for b in tok.token_bytes(i)) for i in range(base)]
+    return texts, [(texts[a], texts[b]) for a, b in _byte_merges(tok, base)]
+
+
 def _byte_bpe(tok: ByteBPETokenizer) -> Any:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
@@ -115,14 +125,8 @@ def _byte_bpe(tok: ByteBPETokenizer) -> Any:
             "this byte-level BPE tokenizer uses a custom split pattern; only the GPT-4 pattern "
             "has a checked Hugging Face equivalent — retrain it with the default pattern"
         )
-    b2u = bytes_to_unicode()
-    base = 256 + len(tok.merges)
-
-    def text(i: int) -> str:
-        return "".join(b2u[b] for b in tok.token_bytes(i))
-
-    vocab = {text(i): i for i in range(base)}
-    merges = [(text(a), text(b)) for a, b in _byte_merges(tok, base)]
+    texts, merges = byte_level_vocab(tok)
+    vocab = {t: i for i, t in enumerate(texts)}
     hf = Tokenizer(models.BPE(vocab, merges, unk_token=None, ignore_merges=False))
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [
