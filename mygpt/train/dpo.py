@@ -199,7 +199,7 @@ def make_dpo_step(ops: Any, cfg: ModelConfig, opt: Any, spec: DpoSpec, reference
     gradients averaged over micro-batches (and ranks, by ``grad_sync``), then clipping and the
     optimizer, as :func:`mygpt.train.step.make_train_step`; ``policy`` and ``ref`` are each
     micro-batch's per-row log-probabilities (device arrays) for the metrics."""
-    from mygpt.train.step import _compiled_update, _eager_update
+    from mygpt.train.step import make_update, mean_of_micro_batches
 
     cfg = dataclasses.replace(cfg, dropout=0.0)  # trl disables dropout: the policy = the reference
 
@@ -215,26 +215,22 @@ def make_dpo_step(ops: Any, cfg: ModelConfig, opt: Any, spec: DpoSpec, reference
         return spec.loss(ops, pol, ref) + (p[PROBE] * pol).sum()  # + exactly 0: see the docstring
 
     grad_fn = ops.value_and_grad(loss_of, compile=compile)
-    functional = all(hasattr(opt, a) for a in ("state", "set_state", "hyper", "update"))
-    apply = (_compiled_update if compile and functional else _eager_update)(ops, opt, max_grad_norm)
+    apply = make_update(ops, opt, max_grad_norm, compile)
 
     def step(params: dict, micro_batches: list[dict], lr: float):
-        loss, grads, pols, refs = None, None, [], []
-        for batch in micro_batches:
-            ref = reference.logps(batch)
-            probe = ops.zeros((batch["y"].shape[0],), "float32")
-            args = (batch["x"], batch["y"], batch["mask"], batch["count"], ref)
-            l_i, g_i = grad_fn({**params, PROBE: probe}, *args)
-            pols.append(g_i.pop(PROBE))
-            refs.append(ref)
-            loss, grads = (
-                (l_i, g_i) if grads is None else (loss + l_i, {k: grads[k] + g_i[k] for k in grads})
-            )
-            if len(micro_batches) > 1:
-                ops.eval(loss, grads, pols)  # one micro-batch's activations at a time (MLX)
-        if len(micro_batches) > 1:
-            loss = loss / len(micro_batches)
-            grads = {k: g / len(micro_batches) for k, g in grads.items()}
+        pols, refs = [], []
+
+        def results():
+            for batch in micro_batches:
+                ref = reference.logps(batch)
+                probe = ops.zeros((batch["y"].shape[0],), "float32")
+                args = (batch["x"], batch["y"], batch["mask"], batch["count"], ref)
+                l_i, g_i = grad_fn({**params, PROBE: probe}, *args)
+                pols.append(g_i.pop(PROBE))
+                refs.append(ref)
+                yield l_i, g_i
+
+        loss, grads = mean_of_micro_batches(ops, results(), len(micro_batches), pols)
         if grad_sync is not None:
             grads = grad_sync(grads)
         params = apply(params, grads, lr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -56,38 +56,52 @@ def make_train_step(
     grad_fn = ops.value_and_grad(loss_of, compile=compile)
 
     def step(params: dict, micro_batches: list[tuple[Any, Any]], lr: float) -> tuple[dict, Any]:
-        loss, grads = None, None
-        for batch in micro_batches:  # (x, y), or (x, y, mask) for chat data
-            l_i, g_i = grad_fn(params, *batch)
-            if grads is None:
-                loss, grads = l_i, g_i
-            else:
-                loss = loss + l_i
-                grads = {k: grads[k] + g_i[k] for k in grads}
-            if len(micro_batches) > 1:
-                # a lazy backend (MLX) would otherwise build every micro-batch's graph before one
-                # evaluation, holding all their activations at once: evaluating the running sum
-                # here frees each micro-batch's before the next starts (a no-op on torch)
-                ops.eval(loss, grads)
-        if len(micro_batches) > 1:
-            loss = loss / len(micro_batches)
-            grads = {k: g / len(micro_batches) for k, g in grads.items()}
+        # (x, y), or (x, y, mask) for chat data
+        results = (grad_fn(params, *batch) for batch in micro_batches)
+        loss, grads = mean_of_micro_batches(ops, results, len(micro_batches))
         if grad_sync is not None:
             grads = grad_sync(grads)
         params = apply(params, grads, lr)
         ops.eval(loss, params, opt.arrays())
         return params, loss
 
-    functional = all(hasattr(opt, a) for a in ("state", "set_state", "hyper", "update"))
-    apply = (
-        _compiled_update(ops, opt, max_grad_norm)
-        if compile and functional
-        else _eager_update(ops, opt, max_grad_norm)
-    )
+    apply = make_update(ops, opt, max_grad_norm, compile)
     return step
 
 
+def mean_of_micro_batches(
+    ops: Any, results: Iterable[tuple[Any, dict]], n: int, *keep: Any
+) -> tuple[Any, dict]:
+    """The mean loss and gradients of ``n`` micro-batches' ``(loss, grads)``, summed as they come.
+
+    A lazy backend (MLX) would otherwise build every micro-batch's graph before one evaluation,
+    holding all their activations at once: evaluating the running sum (and ``keep``, what the
+    caller collects per micro-batch) after each frees its activations before the next starts
+    (a no-op on torch)."""
+    loss, grads = None, None
+    for l_i, g_i in results:
+        if grads is None:
+            loss, grads = l_i, g_i
+        else:
+            loss = loss + l_i
+            grads = {k: grads[k] + g_i[k] for k in grads}
+        if n > 1:
+            ops.eval(loss, grads, *keep)
+    if n > 1:
+        loss = loss / n
+        grads = {k: g / n for k, g in grads.items()}
+    return loss, grads
+
+
 Update = Callable[[dict, dict, float], dict]
+
+
+def make_update(ops: Any, opt: Any, max_grad_norm: float, compile: bool = False) -> Update:
+    """``apply(params, grads, lr)``: clipping and the optimizer step, one compiled graph where
+    ``compile`` and ``opt`` has the functional form (``state``/``hyper``/``update``)."""
+    functional = all(hasattr(opt, a) for a in ("state", "set_state", "hyper", "update"))
+    update = _compiled_update if compile and functional else _eager_update
+    return update(ops, opt, max_grad_norm)
 
 
 def _eager_update(ops: Any, opt: Any, max_grad_norm: float) -> Update:
