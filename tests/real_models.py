@@ -127,6 +127,31 @@ def build_model(out: Path, family: str, seed: int = 0, num_layers: int = 2, **ov
     return out
 
 
+def check_chat_template(hfdir: Path, template_text: str, chat: list[tuple[str, str]]):
+    """mygpt's chat template of the model at ``hfdir`` is ``template_text`` and renders ``chat``
+    (with and without the generation prompt) and its prompt ids as transformers'
+    ``apply_chat_template`` does. Returns (mygpt's template, transformers' tokenizer, the text
+    rendered without the generation prompt) for a test's own checks."""
+    from transformers import AutoTokenizer
+
+    import mygpt
+    from mygpt.serve.chat_template import JinjaChatTemplate, template_for
+
+    m = mygpt.load(hfdir, backend="torch", device="cpu")
+    theirs = AutoTokenizer.from_pretrained(hfdir)
+    template = template_for(None, m.tokenizer)
+    assert isinstance(template, JinjaChatTemplate) and template.template == template_text
+    messages = [{"role": r, "content": c} for r, c in chat]
+    for gen in (True, False):
+        text = template.render(messages, add_generation_prompt=gen)
+        assert text == theirs.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=gen)  # fmt: skip
+    ids = m.encode(template.prompt(chat), add_special_tokens=False)
+    want = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    assert ids == list(want["input_ids"] if hasattr(want, "keys") else want)
+    return template, theirs, text
+
+
 def hf_logits(hfdir: Path, ids: list[int]):
     """transformers' fp32 logits for ``ids`` (T, vocab) as numpy."""
     import torch

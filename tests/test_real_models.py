@@ -19,7 +19,14 @@ from mygpt.interop.export import export_hf
 from mygpt.interop.import_ import import_hf
 from mygpt.model import forward
 from mygpt.tokenizers import tokenizer_from_dict
-from tests.real_models import CHAT_TEMPLATE, FAMILIES, build_model, build_tokenizer, hf_logits
+from tests.real_models import (
+    CHAT_TEMPLATE,
+    FAMILIES,
+    build_model,
+    build_tokenizer,
+    check_chat_template,
+    hf_logits,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -251,26 +258,9 @@ def test_tokenizer_ids_match_autotokenizer(bos, tmp_path):
 
 
 def test_chat_template_renders_as_apply_chat_template(models):
-    from transformers import AutoTokenizer
-
-    import mygpt
-    from mygpt.serve.chat_template import JinjaChatTemplate, template_for
-
-    m = mygpt.load(models["llama"], backend="torch", device="cpu")
-    theirs = AutoTokenizer.from_pretrained(models["llama"])
-    template = template_for(None, m.tokenizer)
-    assert isinstance(template, JinjaChatTemplate) and template.template == CHAT_TEMPLATE
     chat = [("system", "Be brief."), ("user", "  Who art thou? "), ("assistant", "A ghost.")]
     chat += [("user", "日本語 🙂")]
-    messages = [{"role": r, "content": c} for r, c in chat]
-    for gen in (True, False):
-        text = template.render(messages, add_generation_prompt=gen)
-        assert text == theirs.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=gen
-        )
-    ids = m.encode(template.prompt(chat), add_special_tokens=False)
-    want = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-    assert ids == list(want["input_ids"] if hasattr(want, "keys") else want)
+    template, _, _ = check_chat_template(models["llama"], CHAT_TEMPLATE, chat)
     with pytest.raises(Exception, match="unknown role tool"):  # raise_exception, as transformers
         template.prompt([("tool", "x")])
 
