@@ -152,6 +152,22 @@ def check_chat_template(hfdir: Path, template_text: str, chat: list[tuple[str, s
     return template, theirs, text
 
 
+def check_refused_by_name(hfdir: Path, edit: dict, feature: str, tmp_path: Path, capsys) -> None:
+    """A copy of the model at ``hfdir`` with ``edit`` in its config.json: ``mygpt generate``
+    refuses it in one ``error:`` line that names ``feature``."""
+    import shutil
+
+    from mygpt.cli import main
+
+    d = tmp_path / "m"
+    shutil.copytree(hfdir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **edit}))
+    assert main(["generate", "--checkpoint", str(d), "--max-new-tokens", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and feature in err[0], err
+
+
 def hf_logits(hfdir: Path, ids: list[int]):
     """transformers' fp32 logits for ``ids`` (T, vocab) as numpy."""
     import torch

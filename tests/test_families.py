@@ -8,7 +8,6 @@ download. The oracle is transformers: its fp32 logits (both its SDPA and its eag
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from tests.real_models import (
     WINDOW,
     build_family,
     check_chat_template,
+    check_refused_by_name,
     hf_model,
 )
 
@@ -218,13 +218,7 @@ def test_gemma_chat_template_renders_as_apply_chat_template(models):
 def test_what_mygpt_does_not_compute_is_refused_by_name(
     family, edit, feature, models, tmp_path, capsys
 ):
-    d = tmp_path / "m"
-    shutil.copytree(models[family], d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, **edit}))
-    assert main(["generate", "--checkpoint", str(d), "--max-new-tokens", "1"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and feature in err[0], err
+    check_refused_by_name(models[family], edit, feature, tmp_path, capsys)
 
 
 def test_generates_old_sliding_window_flag_says_its_new_name(models, capsys):

@@ -25,6 +25,7 @@ from tests.real_models import (
     build_model,
     build_tokenizer,
     check_chat_template,
+    check_refused_by_name,
     hf_logits,
 )
 
@@ -135,13 +136,7 @@ def test_greedy_generation_matches_transformers_generate(models):
 def test_what_mygpt_does_not_compute_is_refused_by_name(
     family, edit, feature, models, tmp_path, capsys
 ):
-    d = tmp_path / "m"
-    shutil.copytree(models[family], d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, **edit}))
-    assert main(["generate", "--checkpoint", str(d), "--max-new-tokens", "1"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and feature in err[0], err
+    check_refused_by_name(models[family], edit, feature, tmp_path, capsys)
 
 
 # --- export round trip -------------------------------------------------------------------------
