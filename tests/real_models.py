@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from tests.conftest import TINY_SHAKESPEARE
 
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
@@ -166,6 +168,24 @@ def check_refused_by_name(hfdir: Path, edit: dict, feature: str, tmp_path: Path,
     assert main(["generate", "--checkpoint", str(d), "--max-new-tokens", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and feature in err[0], err
+
+
+def mlx_lm_logits_of_export(hfdir: Path, tmp_path: Path, name: str, ids: list[int]):
+    """The model at ``hfdir`` imported, saved and exported by mygpt, then run by mlx-lm: its
+    logits for ``ids`` (T, vocab) as numpy, and the export's directory."""
+    import mlx.core as mx
+    import mlx_lm
+
+    from mygpt.checkpoint import save_checkpoint
+    from mygpt.interop.export import export_hf
+    from mygpt.interop.import_ import import_hf
+
+    first = import_hf(hfdir)
+    ckpt = tmp_path / f"{name}.safetensors"
+    save_checkpoint(ckpt, first.config, first.params, first.tokenizer)
+    out = export_hf(ckpt, tmp_path / name)
+    model, _ = mlx_lm.load(str(out))
+    return np.array(model(mx.array([ids])).astype(mx.float32))[0], out
 
 
 def hf_logits(hfdir: Path, ids: list[int]):

@@ -26,6 +26,7 @@ from tests.real_models import (
     check_chat_template,
     check_refused_by_name,
     hf_model,
+    mlx_lm_logits_of_export,
 )
 
 pytestmark = [
@@ -327,15 +328,10 @@ def test_what_mlx_lm_computes_of_the_exports(models, tmp_path):
     """mlx-lm's gpt2, gemma3_text and olmo2 files compute mygpt's exports (their tanh GELU is
     GPT-2's and Gemma's); its mistral (llama) and phi3 files ignore the sliding window, which the
     model card says."""
-    mx = pytest.importorskip("mlx.core")
-    mlx_lm = pytest.importorskip("mlx_lm")
+    pytest.importorskip("mlx.core")
+    pytest.importorskip("mlx_lm")
     for family in FAMILIES:
-        first = import_hf(models[family])
-        save_checkpoint(tmp_path / f"{family}.safetensors", first.config, first.params,
-                        first.tokenizer)  # fmt: skip
-        out = export_hf(tmp_path / f"{family}.safetensors", tmp_path / family)
-        model, _ = mlx_lm.load(str(out))
-        got = np.array(model(mx.array([IDS])).astype(mx.float32))[0]
+        got, out = mlx_lm_logits_of_export(models[family], tmp_path, family, IDS)
         err = np.abs(got - _hf_logits(models[family], IDS)).max()
         windowed = family in ("mistral_window", "phi3")
         assert (err > 1.0) if windowed else (err < 1e-4), (family, err)

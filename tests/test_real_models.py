@@ -27,6 +27,7 @@ from tests.real_models import (
     check_chat_template,
     check_refused_by_name,
     hf_logits,
+    mlx_lm_logits_of_export,
 )
 
 pytestmark = [
@@ -163,15 +164,10 @@ def test_mlx_lm_computes_the_exported_families_exactly(models, tmp_path):
     """mygpt's export writes rope_theta at the top level, which mlx-lm reads (transformers 5's
     own save_pretrained writes only rope_parameters, so mlx-lm runs its files at a default
     theta: 1.8-3.8 off on these models)."""
-    mx = pytest.importorskip("mlx.core")
-    mlx_lm = pytest.importorskip("mlx_lm")
+    pytest.importorskip("mlx.core")
+    pytest.importorskip("mlx_lm")
     for family in FAMILIES:
-        first = import_hf(models[family])
-        save_checkpoint(tmp_path / f"{family}.safetensors", first.config, first.params,
-                        first.tokenizer)  # fmt: skip
-        out = export_hf(tmp_path / f"{family}.safetensors", tmp_path / family)
-        model, _ = mlx_lm.load(str(out))
-        got = np.array(model(mx.array([IDS])).astype(mx.float32))[0]
+        got, _ = mlx_lm_logits_of_export(models[family], tmp_path, family, IDS)
         assert np.abs(got - hf_logits(models[family], IDS)).max() < 1e-5, family
 
 
